@@ -80,7 +80,7 @@ class Feature:
         if self.kind is FeatureKind.DENSE:
             raise ConfigError(f"dense feature {self.name!r} has no embedding")
         hint = 4 * math.ceil(6 * self.cardinality**0.25 / 4)
-        return max(4, min(max_dim, hint))
+        return int(max(4, min(max_dim, hint)))
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,9 @@ class FeatureSchema:
                 )
                 for f in data["features"]
             )
-            return cls(features=features, label=data.get("label", "label"), name=data.get("name", ""))
+            return cls(
+                features=features, label=data.get("label", "label"), name=data.get("name", "")
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"malformed feature schema: {exc!r}",

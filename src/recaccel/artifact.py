@@ -1,0 +1,227 @@
+"""Model artifacts: what passes between stages.
+
+An artifact is a directory:
+
+    manifest.json          versioned description: model, config, schema, metrics, size, lineage
+    weights.safetensors    the state dict (safetensors: no pickle, so loading runs no code)
+
+Loading needs nothing but the artifact and this package: the schema and config inside the
+manifest rebuild the model, and the weights' checksum is verified before they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import recaccel
+from recaccel.data.schema import FeatureSchema
+from recaccel.errors import ArtifactError, RecaccelError
+from recaccel.models.registry import (
+    ModelConfig,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    count_parameters,
+)
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """One transformation that produced this artifact from its parent."""
+
+    op: str  # e.g. "train", "distill", "prune", "quantize"
+    params: dict[str, Any] = field(default_factory=dict)
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    preset: str | None
+    model_config: dict[str, Any]
+    schema: dict[str, Any]
+    dataset: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]  # split name -> {"auc", "logloss", "rows"}
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # baseline metrics
+    training: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None  # parent artifact's id; None for a freshly trained model
+    lineage: tuple[LineageStep, ...] = ()
+    # Filled in by `save_artifact`:
+    format_version: int = FORMAT_VERSION
+    artifact_id: str = ""
+    parameters: int = 0
+    weights_bytes: int = 0  # on disk
+    resident_bytes: int = 0  # parameters and buffers in memory
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    created_at: str = ""
+    software: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        fields = dict(data)
+        fields["lineage"] = tuple(LineageStep(**s) for s in data.get("lineage", ()))
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: Manifest
+    schema: FeatureSchema
+    config: ModelConfig
+    model: nn.Module
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resident_bytes(model: nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def save_artifact(path: Path, model: nn.Module, manifest: Manifest) -> Manifest:
+    """Write `model` and `manifest` to `path` atomically; return the completed manifest.
+
+    An existing artifact at `path` is replaced; a non-empty directory that is not an artifact is
+    refused, so a mistyped `--out` cannot wipe unrelated files.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not (path / MANIFEST_FILE).exists():
+        raise ArtifactError(
+            f"{path} exists and is not a recaccel artifact",
+            "choose an empty or new directory for --out",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE))
+        weights_sha = _sha256(staging / WEIGHTS_FILE)
+        completed = Manifest(
+            **{
+                **asdict(manifest),
+                "lineage": manifest.lineage,
+                "format_version": FORMAT_VERSION,
+                "artifact_id": weights_sha[:16],
+                "parameters": count_parameters(model),
+                "weights_bytes": (staging / WEIGHTS_FILE).stat().st_size,
+                "resident_bytes": _resident_bytes(model),
+                "files": {WEIGHTS_FILE: weights_sha},
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "software": {
+                    "recaccel": recaccel.__version__,
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                },
+            }
+        )
+        (staging / MANIFEST_FILE).write_text(json.dumps(completed.to_dict(), indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return completed
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and check an artifact's manifest without loading its weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(
+            f"no artifact at {path}",
+            "pass a directory written by `recaccel train --out DIR` (or `optimize`)",
+        )
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ArtifactError(
+            f"{path} is missing {MANIFEST_FILE}",
+            "the artifact is incomplete; re-create it with `recaccel train --out`",
+        )
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc})", "re-create it") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if not isinstance(version, int):
+        raise ArtifactError(f"{manifest_path} has no integer format_version", "re-create it")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format version {version}; this recaccel "
+            f"({recaccel.__version__}) reads versions up to {FORMAT_VERSION}",
+            "upgrade recaccel to load it",
+        )
+    try:
+        return Manifest.from_dict(data)
+    except TypeError as exc:
+        raise ArtifactError(f"{manifest_path} is malformed: {exc}", "re-create it") from None
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Rebuild the model in `path` with its weights, ready for inference (eval mode)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    try:
+        schema = FeatureSchema.from_dict(manifest.schema)
+        config = config_from_dict(manifest.model, manifest.model_config)
+        model = build_model(manifest.model, schema, config)
+    except RecaccelError as exc:
+        raise ArtifactError(f"{path}: cannot rebuild the model: {exc.message}", exc.hint) from None
+    if WEIGHTS_FILE not in manifest.files:
+        raise ArtifactError(f"{path}/{MANIFEST_FILE} lists no {WEIGHTS_FILE}", "re-create it")
+    for name, expected in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{path} is missing {name}", "re-create the artifact")
+        if _sha256(file) != expected:
+            raise ArtifactError(
+                f"{file} does not match its checksum in the manifest: corrupt or truncated",
+                "re-create the artifact, or copy it again from its source",
+            )
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    except (SafetensorError, RuntimeError) as exc:
+        raise ArtifactError(
+            f"{path}: weights do not fit the model: {exc}", "re-create it"
+        ) from None
+    model.eval()
+    return Artifact(path=path, manifest=manifest, schema=schema, config=config, model=model)
+
+
+def new_manifest(
+    model: str, preset: str | None, config: ModelConfig, schema: FeatureSchema, **fields: Any
+) -> Manifest:
+    """A manifest for a model built from the zoo; `save_artifact` fills in the measured parts."""
+    return Manifest(
+        model=model,
+        preset=preset,
+        model_config=config_to_dict(config),
+        schema=schema.to_dict(),
+        **fields,
+    )

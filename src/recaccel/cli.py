@@ -1,0 +1,228 @@
+"""The `recaccel` command line: parses, calls the Python API, prints.
+
+Errors a user can fix (`RecaccelError`) are printed with their hint and exit code 2; no
+traceback reaches the terminal for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from recaccel.errors import RecaccelError, UnknownNameError
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _names(value: str, known: Sequence[str], kind: str) -> list[str]:
+    """A comma-separated list of names, or "all"; unknown names are refused up front."""
+    names = list(known) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        if name not in known:
+            raise UnknownNameError(kind, name, list(known))
+    return names
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from recaccel.data.registry import DatasetOptions, load_dataset
+
+    dataset = load_dataset(args.dataset, DatasetOptions(progress=not args.json))
+    summary = {
+        "dataset": dataset.name,
+        "synthetic": dataset.synthetic,
+        "rows": {s: len(dataset.split(s)) for s in ("train", "validation", "test")},
+        "positive_rate": {
+            s: round(float(dataset.split(s).label.mean()), 4)
+            for s in ("train", "validation", "test")
+        },
+        "features": {
+            kind: [f.name for f in dataset.schema.features if f.kind.value == kind]
+            for kind in ("dense", "categorical", "multi_hot")
+        },
+        **{k: v for k, v in dataset.info.items() if k in ("source", "split", "label", "note")},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            console.print(f"[bold]{key}[/bold]: {escape(str(value))}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from recaccel.data.registry import DatasetOptions, load_dataset
+    from recaccel.models.registry import MODELS
+    from recaccel.train.pipeline import train_models
+    from recaccel.train.trainer import TrainConfig
+
+    models = _names(args.model, list(MODELS), "model")
+    runs = []
+    for model in models:
+        for preset in _names(args.preset, list(MODELS[model].presets), f"preset for {model}"):
+            runs.append((model, preset))
+    config = TrainConfig(
+        max_epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
+    progress = not args.json
+    dataset = load_dataset(args.dataset, DatasetOptions(progress=progress))
+    report = train_models(
+        dataset, runs, Path(args.out), config, not args.no_baselines, progress=progress
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    table = Table(title=f"{report.dataset}: test split ({len(dataset.test):,} rows)")
+    for column in ("model", "parameters", "best epoch", "val AUC", "test AUC", "test logloss"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in report.models:
+        table.add_row(
+            f"{m.model} ({m.preset})",
+            f"{m.manifest.parameters:,}",
+            str(m.fit.best_epoch),
+            f"{m.validation.auc:.4f}",
+            f"{m.test.auc:.4f}",
+            f"{m.test.logloss:.4f}",
+        )
+    for b in report.baselines:
+        table.add_row(
+            f"{b.name} ({b.setting})",
+            "",
+            "",
+            f"{b.validation.auc:.4f}",
+            f"{b.test.auc:.4f}",
+            f"{b.test.logloss:.4f}",
+        )
+    console.print(table)
+    if report.synthetic:
+        console.print("[yellow]synthetic data: these AUCs mean nothing about accuracy[/yellow]")
+    for m in report.models:
+        console.print(f"artifact: {m.path}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from recaccel.artifact import read_manifest
+
+    manifest = read_manifest(Path(args.artifact))
+    if args.json:
+        print(json.dumps(manifest.to_dict(), indent=2))
+        return 0
+    table = Table(show_header=False, title=f"artifact {manifest.artifact_id}")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "model": f"{manifest.model} (preset {manifest.preset})",
+        "config": json.dumps(manifest.model_config),
+        "dataset": f"{manifest.dataset.get('name')} "
+        f"(synthetic: {manifest.dataset.get('synthetic')})",
+        "features": ", ".join(f"{f['name']}:{f['kind']}" for f in manifest.schema["features"]),
+        "parameters": f"{manifest.parameters:,}",
+        "weights on disk": f"{manifest.weights_bytes:,} bytes",
+        "resident": f"{manifest.resident_bytes:,} bytes",
+        **{
+            f"{split} AUC / logloss": f"{m['auc']:.4f} / {m['logloss']:.4f} ({m['rows']:,} rows)"
+            for split, m in manifest.metrics.items()
+        },
+        **{
+            f"reference: {name}": f"test AUC {ref['test']['auc']:.4f} ({ref['setting']})"
+            for name, ref in manifest.references.items()
+        },
+        "parent": str(manifest.parent),
+        "lineage": " → ".join(f"{s.op}({json.dumps(s.params)})" for s in manifest.lineage),
+        "format version": str(manifest.format_version),
+        "created": manifest.created_at,
+        "software": json.dumps(manifest.software),
+    }
+    for key, value in rows.items():
+        table.add_row(key, escape(value))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recaccel",
+        description="Make recommendation models fast enough for real-time serving, and serve them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="fetch, cache and summarise a dataset")
+    data.add_argument(
+        "--dataset", default="movielens-100k", help="movielens-100k (default) or criteo-synthetic"
+    )
+    data.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data.set_defaults(run=_cmd_data)
+
+    train = verbs.add_parser(
+        "train",
+        help="train zoo models and save artifacts",
+        description="Train models with early stopping on validation AUC; report test AUC and "
+        "logloss beside logistic-regression and item-popularity baselines.",
+    )
+    train.add_argument(
+        "--dataset", default="movielens-100k", help="dataset name (default: %(default)s)"
+    )
+    train.add_argument(
+        "--model", default="dlrm", help="dlrm, dcnv2, deepfm, wide_deep, a comma list, or all"
+    )
+    train.add_argument("--preset", default="heavy", help="heavy, base, small, a comma list, or all")
+    train.add_argument(
+        "--out", required=True, help="artifact directory (a parent directory when training several)"
+    )
+    train.add_argument(
+        "--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)"
+    )
+    train.add_argument(
+        "--patience", type=int, default=2, help="epochs without validation gain before stopping"
+    )
+    train.add_argument("--batch-size", type=int, default=512)
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-baselines", action="store_true", help="skip the reference baselines")
+    train.add_argument("--json", action="store_true", help="print the report as JSON")
+    train.set_defaults(run=_cmd_train)
+
+    inspect = verbs.add_parser("inspect", help="show an artifact's manifest")
+    inspect.add_argument("artifact", help="artifact directory")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    inspect.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.run(args)
+        return code
+    except RecaccelError as exc:
+        errors.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        if exc.hint:
+            errors.print(f"Hint: {escape(exc.hint)}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

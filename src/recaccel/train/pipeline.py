@@ -1,0 +1,142 @@
+"""Train a zoo model on a dataset, evaluate it beside the baselines, and save the artifact.
+
+This is the Python API behind `recaccel train`; the CLI only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recaccel.artifact import LineageStep, Manifest, new_manifest, save_artifact
+from recaccel.data.dataset import Dataset
+from recaccel.models.registry import build_model, preset_config
+from recaccel.train.baselines import BaselineResult, item_popularity, logistic_regression
+from recaccel.train.metrics import Metrics, evaluate
+from recaccel.train.trainer import FitResult, TrainConfig, fit, predict, seed_everything
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: str
+    preset: str
+    path: Path
+    manifest: Manifest
+    fit: FitResult
+    validation: Metrics
+    test: Metrics
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    dataset: str
+    synthetic: bool
+    models: list[TrainedModel]
+    baselines: list[BaselineResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "synthetic": self.synthetic,
+            "models": [
+                {
+                    "model": m.model,
+                    "preset": m.preset,
+                    "artifact": str(m.path),
+                    "artifact_id": m.manifest.artifact_id,
+                    "parameters": m.manifest.parameters,
+                    "weights_bytes": m.manifest.weights_bytes,
+                    "best_epoch": m.fit.best_epoch,
+                    "train_seconds": round(m.fit.seconds, 1),
+                    "validation": m.validation.to_dict(),
+                    "test": m.test.to_dict(),
+                }
+                for m in self.models
+            ],
+            "baselines": [
+                {
+                    "name": b.name,
+                    "setting": b.setting,
+                    "validation": b.validation.to_dict(),
+                    "test": b.test.to_dict(),
+                }
+                for b in self.baselines
+            ],
+        }
+
+
+def fit_baselines(dataset: Dataset) -> list[BaselineResult]:
+    """Logistic regression and item popularity on the same split (not on synthetic data)."""
+    if dataset.synthetic or "item_id" not in {f.name for f in dataset.schema.categorical}:
+        return [logistic_regression(dataset)]
+    return [logistic_regression(dataset), item_popularity(dataset)]
+
+
+def train_one(
+    dataset: Dataset,
+    model_name: str,
+    preset: str,
+    out: Path,
+    config: TrainConfig,
+    baselines: list[BaselineResult],
+    progress: bool = True,
+) -> TrainedModel:
+    """Build, fit, evaluate and save one model; returns where it went and how it scored."""
+    model_config = preset_config(model_name, preset)
+    seed_everything(config.seed)  # the initial weights, not only the shuffling, are seeded
+    model = build_model(model_name, dataset.schema, model_config)
+    result = fit(model, dataset, config, progress=progress)
+    validation = result.history[result.best_epoch - 1].validation
+    test = evaluate(dataset.test.label, predict(model, dataset.test, config.eval_batch_size))
+    manifest = new_manifest(
+        model_name,
+        preset,
+        model_config,
+        dataset.schema,
+        dataset={
+            "name": dataset.name,
+            "synthetic": dataset.synthetic,
+            "rows": {s: len(dataset.split(s)) for s in ("train", "validation", "test")},
+            **dataset.info,
+        },
+        metrics={"validation": validation.to_dict(), "test": test.to_dict()},
+        references={b.name: {"setting": b.setting, "test": b.test.to_dict()} for b in baselines},
+        training={
+            "config": config.to_dict(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 2),
+        },
+        lineage=(LineageStep("train", {"dataset": dataset.name, "preset": preset}),),
+    )
+    manifest = save_artifact(out, model, manifest)
+    return TrainedModel(model_name, preset, out, manifest, result, validation, test)
+
+
+def train_models(
+    dataset: Dataset,
+    runs: list[tuple[str, str]],
+    out: Path,
+    config: TrainConfig,
+    with_baselines: bool = True,
+    progress: bool = True,
+) -> TrainReport:
+    """Train each (model, preset) in `runs`.
+
+    One run writes its artifact to `out`; several write to `out/<model>-<preset>`.
+    """
+    baselines = fit_baselines(dataset) if with_baselines else []
+    models = [
+        train_one(
+            dataset,
+            model_name,
+            preset,
+            out if len(runs) == 1 else out / f"{model_name}-{preset}",
+            config,
+            baselines,
+            progress,
+        )
+        for model_name, preset in runs
+    ]
+    return TrainReport(dataset.name, dataset.synthetic, models, baselines)

@@ -1,0 +1,113 @@
+"""The CLI wraps the API: it trains and inspects, and bad input gets a message, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recaccel import cli
+from recaccel.data import registry
+from recaccel.data.dataset import Dataset
+
+
+@pytest.fixture
+def tiny_movielens(monkeypatch: pytest.MonkeyPatch, tiny_dataset: Dataset) -> None:
+    """Serve the in-memory fixture under the real dataset name: no network in unit tests."""
+    monkeypatch.setitem(registry.DATASETS, "movielens-100k", lambda options: tiny_dataset)
+
+
+def test_train_then_inspect(
+    tiny_movielens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "dlrm"
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "dlrm",
+            "--preset",
+            "small",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--json",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["models"][0]["artifact"] == str(out)
+    assert {b["name"] for b in report["baselines"]} == {"logistic_regression", "popularity"}
+    assert cli.main(["inspect", str(out), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert (
+        manifest["model"] == "dlrm"
+        and manifest["metrics"]["test"]["auc"] == report["models"][0]["test"]["auc"]
+    )
+    assert manifest["references"]["logistic_regression"]["test"]["auc"] > 0
+    assert cli.main(["inspect", str(out)]) == 0
+    assert "dlrm (preset small)" in capsys.readouterr().out
+
+
+def test_train_several_models_into_one_parent(
+    tiny_movielens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "dlrm,wide_deep",
+            "--preset",
+            "small",
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--no-baselines",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "dlrm-small" / "manifest.json").is_file()
+    assert (tmp_path / "wide_deep-small" / "manifest.json").is_file()
+    assert "test AUC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--model", "dlrn", "--out", "x"], "unknown model 'dlrn'"),
+        (["train", "--preset", "huge", "--out", "x"], "unknown preset for dlrm 'huge'"),
+        (["train", "--dataset", "ml-1b", "--out", "x"], "unknown dataset 'ml-1b'"),
+        (["train", "--epochs", "0", "--out", "x"], "max_epochs must be >= 1"),
+        (["inspect", "/nonexistent/artifact"], "no artifact at /nonexistent/artifact"),
+    ],
+)
+def test_bad_input_gets_a_message_and_a_hint(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["data", "train", "inspect"])
+def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([verb, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: recaccel" in capsys.readouterr().out
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "recaccel.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "train" in result.stdout

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny MovieLens-shaped dataset built in memory (no network, no cache)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recaccel.data.dataset import Dataset
+from recaccel.data.movielens import build_movielens_dataset
+from recaccel.data.movielens_source import MovieLensTables
+
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
+
+
+def make_tables(
+    n_users: int = 40, n_items: int = 60, per_user: int = 30, seed: int = 0
+) -> MovieLensTables:
+    """Random ratings with a learnable signal: users like items whose taste matches theirs."""
+    rng = np.random.default_rng(seed)
+    user_taste = rng.normal(size=n_users + 1)
+    item_taste = rng.normal(size=n_items + 1)
+    item_quality = rng.normal(size=n_items + 1)  # what popularity can learn
+    rows = []
+    for user in range(1, n_users + 1):
+        start = 880_000_000 + int(rng.integers(0, 10_000_000))
+        for k, item in enumerate(rng.choice(np.arange(1, n_items + 1), per_user, replace=False)):
+            affinity = (
+                user_taste[user] * item_taste[item] + item_quality[item] + rng.normal(scale=0.5)
+            )
+            rating = int(np.clip(np.round(3 + affinity), 1, 5))
+            rows.append((user, int(item), rating, start + 3600 * k + int(rng.integers(0, 600))))
+    ratings = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).astype(
+        "int64"
+    )
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+            "age": rng.integers(12, 70, n_users).astype(np.int64),
+            "gender": rng.choice(["M", "F"], n_users),
+            "occupation": rng.choice(["engineer", "student", "artist", "other"], n_users),
+            "zip_code": rng.choice(["55414", "94043", "T8H1N", "10003"], n_users),
+        }
+    )
+    years = pd.array(rng.integers(1930, 1998, n_items), dtype="Int64")
+    years[0] = pd.NA  # MovieLens has an item with no release date
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(1, n_items + 1, dtype=np.int64),
+            "title": [f"Movie {i}" for i in range(1, n_items + 1)],
+            "release_year": years,
+            "genres": [
+                list(rng.choice(GENRES, int(rng.integers(1, 4)), replace=False))
+                for _ in range(n_items)
+            ],
+        }
+    )
+    return MovieLensTables(ratings=ratings, users=users, items=items, source="fixture")
+
+
+@pytest.fixture(scope="session")
+def tiny_tables() -> MovieLensTables:
+    return make_tables()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_tables: MovieLensTables) -> Dataset:
+    return build_movielens_dataset(tiny_tables)

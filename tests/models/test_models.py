@@ -1,0 +1,134 @@
+"""Every zoo model × preset builds from a schema and runs forward and backward on a batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recaccel.data.dataset import Dataset
+from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.errors import ConfigError, UnknownNameError
+from recaccel.models.dlrm import DLRMConfig
+from recaccel.models.layers import CrossNetV2, DotInteraction, FactorizationMachine
+from recaccel.models.registry import (
+    MODELS,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    count_parameters,
+    preset_config,
+)
+
+ALL = [(m, p) for m, spec in MODELS.items() for p in spec.presets]
+
+
+@pytest.mark.parametrize(("model_name", "preset"), ALL)
+def test_forward_and_backward_on_a_schema_batch(
+    tiny_dataset: Dataset, model_name: str, preset: str
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(model_name, tiny_dataset.schema, preset_config(model_name, preset))
+    batch = tiny_dataset.train.features(slice(0, 32))
+    logits = model(*batch.as_tuple())
+    assert logits.shape == (32,) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(
+        p.grad is not None for p in model.parameters() if p.requires_grad and p.grad is not None
+    )
+    assert count_parameters(model) > 0
+
+
+@pytest.mark.parametrize(("model_name", "preset"), ALL)
+def test_config_round_trips_through_json_types(model_name: str, preset: str) -> None:
+    config = preset_config(model_name, preset)
+    as_json_types = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in config_to_dict(config).items()
+    }
+    assert config_from_dict(model_name, as_json_types) == config
+
+
+def test_presets_shrink_from_heavy_to_small(tiny_dataset: Dataset) -> None:
+    for model_name, spec in MODELS.items():
+        sizes = [
+            count_parameters(build_model(model_name, tiny_dataset.schema, spec.presets[p]))
+            for p in ("heavy", "base", "small")
+        ]
+        assert sizes[0] > sizes[1] > sizes[2], model_name
+
+
+def test_dlrm_heavy_is_the_mlperf_configuration() -> None:
+    config = preset_config("dlrm", "heavy")
+    assert config == DLRMConfig(128, (512, 256, 128), (1024, 1024, 512, 256, 1))
+
+
+def test_single_valued_fields_use_plain_lookups_and_multi_hot_fields_use_bags(
+    tiny_dataset: Dataset,
+) -> None:
+    model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small"))
+    assert all(isinstance(t, torch.nn.Embedding) for t in model.sparse_arch.categorical)
+    assert len(model.sparse_arch.categorical) == len(tiny_dataset.schema.categorical)
+    assert all(isinstance(t, torch.nn.EmbeddingBag) for t in model.sparse_arch.multi_hot)
+
+
+def test_multi_hot_padding_contributes_nothing(tiny_dataset: Dataset) -> None:
+    model = build_model("deepfm", tiny_dataset.schema, preset_config("deepfm", "small")).eval()
+    batch = tiny_dataset.train.features(slice(0, 8))
+    bag = model.sparse_arch.multi_hot[0]
+    padded = batch.multi_hot[:, 0, :].clone()
+    widened = torch.cat([padded, torch.zeros_like(padded)], dim=1)  # more padding slots
+    torch.testing.assert_close(bag(padded), bag(widened))
+
+
+def test_unknown_model_and_preset_are_named() -> None:
+    with pytest.raises(UnknownNameError, match="unknown model 'dlrn'") as err:
+        preset_config("dlrn", "heavy")
+    assert "dlrm" in err.value.hint
+    with pytest.raises(UnknownNameError, match="huge"):
+        preset_config("dlrm", "huge")
+
+
+def test_bad_configs_say_what_to_fix() -> None:
+    with pytest.raises(ConfigError, match="must end at embedding_dim"):
+        DLRMConfig(64, (128, 32), (64, 1))
+    with pytest.raises(ConfigError, match="unknown dlrm config keys: \\['widht'\\]"):
+        config_from_dict("dlrm", {"widht": 3})
+
+
+def test_dot_interaction_matches_explicit_pairs() -> None:
+    x = torch.randn(3, 4, 5)
+    got = DotInteraction(4)(x)
+    expected = torch.stack(
+        [(x[:, i] * x[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4)], 1
+    )
+    torch.testing.assert_close(got, expected)
+
+
+def test_fm_term_matches_explicit_pairs() -> None:
+    x = torch.randn(3, 4, 5)
+    expected = sum((x[:, i] * x[:, j]).sum(-1) for i in range(4) for j in range(i + 1, 4))
+    torch.testing.assert_close(FactorizationMachine()(x).squeeze(1), expected)
+
+
+def test_cross_layer_matches_its_formula() -> None:
+    torch.manual_seed(0)
+    cross = CrossNetV2(6, 1)
+    x0 = torch.randn(2, 6)
+    layer = cross.layers[0]
+    torch.testing.assert_close(cross(x0), x0 * layer(x0) + x0)
+
+
+def test_models_read_the_schema_not_a_field_count() -> None:
+    schema = FeatureSchema(
+        (
+            Feature("d", FeatureKind.DENSE),
+            Feature("a", FeatureKind.CATEGORICAL, 10),
+            Feature("b", FeatureKind.MULTI_HOT, 7, max_len=3),
+            Feature("c", FeatureKind.MULTI_HOT, 5, max_len=2),
+        )
+    )
+    model = build_model("dcnv2", schema, preset_config("dcnv2", "small"))
+    dense = torch.randn(4, 1)
+    categorical = torch.randint(0, 10, (4, 1))
+    multi_hot = torch.randint(0, 5, (4, 2, 3))
+    assert model(dense, categorical, multi_hot).shape == (4,)

@@ -1,0 +1,143 @@
+"""Artifacts: save → load gives identical predictions; each kind of damage gets a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recaccel.artifact import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    LineageStep,
+    load_artifact,
+    new_manifest,
+    read_manifest,
+    save_artifact,
+)
+from recaccel.data.dataset import Dataset
+from recaccel.errors import ArtifactError
+from recaccel.models.registry import MODELS, build_model, preset_config
+
+
+def _save(
+    path: Path, dataset: Dataset, model_name: str = "dlrm", preset: str = "small"
+) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = preset_config(model_name, preset)
+    model = build_model(model_name, dataset.schema, config).eval()
+    manifest = new_manifest(
+        model_name,
+        preset,
+        config,
+        dataset.schema,
+        dataset={"name": dataset.name, "synthetic": False},
+        metrics={"test": {"auc": 0.5, "logloss": 0.7, "rows": 10}},
+        lineage=(LineageStep("train", {"dataset": dataset.name}),),
+    )
+    save_artifact(path, model, manifest)
+    return model
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_save_then_load_gives_identical_predictions(
+    tmp_path: Path, tiny_dataset: Dataset, model_name: str
+) -> None:
+    model = _save(tmp_path / "a", tiny_dataset, model_name)
+    loaded = load_artifact(tmp_path / "a")
+    batch = tiny_dataset.test.features()
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            loaded.model(*batch.as_tuple()), model(*batch.as_tuple()), rtol=0, atol=0
+        )
+    assert loaded.schema == tiny_dataset.schema
+    assert not loaded.model.training
+
+
+def test_manifest_records_size_lineage_and_checksums(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    model = _save(tmp_path / "a", tiny_dataset)
+    manifest = read_manifest(tmp_path / "a")
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.parameters == sum(p.numel() for p in model.parameters())
+    assert manifest.weights_bytes == (tmp_path / "a" / WEIGHTS_FILE).stat().st_size
+    assert manifest.resident_bytes >= 4 * manifest.parameters
+    assert manifest.lineage[0].op == "train" and manifest.parent is None
+    assert set(manifest.files) == {WEIGHTS_FILE} and len(manifest.artifact_id) == 16
+    assert manifest.software["torch"] == torch.__version__
+
+
+def test_loading_needs_nothing_but_the_artifact(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    batch = tiny_dataset.test.features(slice(0, 4))
+    assert load_artifact(tmp_path / "moved").model(*batch.as_tuple()).shape == (4,)
+
+
+def test_saving_over_an_artifact_replaces_it_but_never_overwrites_other_files(
+    tmp_path: Path, tiny_dataset: Dataset
+) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    _save(tmp_path / "a", tiny_dataset, "deepfm")
+    assert read_manifest(tmp_path / "a").model == "deepfm"
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not a recaccel artifact"):
+        _save(tmp_path / "precious", tiny_dataset)
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no artifact at") as err:
+        load_artifact(tmp_path / "nope")
+    assert "recaccel train" in err.value.hint
+
+
+@pytest.mark.parametrize("missing", [MANIFEST_FILE, WEIGHTS_FILE])
+def test_missing_file_is_named(tmp_path: Path, tiny_dataset: Dataset, missing: str) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    (tmp_path / "a" / missing).unlink()
+    with pytest.raises(ArtifactError, match=f"missing {missing}"):
+        load_artifact(tmp_path / "a")
+
+
+def test_truncated_weights_fail_the_checksum(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    weights = tmp_path / "a" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        load_artifact(tmp_path / "a")
+
+
+def test_newer_format_version_is_refused(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    path = tmp_path / "a" / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=f"format version {FORMAT_VERSION + 1}") as err:
+        load_artifact(tmp_path / "a")
+    assert "upgrade recaccel" in err.value.hint
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"model": "dlrm"}', "[1, 2]"])
+def test_malformed_manifest(tmp_path: Path, tiny_dataset: Dataset, text: str) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    (tmp_path / "a" / MANIFEST_FILE).write_text(text)
+    with pytest.raises(ArtifactError):
+        read_manifest(tmp_path / "a")
+
+
+def test_manifest_with_unknown_model_is_refused_clearly(
+    tmp_path: Path, tiny_dataset: Dataset
+) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    path = tmp_path / "a" / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["model"] = "transformer-xl"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="cannot rebuild the model: unknown model"):
+        load_artifact(tmp_path / "a")

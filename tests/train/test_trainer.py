@@ -1,0 +1,59 @@
+"""Training: seeded, early-stopped on validation AUC, evaluated with scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recaccel.data.dataset import Dataset
+from recaccel.models.registry import build_model, preset_config
+from recaccel.train.metrics import evaluate
+from recaccel.train.trainer import TrainConfig, fit, predict, seed_everything
+
+
+def _fit(dataset: Dataset, **overrides: object) -> tuple[torch.nn.Module, object]:
+    config = TrainConfig(**{"max_epochs": 4, "batch_size": 128, "learning_rate": 3e-3, **overrides})  # type: ignore[arg-type]
+    seed_everything(config.seed)
+    model = build_model("deepfm", dataset.schema, preset_config("deepfm", "small"))
+    return model, fit(model, dataset, config, progress=False)
+
+
+def test_training_learns_the_signal(tiny_dataset: Dataset) -> None:
+    model, result = _fit(tiny_dataset, max_epochs=8, patience=8)
+    assert result.history[0].train_loss > result.history[-1].train_loss
+    assert (
+        evaluate(tiny_dataset.validation.label, predict(model, tiny_dataset.validation)).auc > 0.6
+    )
+
+
+def test_same_seed_gives_the_same_model(tiny_dataset: Dataset) -> None:
+    first, _ = _fit(tiny_dataset)
+    second, _ = _fit(tiny_dataset)
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_keeps_the_best_validation_epoch_and_stops_after_patience(tiny_dataset: Dataset) -> None:
+    model, result = _fit(tiny_dataset, max_epochs=30, patience=1, learning_rate=3e-2)
+    aucs = [e.validation.auc for e in result.history]
+    assert result.best_epoch == int(np.argmax(aucs)) + 1
+    assert len(result.history) <= result.best_epoch + 2  # stopped, not run to 30 epochs
+    restored = evaluate(tiny_dataset.validation.label, predict(model, tiny_dataset.validation))
+    assert restored.auc == pytest.approx(max(aucs))
+
+
+def test_metrics_are_scikit_learns() -> None:
+    labels = np.array([0, 1, 1, 0, 1], dtype=np.float32)
+    probs = np.array([0.1, 0.8, 0.4, 0.3, 0.9])
+    metrics = evaluate(labels, probs)
+    assert metrics.auc == pytest.approx(roc_auc_score(labels, probs))
+    assert metrics.logloss == pytest.approx(log_loss(labels, probs))
+    assert metrics.rows == 5
+
+
+def test_logloss_stays_finite_for_certain_misses() -> None:
+    assert np.isfinite(evaluate(np.array([0.0, 1.0]), np.array([1.0, 0.0])).logloss)
