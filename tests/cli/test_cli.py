@@ -12,6 +12,7 @@ import pytest
 from recaccel import cli
 from recaccel.data import registry
 from recaccel.data.dataset import Dataset
+from recaccel.data.movielens_source import MovieLensTables
 
 
 @pytest.fixture
@@ -111,3 +112,54 @@ def test_console_script_is_installed() -> None:
         check=False,
     )
     assert result.returncode == 0 and "train" in result.stdout
+
+
+class _Unreachable:
+    name = "offline"
+
+    def fetch(self, workdir: Path, progress: bool) -> object:
+        from recaccel.errors import DataSourceError
+
+        raise DataSourceError("cannot reach the network")
+
+
+def test_no_source_and_no_cache_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recaccel.data import movielens_source
+
+    monkeypatch.setenv("RECACCEL_HOME", str(tmp_path))
+    monkeypatch.setattr(movielens_source, "default_sources", lambda home: (_Unreachable(),))
+    assert cli.main(["train", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "offline" in err and "Hint:" in err and "Traceback" not in err
+
+
+def test_corrupt_cache_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tiny_tables: MovieLensTables,
+) -> None:
+    from recaccel.data import movielens_source
+
+    monkeypatch.setenv("RECACCEL_HOME", str(tmp_path))
+    tables = tiny_tables
+
+    class _Fixture:
+        name = "fixture"
+
+        def fetch(self, workdir: Path, progress: bool) -> object:
+            return tables
+
+    counts = movielens_source.ExpectedCounts(
+        len(tables.ratings), len(tables.users), len(tables.items)
+    )
+    movielens_source.load_movielens_100k(tmp_path, sources=[_Fixture()], expected_counts=counts)
+    ratings = movielens_source.cache_dir(tmp_path) / "ratings.parquet"
+    ratings.write_bytes(ratings.read_bytes()[:-64])
+    assert cli.main(["data"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "ratings.parquet" in err and "delete the cache directory" in err and "Traceback" not in err
+    )

@@ -18,7 +18,7 @@ from recaccel.train.metrics import Metrics, evaluate
 # Regularisation strengths tried for logistic regression, chosen by validation AUC.
 LOGREG_C_GRID = (0.1, 0.3, 1.0, 3.0)
 # Pseudo-counts for the smoothed popularity prior, chosen by validation AUC.
-POPULARITY_PRIOR_GRID = (1.0, 5.0, 20.0, 50.0)
+POPULARITY_PRIOR_GRID = (0.3, 1.0, 5.0, 20.0, 50.0)
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,16 @@ class TrainReport:
 
 
 def fit_baselines(dataset: Dataset) -> list[BaselineResult]:
-    """Logistic regression and item popularity on the same split (not on synthetic data)."""
-    if dataset.synthetic or "item_id" not in {f.name for f in dataset.schema.categorical}:
-        return [logistic_regression(dataset)]
-    return [logistic_regression(dataset), item_popularity(dataset)]
+    """Logistic regression and (where items have ids) item popularity on the same split.
+
+    Synthetic labels carry no meaning, so no reference point is fitted to them.
+    """
+    if dataset.synthetic:
+        return []
+    results = [logistic_regression(dataset)]
+    if "item_id" in {f.name for f in dataset.schema.categorical}:
+        results.append(item_popularity(dataset))
+    return results
 
 
 def train_one(
