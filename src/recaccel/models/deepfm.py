@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recaccel.data.schema import FeatureSchema
-from recaccel.models.layers import MLP, FactorizationMachine, SparseArch
+from recaccel.models.layers import MLP, FactorizationMachine, LinearTerm, SparseArch
 from recaccel.models.layers.embedding import EMBEDDING_INIT_STD
 
 
@@ -38,9 +38,7 @@ class DeepFM(nn.Module):
     def __init__(self, schema: FeatureSchema, config: DeepFMConfig) -> None:
         super().__init__()
         num_dense = len(schema.dense)
-        # First order: a scalar weight per id and per dense feature (a width-1 embedding).
-        self.linear_sparse = SparseArch(schema, 1)
-        self.linear_dense = nn.Linear(num_dense, 1)
+        self.first_order = LinearTerm(schema)
         self.sparse_arch = SparseArch(schema, config.embedding_dim)
         self.dense_fields = DenseFieldEmbedding(num_dense, config.embedding_dim)
         self.fm = FactorizationMachine()
@@ -52,9 +50,7 @@ class DeepFM(nn.Module):
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
     ) -> torch.Tensor:
         """Logits (B,) for dense (B, n_dense), categorical (B, n_cat), multi_hot (B, n_mh, L)."""
-        first_order = self.linear_dense(dense) + torch.cat(
-            self.linear_sparse(categorical, multi_hot), dim=1
-        ).sum(dim=1, keepdim=True)  # (B, 1)
+        first_order = self.first_order(dense, categorical, multi_hot)  # (B, 1)
         fields = torch.cat(
             [self.dense_fields(dense), torch.stack(self.sparse_arch(categorical, multi_hot), 1)],
             dim=1,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recaccel.data.schema import FeatureSchema
-from recaccel.models.layers import MLP, SparseArch
+from recaccel.models.layers import MLP, LinearTerm, SparseArch
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class WideDeepConfig:
 class WideDeep(nn.Module):
     def __init__(self, schema: FeatureSchema, config: WideDeepConfig) -> None:
         super().__init__()
-        self.wide_sparse = SparseArch(schema, 1)  # a scalar weight per id
-        self.wide_dense = nn.Linear(len(schema.dense), 1)
+        self.wide_arch = LinearTerm(schema)
         self.sparse_arch = SparseArch(schema, config.embedding_dim)
         width = len(schema.dense) + config.embedding_dim * self.sparse_arch.num_fields
         self.deep_arch = MLP(width, config.deep_mlp, config.dropout)
@@ -37,9 +36,7 @@ class WideDeep(nn.Module):
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
     ) -> torch.Tensor:
         """Logits (B,) for dense (B, n_dense), categorical (B, n_cat), multi_hot (B, n_mh, L)."""
-        wide = self.wide_dense(dense) + torch.cat(
-            self.wide_sparse(categorical, multi_hot), dim=1
-        ).sum(dim=1, keepdim=True)  # (B, 1)
+        wide = self.wide_arch(dense, categorical, multi_hot)  # (B, 1)
         deep_in = torch.cat([dense, *self.sparse_arch(categorical, multi_hot)], dim=1)  # (B, W)
         deep = self.over_arch(self.deep_arch(deep_in))  # (B, 1)
         logits: torch.Tensor = wide + deep
