@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -101,9 +102,10 @@ def fit(
         bar = tqdm(
             dataset.train.batches(config.batch_size, rng),
             total=steps,
-            desc=f"epoch {epoch}",
+            desc=f"epoch {epoch}/{config.max_epochs}",
             disable=not progress,
             leave=False,
+            file=sys.stderr,
         )
         for features, labels in bar:
             optimizer.zero_grad(set_to_none=True)
@@ -119,10 +121,17 @@ def fit(
             "epoch %d: train loss %.4f, val AUC %.4f, val logloss %.4f (%.1fs)",
             epoch, entry.train_loss, val.auc, val.logloss, entry.seconds,
         )  # fmt: skip
-        if val.auc > best_auc:
+        improved = val.auc > best_auc
+        if improved:
             best_auc, result.best_epoch = val.auc, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - result.best_epoch > config.patience:
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: train loss {entry.train_loss:.4f}, val AUC {val.auc:.4f}"
+                f"{' (best)' if improved else ''} [{entry.seconds:.0f}s]",
+                file=sys.stderr,
+            )
+        if epoch - result.best_epoch > config.patience:
             break
     model.load_state_dict(best_state)
     model.eval()
