@@ -132,3 +132,15 @@ def test_models_read_the_schema_not_a_field_count() -> None:
     categorical = torch.randint(0, 10, (4, 1))
     multi_hot = torch.randint(0, 5, (4, 2, 3))
     assert model(dense, categorical, multi_hot).shape == (4,)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_models_run_on_the_criteo_shaped_schema(model_name: str) -> None:
+    """26 categorical fields and no multi-hot field: the bag tensor has a zero-sized axis."""
+    from recaccel.data.synthetic import SyntheticConfig, make_criteo_synthetic
+
+    dataset = make_criteo_synthetic(SyntheticConfig(rows=200, max_rows_per_table=50))
+    model = build_model(model_name, dataset.schema, preset_config(model_name, "small"))
+    batch = dataset.train.features(slice(0, 16))
+    assert batch.multi_hot.shape == (16, 0, 1)
+    assert model(*batch.as_tuple()).shape == (16,)

@@ -77,6 +77,32 @@ def predict(model: nn.Module, split: Split, batch_size: int = 8192) -> np.ndarra
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def train_epoch(
+    model: nn.Module,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    rng: np.random.Generator,
+    desc: str = "",
+    progress: bool = False,
+) -> float:
+    """One pass over `split` in shuffled minibatches; returns the mean training loss."""
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    total, seen = 0.0, 0
+    batches = split.batches(batch_size, rng)
+    steps = -(-len(split) // batch_size)
+    bar = tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False, file=sys.stderr)
+    for features, labels in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(*features.as_tuple()), labels)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(labels)
+        seen += len(labels)
+    return total / max(seen, 1)
+
+
 def fit(
     model: nn.Module, dataset: Dataset, config: TrainConfig, progress: bool = True
 ) -> FitResult:
@@ -90,50 +116,36 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = nn.BCEWithLogitsLoss()
     result = FitResult(best_epoch=0)
     best_auc, best_state = -1.0, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
-    steps = -(-len(dataset.train) // config.batch_size)
     for epoch in range(1, config.max_epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
-        total, seen = 0.0, 0
-        bar = tqdm(
-            dataset.train.batches(config.batch_size, rng),
-            total=steps,
-            desc=f"epoch {epoch}/{config.max_epochs}",
-            disable=not progress,
-            leave=False,
-            file=sys.stderr,
-        )
-        for features, labels in bar:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(*features.as_tuple()), labels)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
-        val = evaluate(dataset.validation.label, predict(model, dataset.validation))
-        entry = EpochLog(epoch, total / max(seen, 1), val, time.perf_counter() - epoch_start)
+        desc = f"epoch {epoch}/{config.max_epochs}"
+        loss = train_epoch(model, dataset.train, optimizer, config.batch_size, rng, desc, progress)
+        val_scores = predict(model, dataset.validation, config.eval_batch_size)
+        val = evaluate(dataset.validation.label, val_scores)
+        entry = EpochLog(epoch, loss, val, time.perf_counter() - epoch_start)
         result.history.append(entry)
-        log.info(
-            "epoch %d: train loss %.4f, val AUC %.4f, val logloss %.4f (%.1fs)",
-            epoch, entry.train_loss, val.auc, val.logloss, entry.seconds,
-        )  # fmt: skip
         improved = val.auc > best_auc
         if improved:
             best_auc, result.best_epoch = val.auc, epoch
             best_state = copy.deepcopy(model.state_dict())
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: train loss {entry.train_loss:.4f}, val AUC {val.auc:.4f}"
-                f"{' (best)' if improved else ''} [{entry.seconds:.0f}s]",
-                file=sys.stderr,
-            )
+        _report(entry, improved, progress)
         if epoch - result.best_epoch > config.patience:
             break
     model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _report(entry: EpochLog, improved: bool, progress: bool) -> None:
+    line = (
+        f"epoch {entry.epoch}: train loss {entry.train_loss:.4f}, "
+        f"val AUC {entry.validation.auc:.4f}, val logloss {entry.validation.logloss:.4f}"
+        f"{' (best)' if improved else ''} [{entry.seconds:.0f}s]"
+    )
+    log.info(line)
+    if progress:
+        tqdm.write(line, file=sys.stderr)
