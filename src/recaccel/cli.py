@@ -12,12 +12,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from recaccel.errors import RecaccelError, UnknownNameError
+
+if TYPE_CHECKING:
+    from recaccel.train.pipeline import TrainReport
 
 console = Console()
 errors = Console(stderr=True)
@@ -58,6 +62,31 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_table(report: TrainReport, test_rows: int) -> Table:
+    """Each model's scores, then the baselines', with ΔAUC against the first baseline."""
+    table = Table(title=f"{report.dataset}: test split ({test_rows:,} rows)")
+    columns = ["model", "parameters", "best epoch", "val AUC", "test AUC", "test logloss"]
+    reference = report.baselines[0].name if report.baselines else None
+    if reference:
+        columns.append(f"test ΔAUC vs {reference} [95% CI]")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for m in report.models:
+        table.add_row(
+            f"{m.model} ({m.preset})",
+            f"{m.manifest.parameters:,}",
+            str(m.fit.best_epoch),
+            f"{m.validation.auc:.4f}",
+            f"{m.test.auc:.4f}",
+            f"{m.test.logloss:.4f}",
+            *([str(m.vs_baselines[reference])] if reference else []),
+        )
+    for b in report.baselines:
+        scores = (b.validation.auc, b.test.auc, b.test.logloss)
+        table.add_row(f"{b.name} ({b.setting})", "", "", *(f"{x:.4f}" for x in scores))
+    return table
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from recaccel.data.registry import DatasetOptions, load_dataset
     from recaccel.models.registry import MODELS
@@ -85,33 +114,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    table = Table(title=f"{report.dataset}: test split ({len(dataset.test):,} rows)")
-    for column in ("model", "parameters", "best epoch", "val AUC", "test AUC", "test logloss"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for m in report.models:
-        table.add_row(
-            f"{m.model} ({m.preset})",
-            f"{m.manifest.parameters:,}",
-            str(m.fit.best_epoch),
-            f"{m.validation.auc:.4f}",
-            f"{m.test.auc:.4f}",
-            f"{m.test.logloss:.4f}",
-        )
-    for b in report.baselines:
-        table.add_row(
-            f"{b.name} ({b.setting})",
-            "",
-            "",
-            f"{b.validation.auc:.4f}",
-            f"{b.test.auc:.4f}",
-            f"{b.test.logloss:.4f}",
-        )
+    table = _train_table(report, len(dataset.test))
     console.print(table)
     if report.synthetic:
         console.print("[yellow]synthetic data: these AUCs mean nothing about accuracy[/yellow]")
     for m in report.models:
         console.print(f"artifact: {m.path}")
     return 0
+
+
+def _delta_text(delta: dict[str, float] | None) -> str:
+    if not delta:
+        return "not measured"
+    return f"{delta['delta']:+.4f} [95% CI {delta['low']:+.4f}, {delta['high']:+.4f}]"
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -138,7 +153,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             for split, m in manifest.metrics.items()
         },
         **{
-            f"reference: {name}": f"test AUC {ref['test']['auc']:.4f} ({ref['setting']})"
+            f"reference: {name}": f"test AUC {ref['test']['auc']:.4f} ({ref['setting']}); "
+            f"this model's ΔAUC {_delta_text(ref.get('delta_test_auc'))}"
             for name, ref in manifest.references.items()
         },
         "parent": str(manifest.parent),

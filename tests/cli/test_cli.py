@@ -43,6 +43,8 @@ def test_train_then_inspect(
     report = json.loads(capsys.readouterr().out)
     assert report["models"][0]["artifact"] == str(out)
     assert {b["name"] for b in report["baselines"]} == {"logistic_regression", "popularity"}
+    delta = report["models"][0]["delta_test_auc_vs"]["logistic_regression"]
+    assert delta["low"] <= delta["delta"] <= delta["high"]
     assert cli.main(["inspect", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert (
@@ -51,7 +53,8 @@ def test_train_then_inspect(
     )
     assert manifest["references"]["logistic_regression"]["test"]["auc"] > 0
     assert cli.main(["inspect", str(out)]) == 0
-    assert "dlrm (preset small)" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "dlrm (preset small)" in shown and "95% CI" in shown
 
 
 def test_train_several_models_into_one_parent(

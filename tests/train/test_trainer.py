@@ -57,3 +57,20 @@ def test_metrics_are_scikit_learns() -> None:
 
 def test_logloss_stays_finite_for_certain_misses() -> None:
     assert np.isfinite(evaluate(np.array([0.0, 1.0]), np.array([1.0, 0.0])).logloss)
+
+
+def test_paired_bootstrap_separates_a_better_scorer_and_not_an_equal_one() -> None:
+    from recaccel.train.metrics import paired_bootstrap_auc_delta
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 2000).astype(np.float32)
+    signal = labels + rng.normal(scale=1.0, size=2000)
+    better = signal + rng.normal(scale=0.2, size=2000)
+    worse = signal + rng.normal(scale=2.0, size=2000)
+    strong = paired_bootstrap_auc_delta(labels, better, worse, resamples=200)
+    assert strong.delta == pytest.approx(
+        roc_auc_score(labels, better) - roc_auc_score(labels, worse)
+    )
+    assert 0 < strong.low <= strong.delta <= strong.high
+    same = paired_bootstrap_auc_delta(labels, better, better, resamples=50)
+    assert same.delta == same.low == same.high == 0.0

@@ -27,6 +27,7 @@ class BaselineResult:
     setting: str  # the hyperparameter the validation split chose
     validation: Metrics
     test: Metrics
+    test_scores: np.ndarray  # (N_test,) so models can be compared with it row by row
 
 
 def item_popularity(dataset: Dataset, item_field: str = "item_id") -> BaselineResult:
@@ -47,11 +48,13 @@ def item_popularity(dataset: Dataset, item_field: str = "item_id") -> BaselineRe
         POPULARITY_PRIOR_GRID,
         key=lambda m: evaluate(dataset.validation.label, scores(dataset.validation, m)).auc,
     )
+    test_scores = scores(dataset.test, best)
     return BaselineResult(
         "popularity",
         f"prior pseudo-count {best:g}",
         evaluate(dataset.validation.label, scores(dataset.validation, best)),
-        evaluate(dataset.test.label, scores(dataset.test, best)),
+        evaluate(dataset.test.label, test_scores),
+        test_scores,
     )
 
 
@@ -87,9 +90,11 @@ def logistic_regression(dataset: Dataset, seed: int = 0) -> BaselineResult:
         for c, m in fitted.items()
     }
     best = max(val, key=lambda c: val[c].auc)
+    test_scores = fitted[best].predict_proba(x_test)[:, 1]
     return BaselineResult(
         "logistic_regression",
         f"C={best:g}",
         val[best],
-        evaluate(dataset.test.label, fitted[best].predict_proba(x_test)[:, 1]),
+        evaluate(dataset.test.label, test_scores),
+        test_scores,
     )

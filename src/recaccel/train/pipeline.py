@@ -13,7 +13,7 @@ from recaccel.artifact import LineageStep, Manifest, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.models.registry import build_model, preset_config
 from recaccel.train.baselines import BaselineResult, item_popularity, logistic_regression
-from recaccel.train.metrics import Metrics, evaluate
+from recaccel.train.metrics import AucDelta, Metrics, evaluate, paired_bootstrap_auc_delta
 from recaccel.train.trainer import FitResult, TrainConfig, fit, predict, seed_everything
 
 
@@ -26,6 +26,7 @@ class TrainedModel:
     fit: FitResult
     validation: Metrics
     test: Metrics
+    vs_baselines: dict[str, AucDelta]  # baseline name -> test ΔAUC with its 95% CI
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TrainReport:
                     "train_seconds": round(m.fit.seconds, 1),
                     "validation": m.validation.to_dict(),
                     "test": m.test.to_dict(),
+                    "delta_test_auc_vs": {k: d.to_dict() for k, d in m.vs_baselines.items()},
                 }
                 for m in self.models
             ],
@@ -94,7 +96,12 @@ def train_one(
     model = build_model(model_name, dataset.schema, model_config)
     result = fit(model, dataset, config, progress=progress)
     validation = result.history[result.best_epoch - 1].validation
-    test = evaluate(dataset.test.label, predict(model, dataset.test, config.eval_batch_size))
+    test_scores = predict(model, dataset.test, config.eval_batch_size)
+    test = evaluate(dataset.test.label, test_scores)
+    vs_baselines = {
+        b.name: paired_bootstrap_auc_delta(dataset.test.label, test_scores, b.test_scores)
+        for b in baselines
+    }
     manifest = new_manifest(
         model_name,
         preset,
@@ -107,7 +114,14 @@ def train_one(
             **dataset.info,
         },
         metrics={"validation": validation.to_dict(), "test": test.to_dict()},
-        references={b.name: {"setting": b.setting, "test": b.test.to_dict()} for b in baselines},
+        references={
+            b.name: {
+                "setting": b.setting,
+                "test": b.test.to_dict(),
+                "delta_test_auc": vs_baselines[b.name].to_dict(),
+            }
+            for b in baselines
+        },
         training={
             "config": config.to_dict(),
             "best_epoch": result.best_epoch,
@@ -117,7 +131,7 @@ def train_one(
         lineage=(LineageStep("train", {"dataset": dataset.name, "preset": preset}),),
     )
     manifest = save_artifact(out, model, manifest)
-    return TrainedModel(model_name, preset, out, manifest, result, validation, test)
+    return TrainedModel(model_name, preset, out, manifest, result, validation, test, vs_baselines)
 
 
 def train_models(
