@@ -156,7 +156,7 @@ def read_manifest(path: Path) -> Manifest:
     if not path.is_dir():
         raise ArtifactError(
             f"no artifact at {path}",
-            "pass a directory written by `recaccel train --out DIR` (or `optimize`)",
+            "pass a directory written by `recaccel train --out DIR`",
         )
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import recaccel
 from recaccel.errors import RecaccelError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make recommendation models fast enough for real-time serving, and serve them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"recaccel {recaccel.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     data = verbs.add_parser("data", help="fetch, cache and summarise a dataset")
