@@ -24,7 +24,8 @@ from recaccel.errors import RecaccelError, UnknownNameError
 if TYPE_CHECKING:
     from recaccel.train.pipeline import TrainReport
 
-console = Console()
+# Piped output (CI logs, `| tee`) would otherwise be squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
 errors = Console(stderr=True)
 
 
@@ -69,9 +70,10 @@ def _train_table(report: TrainReport, test_rows: int) -> Table:
     columns = ["model", "parameters", "best epoch", "val AUC", "test AUC", "test logloss"]
     reference = report.baselines[0].name if report.baselines else None
     if reference:
-        columns.append(f"test ΔAUC vs {reference} [95% CI]")
+        columns.append("test ΔAUC [95% CI]")
+        table.caption = f"ΔAUC: minus {reference}'s test AUC, paired bootstrap over the same rows"
     for column in columns:
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for m in report.models:
         table.add_row(
             f"{m.model} ({m.preset})",

@@ -88,7 +88,7 @@ def download_url(
                 unit_divisor=1024,
                 desc=dest.name,
                 file=sys.stderr,
-                disable=not progress or total is None,
+                disable=None if progress and total is not None else True,
                 leave=False,
             ) as bar:
                 while chunk := response.read(_CHUNK):

@@ -182,7 +182,9 @@ def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Da
     dense = np.empty((n, N_DENSE), dtype=np.float32)
     categorical = np.empty((n, n_cat), dtype=np.int64)
     scores = np.empty(n, dtype=np.float64)
-    for start in tqdm(range(0, n, _CHUNK_ROWS), desc="synthetic", disable=not progress):
+    for start in tqdm(
+        range(0, n, _CHUNK_ROWS), desc="synthetic", disable=None if progress else True
+    ):
         rows = slice(start, min(start + _CHUNK_ROWS, n))
         count = rows.stop - rows.start
         counts = np.floor(

@@ -92,7 +92,15 @@ def train_epoch(
     total, seen = 0.0, 0
     batches = split.batches(batch_size, rng)
     steps = -(-len(split) // batch_size)
-    bar = tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False, file=sys.stderr)
+    # disable=None: a bar on a terminal, none in logs and pipes (where it would be debris).
+    bar = tqdm(
+        batches,
+        total=steps,
+        desc=desc,
+        disable=None if progress else True,
+        leave=False,
+        file=sys.stderr,
+    )
     for features, labels in bar:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(*features.as_tuple()), labels)
