@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import zipfile
 from collections.abc import Callable
@@ -419,12 +418,10 @@ def test_download_url_reads_a_url_and_maps_failures(tmp_path: Path) -> None:
     fetch.download_url(src.as_uri(), dest, progress=True)
     assert dest.read_bytes() == src.read_bytes()
 
-    start = time.monotonic()
     with pytest.raises(DataSourceError, match="cannot download"):
         fetch.download_url("http://127.0.0.1:9/ml-100k.zip", tmp_path / "x", progress=False)
     with pytest.raises(DataSourceError, match="cannot download"):
         fetch.download_url((tmp_path / "missing").as_uri(), tmp_path / "y", progress=False)
-    assert time.monotonic() - start < 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest.bin", "src.bin"]  # no .part left
 
 
