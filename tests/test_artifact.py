@@ -141,3 +141,41 @@ def test_manifest_with_unknown_model_is_refused_clearly(
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="cannot rebuild the model: unknown model"):
         load_artifact(tmp_path / "a")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_artifact_round_trips(tmp_path: Path, tiny_dataset: Dataset, bits: int) -> None:
+    from dataclasses import replace
+
+    from recaccel.models.quantized import QuantizedEmbeddingBag, quantize_embeddings
+
+    _save(tmp_path / "float", tiny_dataset)
+    parent = load_artifact(tmp_path / "float")
+    quantized, _ = quantize_embeddings(parent.model, bits)
+    transform = {"op": "quantize_embeddings", "bits": bits}
+    manifest = replace(
+        parent.manifest,
+        parent=parent.manifest.artifact_id,
+        transforms=(transform,),
+        lineage=(*parent.manifest.lineage, LineageStep("quantize_embeddings", {"bits": bits})),
+    )
+    saved = save_artifact(tmp_path / "q", quantized, manifest)
+    loaded = load_artifact(tmp_path / "q")
+    assert any(isinstance(m, QuantizedEmbeddingBag) for m in loaded.model.modules())
+    batch = tiny_dataset.test.features().as_tuple()
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(*batch), quantized(*batch), rtol=0, atol=0)
+    assert saved.weights_bytes < parent.manifest.weights_bytes
+    assert loaded.manifest.parent == parent.manifest.artifact_id
+    assert [s.op for s in loaded.manifest.lineage] == ["train", "quantize_embeddings"]
+
+
+def test_unknown_transform_is_refused_clearly(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    _save(tmp_path / "a", tiny_dataset)
+    path = tmp_path / "a" / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["transforms"] = [{"op": "prune_heads"}]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="unknown model transform 'prune_heads'") as err:
+        load_artifact(tmp_path / "a")
+    assert "newer" in err.value.hint

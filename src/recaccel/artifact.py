@@ -36,6 +36,7 @@ from recaccel.models.registry import (
     config_to_dict,
     count_parameters,
 )
+from recaccel.models.transforms import apply_transforms
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -63,6 +64,9 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None  # parent artifact's id; None for a freshly trained model
     lineage: tuple[LineageStep, ...] = ()
+    # Structural transforms replayed on load, after building from model_config and before the
+    # weights go in (see models/transforms.py), e.g. {"op": "quantize_embeddings", "bits": 8}.
+    transforms: tuple[dict[str, Any], ...] = ()
     # Filled in by `save_artifact`:
     format_version: int = FORMAT_VERSION
     artifact_id: str = ""
@@ -80,6 +84,7 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         fields = dict(data)
         fields["lineage"] = tuple(LineageStep(**s) for s in data.get("lineage", ()))
+        fields["transforms"] = tuple(data.get("transforms", ()))
         return cls(**fields)
 
 
@@ -127,6 +132,7 @@ def save_artifact(path: Path, model: nn.Module, manifest: Manifest) -> Manifest:
             **{
                 **asdict(manifest),
                 "lineage": manifest.lineage,
+                "transforms": manifest.transforms,
                 "format_version": FORMAT_VERSION,
                 "artifact_id": weights_sha[:16],
                 "parameters": count_parameters(model),
@@ -190,7 +196,7 @@ def load_artifact(path: Path) -> Artifact:
     try:
         schema = FeatureSchema.from_dict(manifest.schema)
         config = config_from_dict(manifest.model, manifest.model_config)
-        model = build_model(manifest.model, schema, config)
+        model = apply_transforms(build_model(manifest.model, schema, config), manifest.transforms)
     except RecaccelError as exc:
         raise ArtifactError(f"{path}: cannot rebuild the model: {exc.message}", exc.hint) from None
     if WEIGHTS_FILE not in manifest.files:

@@ -162,6 +162,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         },
         "parent": str(manifest.parent),
         "lineage": " → ".join(f"{s.op}({json.dumps(s.params)})" for s in manifest.lineage),
+        "transforms": json.dumps(list(manifest.transforms)) if manifest.transforms else "none",
         "format version": str(manifest.format_version),
         "created": manifest.created_at,
         "software": json.dumps(manifest.software),

@@ -1,0 +1,185 @@
+"""Row-wise quantized embedding tables: INT8 and INT4, a scale and a bias per row.
+
+The quantized module sits beside the float ones (TorchRec's pattern: parallel modules with a
+`from_float` converter), so an artifact can rebuild a quantized model without importing the
+optimization stage that produced it.
+
+Lookups run on PyTorch's FBGEMM kernels (`quantized::embedding_bag_{byte,4bit}_rowwise_offsets`)
+where the build has them. Those ops belong to the legacy quantized backend that upstream plans
+to remove, so a plain-torch path — gather the packed rows, then `q * scale + bias` — gives the
+same numbers without them; `lookup_path()` says which one runs. The FBGEMM kernels always sum a
+bag whatever their `mode` argument says, so padding (index 0) is masked with per-sample weights.
+
+Packed row layouts (as FBGEMM's prepack ops write them):
+    INT8: D uint8 values, fp32 scale, fp32 bias                 → D + 8 bytes
+    INT4: D/2 bytes (two values each, low nibble first), fp16 scale, fp16 bias → D/2 + 4 bytes
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SUPPORTED_BITS = (8, 4)
+
+
+def packed_row_bytes(dim: int, bits: int) -> int:
+    """Bytes one packed row takes (see the layouts above)."""
+    if bits == 8:
+        return dim + 8
+    if bits == 4:
+        return dim // 2 + 4
+    raise ValueError(f"embedding quantization supports {SUPPORTED_BITS} bits, not {bits}")
+
+
+def worth_quantizing(dim: int, bits: int) -> bool:
+    """Whether a table of width `dim` shrinks at `bits`: the per-row scale and bias must pay off.
+
+    >>> worth_quantizing(16, 8), worth_quantizing(1, 8), worth_quantizing(3, 4)
+    (True, False, False)
+
+    Width-1 tables (first-order weights) would grow from 4 to 9 bytes a row; INT4 needs an even
+    width to pack two values per byte.
+    """
+    if bits == 4 and dim % 2:
+        return False
+    return packed_row_bytes(dim, bits) < 4 * dim
+
+
+def _fbgemm_ops_present() -> bool:
+    try:
+        torch.ops.quantized.embedding_bag_byte_rowwise_offsets  # noqa: B018 (probe the op)
+        torch.ops.quantized.embedding_bag_4bit_rowwise_offsets  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+FBGEMM_AVAILABLE = _fbgemm_ops_present()
+
+
+class QuantizedEmbeddingBag(nn.Module):
+    """A row-wise quantized table that looks up single ids or pooled (summed) bags.
+
+    Args:
+        num_embeddings: rows.
+        embedding_dim: width D of the float rows it stands for.
+        bits: 8 or 4.
+        padding_idx: for bags, the id that contributes nothing (0 in recaccel's schema);
+            None for single-valued lookups, where index 0 is a real "unknown" row.
+    """
+
+    packed: torch.Tensor
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, bits: int, padding_idx: int | None = None
+    ) -> None:
+        super().__init__()
+        width = packed_row_bytes(embedding_dim, bits)
+        self.register_buffer("packed", torch.zeros(num_embeddings, width, dtype=torch.uint8))
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.bits, self.padding_idx = bits, padding_idx
+        self.use_fbgemm = FBGEMM_AVAILABLE
+
+    @classmethod
+    def from_float(cls, module: nn.Embedding | nn.EmbeddingBag, bits: int) -> QuantizedEmbeddingBag:
+        """Quantize a float table's rows with FBGEMM's prepack (min/max per row)."""
+        weight = module.weight.detach().float().contiguous()
+        padding_idx = module.padding_idx if isinstance(module, nn.EmbeddingBag) else None
+        out = cls(weight.shape[0], weight.shape[1], bits, padding_idx)
+        if bits == 8:
+            out.packed.copy_(torch.ops.quantized.embedding_bag_byte_prepack(weight))
+        else:
+            out.packed.copy_(torch.ops.quantized.embedding_bag_4bit_prepack(weight))
+        return out
+
+    def lookup_path(self) -> str:
+        return "fbgemm" if self.use_fbgemm else "torch-dequantize"
+
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float rows (..., D) for packed rows (..., packed width): the plain-torch path."""
+        d = self.embedding_dim
+        if self.bits == 8:
+            values = rows[..., :d].float()
+            scale = rows[..., d : d + 4].contiguous().view(torch.float32)
+            bias = rows[..., d + 4 : d + 8].contiguous().view(torch.float32)
+        else:
+            nibbles = rows[..., : d // 2]
+            values = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-1).flatten(-2).float()
+            half = d // 2
+            scale = rows[..., half : half + 2].contiguous().view(torch.float16).float()
+            bias = rows[..., half + 2 : half + 4].contiguous().view(torch.float16).float()
+        return values * scale + bias
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) ids → (B, D) rows; (B, L) bags → (B, D) sums, padding excluded."""
+        if not self.use_fbgemm:
+            rows = self.dequantize_rows(self.packed[indices])  # (B, D) or (B, L, D)
+            if indices.dim() == 1:
+                return rows
+            if self.padding_idx is not None:
+                rows = rows * (indices != self.padding_idx).unsqueeze(-1)
+            return rows.sum(dim=1)
+        batch = indices.shape[0]
+        flat = indices.reshape(-1).contiguous()  # a schema column is a strided view
+        step = 1 if indices.dim() == 1 else indices.shape[1]
+        offsets = torch.arange(0, batch * step, step, dtype=flat.dtype, device=flat.device)
+        weights = None
+        if indices.dim() > 1 and self.padding_idx is not None:
+            weights = (flat != self.padding_idx).float()
+        op = (
+            torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+            if self.bits == 8
+            else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+        )
+        out: torch.Tensor = op(self.packed, flat, offsets, per_sample_weights=weights)
+        return out
+
+    def extra_repr(self) -> str:
+        shape = f"{self.num_embeddings}, {self.embedding_dim}"
+        return f"{shape}, bits={self.bits}, path={self.lookup_path()}"
+
+
+@dataclass(frozen=True)
+class QuantizedTable:
+    """What `quantize_embeddings` did to one table."""
+
+    name: str
+    rows: int
+    dim: int
+    bits: int | None  # None: kept in float (quantizing would not shrink it)
+    float_bytes: int
+    bytes: int
+
+
+def quantize_embeddings(
+    model: nn.Module, bits: int, inplace: bool = False
+) -> tuple[nn.Module, list[QuantizedTable]]:
+    """Replace every embedding table that shrinks at `bits` with a `QuantizedEmbeddingBag`.
+
+    Returns:
+        the model (a copy unless `inplace`) and, per table, what was done and the bytes before
+        and after.
+    """
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"embedding quantization supports {SUPPORTED_BITS} bits, not {bits}")
+    target = model if inplace else copy.deepcopy(model)
+    report: list[QuantizedTable] = []
+    for name, module in list(target.named_modules()):
+        if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            continue
+        rows, dim = module.weight.shape
+        float_bytes = rows * dim * 4
+        if not worth_quantizing(dim, bits):
+            report.append(QuantizedTable(name, rows, dim, None, float_bytes, float_bytes))
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = target.get_submodule(parent_name)
+        setattr(parent, child, QuantizedEmbeddingBag.from_float(module, bits))
+        report.append(
+            QuantizedTable(name, rows, dim, bits, float_bytes, rows * packed_row_bytes(dim, bits))
+        )
+    return target, report

@@ -1,0 +1,42 @@
+"""Structural transforms an artifact records and re-applies on load.
+
+A model is rebuilt from its config as a float model; an optimized one differs in structure
+(quantized tables, for now), so its manifest lists the transforms that made it, and loading
+replays them before the saved weights go in. Each transform is a name plus JSON parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from recaccel.errors import ConfigError
+from recaccel.models.quantized import quantize_embeddings
+
+
+def _quantize_embeddings(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+    quantized, _ = quantize_embeddings(model, int(params["bits"]), inplace=True)
+    return quantized
+
+
+TRANSFORMS: dict[str, Callable[[nn.Module, Mapping[str, Any]], nn.Module]] = {
+    "quantize_embeddings": _quantize_embeddings,
+}
+
+
+def apply_transforms(model: nn.Module, transforms: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """Replay `transforms` ({"op": name, **params}) on `model`, in order."""
+    for spec in transforms:
+        op = spec.get("op")
+        if op not in TRANSFORMS:
+            raise ConfigError(
+                f"unknown model transform {op!r}",
+                f"this recaccel knows {', '.join(TRANSFORMS)}; a newer one may know more",
+            )
+        try:
+            model = TRANSFORMS[op](model, spec)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"transform {op!r} has bad parameters {dict(spec)}: {exc}") from None
+    return model
