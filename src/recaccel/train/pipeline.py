@@ -11,7 +11,7 @@ from typing import Any
 
 from recaccel.artifact import LineageStep, Manifest, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
-from recaccel.models.registry import build_model, preset_config
+from recaccel.models.registry import ModelConfig, build_model, preset_config
 from recaccel.train.baselines import BaselineResult, item_popularity, logistic_regression
 from recaccel.train.metrics import AucDelta, Metrics, evaluate, paired_bootstrap_auc_delta
 from recaccel.train.trainer import FitResult, TrainConfig, fit, predict, seed_everything
@@ -81,31 +81,45 @@ def fit_baselines(dataset: Dataset) -> list[BaselineResult]:
     return results
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """One model to fit and save: what it is, where it goes, and where it comes from."""
+
+    model: str
+    config: ModelConfig
+    preset: str | None  # the zoo preset `config` came from, if any
+    out: Path
+    step: LineageStep  # the step that makes it: "train", "distill", ...
+    parent: Manifest | None = None  # the artifact it derives from (a distillation teacher)
+
+
 def train_one(
     dataset: Dataset,
-    model_name: str,
-    preset: str,
-    out: Path,
+    job: TrainJob,
     config: TrainConfig,
-    baselines: list[BaselineResult],
+    references: list[BaselineResult],
     progress: bool = True,
 ) -> TrainedModel:
-    """Build, fit, evaluate and save one model; returns where it went and how it scored."""
-    model_config = preset_config(model_name, preset)
+    """Build, fit, evaluate and save one model; returns where it went and how it scored.
+
+    `dataset.train` is what the model fits (its labels may be soft targets); validation and
+    test keep the true labels. Test ΔAUC against each reference scorer gets a paired CI.
+    """
     seed_everything(config.seed)  # the initial weights, not only the shuffling, are seeded
-    model = build_model(model_name, dataset.schema, model_config)
+    model = build_model(job.model, dataset.schema, job.config)
     result = fit(model, dataset, config, progress=progress)
     validation = result.history[result.best_epoch - 1].validation
     test_scores = predict(model, dataset.test, config.eval_batch_size)
     test = evaluate(dataset.test.label, test_scores)
-    vs_baselines = {
-        b.name: paired_bootstrap_auc_delta(dataset.test.label, test_scores, b.test_scores)
-        for b in baselines
+    vs_references = {
+        r.name: paired_bootstrap_auc_delta(dataset.test.label, test_scores, r.test_scores)
+        for r in references
     }
+    lineage = (*job.parent.lineage, job.step) if job.parent else (job.step,)
     manifest = new_manifest(
-        model_name,
-        preset,
-        model_config,
+        job.model,
+        job.preset,
+        job.config,
         dataset.schema,
         dataset={
             "name": dataset.name,
@@ -115,12 +129,12 @@ def train_one(
         },
         metrics={"validation": validation.to_dict(), "test": test.to_dict()},
         references={
-            b.name: {
-                "setting": b.setting,
-                "test": b.test.to_dict(),
-                "delta_test_auc": vs_baselines[b.name].to_dict(),
+            r.name: {
+                "setting": r.setting,
+                "test": r.test.to_dict(),
+                "delta_test_auc": vs_references[r.name].to_dict(),
             }
-            for b in baselines
+            for r in references
         },
         training={
             "config": config.to_dict(),
@@ -128,10 +142,20 @@ def train_one(
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 2),
         },
-        lineage=(LineageStep("train", {"dataset": dataset.name, "preset": preset}),),
+        parent=job.parent.artifact_id if job.parent else None,
+        lineage=lineage,
     )
-    manifest = save_artifact(out, model, manifest)
-    return TrainedModel(model_name, preset, out, manifest, result, validation, test, vs_baselines)
+    manifest = save_artifact(job.out, model, manifest)
+    return TrainedModel(
+        job.model,
+        job.preset or "custom",
+        job.out,
+        manifest,
+        result,
+        validation,
+        test,
+        vs_references,
+    )
 
 
 def train_models(
@@ -147,16 +171,15 @@ def train_models(
     One run writes its artifact to `out`; several write to `out/<model>-<preset>`.
     """
     baselines = fit_baselines(dataset) if with_baselines else []
-    models = [
-        train_one(
-            dataset,
-            model_name,
-            preset,
-            out if len(runs) == 1 else out / f"{model_name}-{preset}",
-            config,
-            baselines,
-            progress,
+    jobs = [
+        TrainJob(
+            model=model_name,
+            config=preset_config(model_name, preset),
+            preset=preset,
+            out=out if len(runs) == 1 else out / f"{model_name}-{preset}",
+            step=LineageStep("train", {"dataset": dataset.name, "preset": preset}),
         )
         for model_name, preset in runs
     ]
+    models = [train_one(dataset, job, config, baselines, progress) for job in jobs]
     return TrainReport(dataset.name, dataset.synthetic, models, baselines)

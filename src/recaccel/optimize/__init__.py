@@ -1,0 +1,1 @@
+"""Model-level acceleration: distillation, pruning, quantization, under an accuracy guard."""
