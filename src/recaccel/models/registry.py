@@ -31,6 +31,8 @@ class ModelSpec:
     config_type: type[Any]
     build: Callable[[FeatureSchema, Any], nn.Module]
     presets: Mapping[str, ModelConfig]
+    # Config field -> the MLP submodule it sizes, for passes that resize MLPs (pruning).
+    mlp_fields: Mapping[str, str]
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -46,6 +48,7 @@ MODELS: dict[str, ModelSpec] = {
                 "base": DLRMConfig(64, (256, 64), (512, 256, 1)),
                 "small": DLRMConfig(16, (64, 16), (64, 32, 1)),
             },
+            mlp_fields={"bottom_mlp": "dense_arch", "top_mlp": "over_arch"},
         ),
         ModelSpec(
             name="dcnv2",
@@ -57,6 +60,7 @@ MODELS: dict[str, ModelSpec] = {
                 "base": DCNv2Config(32, 2, 64, (256, 128)),
                 "small": DCNv2Config(16, 2, 16, (64, 32)),
             },
+            mlp_fields={"deep_mlp": "deep_arch"},
         ),
         ModelSpec(
             name="deepfm",
@@ -68,6 +72,7 @@ MODELS: dict[str, ModelSpec] = {
                 "base": DeepFMConfig(32, (256, 128)),
                 "small": DeepFMConfig(16, (64, 32)),
             },
+            mlp_fields={"deep_mlp": "deep_arch"},
         ),
         ModelSpec(
             name="wide_deep",
@@ -79,6 +84,7 @@ MODELS: dict[str, ModelSpec] = {
                 "base": WideDeepConfig(32, (256, 128)),
                 "small": WideDeepConfig(16, (64, 32)),
             },
+            mlp_fields={"deep_mlp": "deep_arch"},
         ),
     )
 }

@@ -5,9 +5,12 @@ This is the Python API behind `recaccel train`; the CLI only parses arguments an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from recaccel.artifact import LineageStep, Manifest, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
@@ -91,6 +94,8 @@ class TrainJob:
     out: Path
     step: LineageStep  # the step that makes it: "train", "distill", ...
     parent: Manifest | None = None  # the artifact it derives from (a distillation teacher)
+    # Weights to start from (a pruned model's fine-tuning); None = a fresh, seeded init.
+    initial_state: Mapping[str, torch.Tensor] | None = None
 
 
 def train_one(
@@ -107,6 +112,8 @@ def train_one(
     """
     seed_everything(config.seed)  # the initial weights, not only the shuffling, are seeded
     model = build_model(job.model, dataset.schema, job.config)
+    if job.initial_state is not None:
+        model.load_state_dict(job.initial_state)
     result = fit(model, dataset, config, progress=progress)
     validation = result.history[result.best_epoch - 1].validation
     test_scores = predict(model, dataset.test, config.eval_batch_size)

@@ -1,0 +1,112 @@
+"""Structured pruning: narrower layers, the right neurons removed, a loadable child artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from recaccel.artifact import load_artifact
+from recaccel.data.dataset import Dataset
+from recaccel.errors import ConfigError
+from recaccel.models.layers import MLP
+from recaccel.models.registry import (
+    MODELS,
+    build_model,
+    count_parameters,
+    model_spec,
+    preset_config,
+)
+from recaccel.optimize.prune import kept_width, neuron_importance, prune, prune_state
+from recaccel.train.pipeline import train_models
+from recaccel.train.trainer import TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("width", "fraction", "kept"),
+    [(1024, 0.5, 512), (100, 0.3, 32), (6, 0.5, 6), (64, 1.0, 64), (256, 0.01, 8)],
+)
+def test_kept_width_rounds_up_to_a_multiple_of_8(width: int, fraction: float, kept: int) -> None:
+    assert kept_width(width, fraction) == kept
+
+
+def test_a_neuron_that_never_fires_has_no_importance() -> None:
+    torch.manual_seed(0)
+    mlp = MLP(4, (6, 3))
+    with torch.no_grad():
+        first = mlp.layers[0]
+        assert isinstance(first, nn.Linear)
+        first.weight[2].zero_()
+        first.bias[2] = -1.0  # ReLU keeps it at 0 for every input
+    (scores,) = neuron_importance(mlp, torch.randn(100, 4))
+    assert scores.shape == (6,) and scores[2] == 0 and (scores[[0, 1, 3, 4, 5]] > 0).all()
+
+
+def _model(name: str, dataset: Dataset) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, dataset.schema, preset_config(name, "base")).eval()
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_keeping_everything_changes_nothing(tiny_dataset: Dataset, model_name: str) -> None:
+    model = _model(model_name, tiny_dataset)
+    config, state = prune_state(
+        model, model_name, preset_config(model_name, "base"), tiny_dataset, 1.0
+    )
+    assert config == preset_config(model_name, "base")
+    pruned = build_model(model_name, tiny_dataset.schema, config).eval()
+    pruned.load_state_dict(state)
+    batch = tiny_dataset.test.features().as_tuple()
+    torch.testing.assert_close(pruned(*batch), model(*batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_pruning_silent_neurons_leaves_the_output_unchanged(
+    tiny_dataset: Dataset, model_name: str
+) -> None:
+    """Silence half the neurons of every hidden layer (no outgoing weight): those are exactly the
+    ones pruning must pick, so the half-width model must compute the same function."""
+    model = _model(model_name, tiny_dataset)
+    with torch.no_grad():
+        for module_path in model_spec(model_name).mlp_fields.values():
+            mlp = model.get_submodule(module_path)
+            assert isinstance(mlp, MLP)
+            linears = [m for m in mlp.layers if isinstance(m, nn.Linear)]
+            for following in linears[1:]:
+                following.weight[:, 1::2] = 0.0  # odd neurons of the layer before: silent
+    base = preset_config(model_name, "base")
+    config, state = prune_state(model, model_name, base, tiny_dataset, 0.5)
+    pruned = build_model(model_name, tiny_dataset.schema, config).eval()
+    pruned.load_state_dict(state)
+    assert count_parameters(pruned) < count_parameters(model)
+    batch = tiny_dataset.test.features().as_tuple()
+    # Narrower GEMMs sum in another order: float rounding, nothing more.
+    torch.testing.assert_close(pruned(*batch), model(*batch), rtol=1e-4, atol=1e-5)
+
+
+def test_prune_writes_a_smaller_child_artifact(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    fast = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
+    train_models(
+        tiny_dataset,
+        [("dcnv2", "base")],
+        tmp_path / "parent",
+        fast,
+        with_baselines=False,
+        progress=False,
+    )
+    parent = load_artifact(tmp_path / "parent")
+    result = prune(parent, tiny_dataset, 0.25, tmp_path / "pruned", fast, progress=False)
+    child = load_artifact(tmp_path / "pruned")
+    assert child.manifest.parent == parent.manifest.artifact_id
+    assert [s.op for s in child.manifest.lineage] == ["train", "prune"]
+    assert child.manifest.parameters < parent.manifest.parameters
+    assert child.config.deep_mlp == (64, 128)  # type: ignore[union-attr]  # 256 → 64; last kept
+    assert "teacher" in result.vs_baselines  # ΔAUC against the unpruned model, with a CI
+
+
+def test_bad_keep_fraction(tiny_dataset: Dataset) -> None:
+    model = _model("dlrm", tiny_dataset)
+    with pytest.raises(ConfigError, match="keep fraction"):
+        prune_state(model, "dlrm", preset_config("dlrm", "base"), tiny_dataset, 0.0)
