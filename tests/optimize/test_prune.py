@@ -103,7 +103,7 @@ def test_prune_writes_a_smaller_child_artifact(tmp_path: Path, tiny_dataset: Dat
     assert [s.op for s in child.manifest.lineage] == ["train", "prune"]
     assert child.manifest.parameters < parent.manifest.parameters
     assert child.config.deep_mlp == (64, 128)  # type: ignore[union-attr]  # 256 → 64; last kept
-    assert "teacher" in result.vs_baselines  # ΔAUC against the unpruned model, with a CI
+    assert "parent" in result.vs_baselines  # ΔAUC against the unpruned model, with a CI
 
 
 def test_bad_keep_fraction(tiny_dataset: Dataset) -> None:

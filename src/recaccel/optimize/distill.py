@@ -21,9 +21,13 @@ from recaccel.artifact import Artifact, LineageStep
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
 from recaccel.models.registry import ModelConfig
-from recaccel.train.baselines import BaselineResult
-from recaccel.train.metrics import evaluate
-from recaccel.train.pipeline import TrainedModel, TrainJob, fit_baselines, train_one
+from recaccel.train.pipeline import (
+    TrainedModel,
+    TrainJob,
+    fit_baselines,
+    model_reference,
+    train_one,
+)
 from recaccel.train.trainer import TrainConfig, predict
 
 # Equal weight on labels and teacher: the common default in CTR distillation work, and the
@@ -36,20 +40,6 @@ def blended_targets(labels: np.ndarray, teacher_probs: np.ndarray, alpha: float)
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"distillation alpha {alpha} is not in [0, 1]", "use e.g. 0.5")
     return (alpha * labels + (1.0 - alpha) * teacher_probs).astype(np.float32)
-
-
-def teacher_reference(teacher: Artifact, dataset: Dataset) -> BaselineResult:
-    """The teacher as a reference scorer, so the student's ΔAUC against it gets a CI."""
-    val_scores = predict(teacher.model, dataset.validation)
-    test_scores = predict(teacher.model, dataset.test)
-    return BaselineResult(
-        name="teacher",
-        setting=f"{teacher.manifest.model} ({teacher.manifest.preset}) "
-        f"{teacher.manifest.artifact_id}",
-        validation=evaluate(dataset.validation.label, val_scores),
-        test=evaluate(dataset.test.label, test_scores),
-        test_scores=test_scores,
-    )
 
 
 def distill(
@@ -89,5 +79,5 @@ def distill(
         ),
         parent=teacher.manifest,
     )
-    references = [teacher_reference(teacher, dataset), *fit_baselines(dataset)]
+    references = [model_reference("teacher", teacher, dataset), *fit_baselines(dataset)]
     return train_one(dataclasses.replace(dataset, train=soft), job, config, references, progress)

@@ -35,8 +35,13 @@ from recaccel.models.registry import (
     config_to_dict,
     model_spec,
 )
-from recaccel.optimize.distill import teacher_reference
-from recaccel.train.pipeline import TrainedModel, TrainJob, fit_baselines, train_one
+from recaccel.train.pipeline import (
+    TrainedModel,
+    TrainJob,
+    fit_baselines,
+    model_reference,
+    train_one,
+)
 from recaccel.train.trainer import TrainConfig
 
 # Widths are rounded up to a multiple of this: SIMD and GEMM kernels work in blocks of 8+.
@@ -146,5 +151,5 @@ def prune(
         parent=artifact.manifest,
         initial_state=state,
     )
-    references = [teacher_reference(artifact, dataset), *fit_baselines(dataset)]
+    references = [model_reference("parent", artifact, dataset), *fit_baselines(dataset)]
     return train_one(dataset, job, config, references, progress)

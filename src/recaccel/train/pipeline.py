@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from recaccel.artifact import LineageStep, Manifest, new_manifest, save_artifact
+from recaccel.artifact import Artifact, LineageStep, Manifest, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.models.registry import ModelConfig, build_model, preset_config
 from recaccel.train.baselines import BaselineResult, item_popularity, logistic_regression
@@ -96,6 +96,21 @@ class TrainJob:
     parent: Manifest | None = None  # the artifact it derives from (a distillation teacher)
     # Weights to start from (a pruned model's fine-tuning); None = a fresh, seeded init.
     initial_state: Mapping[str, torch.Tensor] | None = None
+
+
+def model_reference(name: str, artifact: Artifact, dataset: Dataset) -> BaselineResult:
+    """An artifact as a reference scorer (a teacher, an unpruned parent), so a derived model's
+    test ΔAUC against it gets a paired CI like the baselines'."""
+    val_scores = predict(artifact.model, dataset.validation)
+    test_scores = predict(artifact.model, dataset.test)
+    manifest = artifact.manifest
+    return BaselineResult(
+        name=name,
+        setting=f"{manifest.model} ({manifest.preset or 'custom'}) {manifest.artifact_id}",
+        validation=evaluate(dataset.validation.label, val_scores),
+        test=evaluate(dataset.test.label, test_scores),
+        test_scores=test_scores,
+    )
 
 
 def train_one(
