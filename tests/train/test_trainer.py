@@ -74,3 +74,22 @@ def test_paired_bootstrap_separates_a_better_scorer_and_not_an_equal_one() -> No
     assert 0 < strong.low <= strong.delta <= strong.high
     same = paired_bootstrap_auc_delta(labels, better, better, resamples=50)
     assert same.delta == same.low == same.high == 0.0
+
+
+def test_fine_tuning_keeps_the_starting_weights_when_training_only_hurts(
+    tiny_dataset: Dataset,
+) -> None:
+    model, _ = _fit(tiny_dataset, max_epochs=6, patience=6)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # A learning rate this large wrecks the model on the first step.
+    result = fit(
+        model,
+        tiny_dataset,
+        TrainConfig(max_epochs=2, patience=2, learning_rate=50.0),
+        progress=False,
+        score_start=True,
+    )
+    assert result.history[0].epoch == 0 and result.best_epoch == 0
+    assert result.best.validation.auc == max(e.validation.auc for e in result.history)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0, msg=name)

@@ -129,8 +129,8 @@ def train_one(
     model = build_model(job.model, dataset.schema, job.config)
     if job.initial_state is not None:
         model.load_state_dict(job.initial_state)
-    result = fit(model, dataset, config, progress=progress)
-    validation = result.history[result.best_epoch - 1].validation
+    result = fit(model, dataset, config, progress, score_start=job.initial_state is not None)
+    validation = result.best.validation
     test_scores = predict(model, dataset.test, config.eval_batch_size)
     test = evaluate(dataset.test.label, test_scores)
     vs_references = {

@@ -56,9 +56,13 @@ class EpochLog:
 
 @dataclass
 class FitResult:
-    best_epoch: int
+    best_epoch: int  # 0: the starting weights (see `fit`'s score_start)
     history: list[EpochLog] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def best(self) -> EpochLog:
+        return next(e for e in self.history if e.epoch == self.best_epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -112,12 +116,18 @@ def train_epoch(
 
 
 def fit(
-    model: nn.Module, dataset: Dataset, config: TrainConfig, progress: bool = True
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    progress: bool = True,
+    score_start: bool = False,
 ) -> FitResult:
     """Train `model` in place on the train split; keep the weights of the best validation AUC.
 
     Shuffling and initialisation are seeded from `config.seed`, so a rerun on the same machine
-    and thread count gives the same model.
+    and thread count gives the same model. With `score_start` (fine-tuning weights that already
+    mean something, such as a pruned model), the starting weights are scored as epoch 0 and
+    kept if no epoch of training beats them.
     """
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -127,6 +137,11 @@ def fit(
     result = FitResult(best_epoch=0)
     best_auc, best_state = -1.0, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
+    if score_start:
+        start = evaluate(dataset.validation.label, predict(model, dataset.validation))
+        result.history.append(EpochLog(0, float("nan"), start, 0.0))
+        best_auc = start.auc
+        _report(result.history[0], True, progress)
     for epoch in range(1, config.max_epochs + 1):
         epoch_start = time.perf_counter()
         desc = f"epoch {epoch}/{config.max_epochs}"
@@ -149,8 +164,9 @@ def fit(
 
 
 def _report(entry: EpochLog, improved: bool, progress: bool) -> None:
+    trained = f"epoch {entry.epoch}: train loss {entry.train_loss:.4f}"
     line = (
-        f"epoch {entry.epoch}: train loss {entry.train_loss:.4f}, "
+        f"{trained if entry.epoch else 'before training'}, "
         f"val AUC {entry.validation.auc:.4f}, val logloss {entry.validation.logloss:.4f}"
         f"{' (best)' if improved else ''} [{entry.seconds:.0f}s]"
     )
