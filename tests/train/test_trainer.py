@@ -93,3 +93,13 @@ def test_fine_tuning_keeps_the_starting_weights_when_training_only_hurts(
     assert result.best.validation.auc == max(e.validation.auc for e in result.history)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, start[name], rtol=0, atol=0, msg=name)
+
+
+def test_vectorised_auc_matches_scikit_learn_including_ties() -> None:
+    from recaccel.train.metrics import auc_per_row
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, (5, 300)).astype(np.float64)
+    scores = np.round(rng.random((5, 300)), 1)  # coarse scores: many ties
+    expected = [roc_auc_score(labels[i], scores[i]) for i in range(5)]
+    np.testing.assert_allclose(auc_per_row(labels, scores), expected, rtol=1e-12)

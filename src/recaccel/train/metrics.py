@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
 
 # Clip probabilities away from 0 and 1 so one confident miss cannot make logloss infinite.
@@ -47,6 +48,26 @@ class AucDelta:
         return f"{self.delta:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
 
 
+# Resamples scored at once: bounds the (chunk, N) rank matrices to ~80 MB at N = 10k rows.
+BOOTSTRAP_CHUNK = 100
+
+
+def auc_per_row(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of (R, N) labels and scores, by the Mann–Whitney rank formula.
+
+    Written out because the bootstrap needs thousands of AUCs: scikit-learn's `roc_auc_score`
+    spends milliseconds a call validating its input, which made a 1,000-resample interval cost
+    seconds per model; ranking all resamples in one call is the same statistic (ties get
+    average ranks, as in scikit-learn), and a test checks the two agree.
+    """
+    ranks = rankdata(scores, axis=1)  # (R, N), ties averaged
+    positives = labels.sum(axis=1)
+    negatives = labels.shape[1] - positives
+    rank_sum = (ranks * labels).sum(axis=1)
+    auc: np.ndarray = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return auc
+
+
 def paired_bootstrap_auc_delta(
     labels: np.ndarray,
     candidate: np.ndarray,
@@ -62,15 +83,15 @@ def paired_bootstrap_auc_delta(
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
-    deltas: list[float] = []
-    while len(deltas) < resamples:
-        rows = rng.integers(0, n, n)
+    deltas: list[np.ndarray] = []
+    drawn = 0
+    while drawn < resamples:
+        rows = rng.integers(0, n, (min(BOOTSTRAP_CHUNK, resamples - drawn), n))
         sample = labels[rows]
-        if sample.min() == sample.max():  # AUC needs both classes
-            continue
-        deltas.append(
-            roc_auc_score(sample, candidate[rows]) - roc_auc_score(sample, reference[rows])
-        )
-    low, high = np.percentile(deltas, [2.5, 97.5])
+        both_classes = sample.min(axis=1) != sample.max(axis=1)  # AUC needs both
+        rows, sample = rows[both_classes], sample[both_classes]
+        deltas.append(auc_per_row(sample, candidate[rows]) - auc_per_row(sample, reference[rows]))
+        drawn += len(rows)
+    low, high = np.percentile(np.concatenate(deltas)[:resamples], [2.5, 97.5])
     point = roc_auc_score(labels, candidate) - roc_auc_score(labels, reference)
     return AucDelta(float(point), float(low), float(high), resamples)
