@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.data.movielens import build_movielens_dataset
 from recaccel.data.movielens_source import MovieLensTables
+from recaccel.train.pipeline import train_models
+from recaccel.train.trainer import TrainConfig
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
 
@@ -66,3 +72,17 @@ def tiny_tables() -> MovieLensTables:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_tables: MovieLensTables) -> Dataset:
     return build_movielens_dataset(tiny_tables)
+
+
+@pytest.fixture
+def train_tiny(tiny_dataset: Dataset) -> Callable[[str, str, Path], Artifact]:
+    """Train a zoo model briefly on the tiny dataset, save it to `out`, and load it back."""
+
+    def train(model: str, preset: str, out: Path) -> Artifact:
+        config = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
+        train_models(
+            tiny_dataset, [(model, preset)], out, config, with_baselines=False, progress=False
+        )
+        return load_artifact(out)
+
+    return train

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from recaccel.artifact import load_artifact
+from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
 from recaccel.models.layers import MLP
@@ -20,7 +21,6 @@ from recaccel.models.registry import (
     preset_config,
 )
 from recaccel.optimize.prune import kept_width, neuron_importance, prune, prune_state
-from recaccel.train.pipeline import train_models
 from recaccel.train.trainer import TrainConfig
 
 
@@ -86,17 +86,11 @@ def test_pruning_silent_neurons_leaves_the_output_unchanged(
     torch.testing.assert_close(pruned(*batch), model(*batch), rtol=1e-4, atol=1e-5)
 
 
-def test_prune_writes_a_smaller_child_artifact(tmp_path: Path, tiny_dataset: Dataset) -> None:
+def test_prune_writes_a_smaller_child_artifact(
+    tmp_path: Path, tiny_dataset: Dataset, train_tiny: Callable[[str, str, Path], Artifact]
+) -> None:
+    parent = train_tiny("dcnv2", "base", tmp_path / "parent")
     fast = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
-    train_models(
-        tiny_dataset,
-        [("dcnv2", "base")],
-        tmp_path / "parent",
-        fast,
-        with_baselines=False,
-        progress=False,
-    )
-    parent = load_artifact(tmp_path / "parent")
     result = prune(parent, tiny_dataset, 0.25, tmp_path / "pruned", fast, progress=False)
     child = load_artifact(tmp_path / "pruned")
     assert child.manifest.parent == parent.manifest.artifact_id
