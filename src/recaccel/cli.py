@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -126,6 +126,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_text(training: dict[str, Any]) -> str:
+    if not training:
+        return "not recorded"
+    best = training.get("best_epoch")
+    kept = "the starting weights" if best == 0 else f"epoch {best}"
+    return (
+        f"best: {kept} ({training.get('epochs_run')} epochs trained, {training.get('seconds')} s)"
+    )
+
+
 def _delta_text(delta: dict[str, float] | None) -> str:
     if not delta:
         return "not measured"
@@ -143,7 +153,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     table.add_column(style="bold")
     table.add_column()
     rows = {
-        "model": f"{manifest.model} (preset {manifest.preset})",
+        "model": f"{manifest.model} (preset {manifest.preset or 'custom'})",
         "config": json.dumps(manifest.model_config),
         "dataset": f"{manifest.dataset.get('name')} "
         f"(synthetic: {manifest.dataset.get('synthetic')})",
@@ -160,6 +170,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"this model's ΔAUC {_delta_text(ref.get('delta_test_auc'))}"
             for name, ref in manifest.references.items()
         },
+        "training": _training_text(manifest.training),
         "parent": str(manifest.parent),
         "lineage": " → ".join(f"{s.op}({json.dumps(s.params)})" for s in manifest.lineage),
         "transforms": json.dumps(list(manifest.transforms)) if manifest.transforms else "none",

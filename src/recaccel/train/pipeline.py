@@ -161,7 +161,7 @@ def train_one(
         training={
             "config": config.to_dict(),
             "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
+            "epochs_run": sum(1 for e in result.history if e.epoch > 0),  # epoch 0 = start
             "seconds": round(result.seconds, 2),
         },
         parent=job.parent.artifact_id if job.parent else None,
