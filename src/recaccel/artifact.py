@@ -16,7 +16,7 @@ import json
 import platform
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,24 +125,20 @@ def save_artifact(path: Path, model: nn.Module, manifest: Manifest) -> Manifest:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE))
         weights_sha = _sha256(staging / WEIGHTS_FILE)
-        completed = Manifest(
-            **{
-                **asdict(manifest),
-                "lineage": manifest.lineage,
-                "transforms": manifest.transforms,
-                "format_version": FORMAT_VERSION,
-                "artifact_id": weights_sha[:16],
-                "parameters": count_parameters(model),
-                "weights_bytes": (staging / WEIGHTS_FILE).stat().st_size,
-                "resident_bytes": _resident_bytes(model),
-                "files": {WEIGHTS_FILE: weights_sha},
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "software": {
-                    "recaccel": recaccel.__version__,
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                },
-            }
+        completed = replace(
+            manifest,
+            format_version=FORMAT_VERSION,
+            artifact_id=weights_sha[:16],
+            parameters=count_parameters(model),
+            weights_bytes=(staging / WEIGHTS_FILE).stat().st_size,
+            resident_bytes=_resident_bytes(model),
+            files={WEIGHTS_FILE: weights_sha},
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            software={
+                "recaccel": recaccel.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
         )
         (staging / MANIFEST_FILE).write_text(json.dumps(completed.to_dict(), indent=2) + "\n")
         if path.exists():

@@ -45,10 +45,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
     summary = {
         "dataset": dataset.name,
         "synthetic": dataset.synthetic,
-        "rows": {s: len(dataset.split(s)) for s in ("train", "validation", "test")},
+        "rows": dataset.rows(),
         "positive_rate": {
-            s: round(float(dataset.split(s).label.mean()), 4)
-            for s in ("train", "validation", "test")
+            s: round(float(dataset.split(s).label.mean()), 4) for s in dataset.rows()
         },
         "features": {
             kind: [f.name for f in dataset.schema.features if f.kind.value == kind]

@@ -17,6 +17,8 @@ import torch
 
 from recaccel.data.schema import FeatureSchema
 
+SPLIT_NAMES = ("train", "validation", "test")
+
 
 @dataclass(frozen=True)
 class FeatureBatch:
@@ -93,3 +95,7 @@ class Dataset:
     def split(self, name: str) -> Split:
         splits = {"train": self.train, "validation": self.validation, "test": self.test}
         return splits[name]
+
+    def rows(self) -> dict[str, int]:
+        """Rows per split, in split order."""
+        return {name: len(self.split(name)) for name in SPLIT_NAMES}

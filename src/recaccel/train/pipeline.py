@@ -146,7 +146,7 @@ def train_one(
         dataset={
             "name": dataset.name,
             "synthetic": dataset.synthetic,
-            "rows": {s: len(dataset.split(s)) for s in ("train", "validation", "test")},
+            "rows": dataset.rows(),
             **dataset.info,
         },
         metrics={"validation": validation.to_dict(), "test": test.to_dict()},

@@ -137,8 +137,13 @@ def fit(
     result = FitResult(best_epoch=0)
     best_auc, best_state = -1.0, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
+
+    def validate() -> Metrics:
+        scores = predict(model, dataset.validation, config.eval_batch_size)
+        return evaluate(dataset.validation.label, scores)
+
     if score_start:
-        start = evaluate(dataset.validation.label, predict(model, dataset.validation))
+        start = validate()
         result.history.append(EpochLog(0, float("nan"), start, 0.0))
         best_auc = start.auc
         _report(result.history[0], True, progress)
@@ -146,8 +151,7 @@ def fit(
         epoch_start = time.perf_counter()
         desc = f"epoch {epoch}/{config.max_epochs}"
         loss = train_epoch(model, dataset.train, optimizer, config.batch_size, rng, desc, progress)
-        val_scores = predict(model, dataset.validation, config.eval_batch_size)
-        val = evaluate(dataset.validation.label, val_scores)
+        val = validate()
         entry = EpochLog(epoch, loss, val, time.perf_counter() - epoch_start)
         result.history.append(entry)
         improved = val.auc > best_auc
