@@ -1,0 +1,116 @@
+"""Model-compute latency of several variants, measured interleaved in one process.
+
+Machines here are shared and noisy: absolute times drift by 2× between runs, ratios hold. So
+every variant is timed inside the same loop — one call of each per round, in an order that
+rotates each round — and the report reads medians of the same rounds. This measures model
+compute only (the forward pass on ready tensors); request decoding, batching and transport
+belong to the serving benchmark.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recaccel.data.dataset import FeatureBatch, Split
+from recaccel.errors import ConfigError
+
+# A rank request in the seeds' workload scores about 100 candidates (lognormal, median 100).
+SERVING_BATCH = 100
+DEFAULT_REPEATS = 200
+DEFAULT_WARMUP = 20
+
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    batch: int
+    median_ms: float
+    p99_ms: float
+    repeats: int
+    threads: int
+
+    @property
+    def rows_per_second(self) -> float:
+        """Throughput of back-to-back batches of this size on `threads` threads."""
+        return self.batch / (self.median_ms / 1e3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rows_per_second": round(self.rows_per_second, 1)}
+
+
+def sample_rows(split: Split, rows: int, seed: int = 0) -> FeatureBatch:
+    """`rows` random rows of `split` (with replacement when the split is smaller)."""
+    if rows < 1:
+        raise ConfigError(f"batch size {rows} must be >= 1")
+    rng = np.random.default_rng(seed)
+    index = rng.choice(len(split), size=rows, replace=rows > len(split))
+    return split.features(np.sort(index))
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on `threads` intra-op threads, then restore the previous setting."""
+    if threads < 1:
+        raise ConfigError(f"threads {threads} must be >= 1")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q))
+
+
+def measure_interleaved(
+    scorers: Mapping[str, Scorer],
+    batch: FeatureBatch,
+    repeats: int = DEFAULT_REPEATS,
+    warmup: int = DEFAULT_WARMUP,
+    threads: int = 1,
+) -> dict[str, LatencyStats]:
+    """Median and p99 latency of each scorer on the same `batch`, rounds interleaved.
+
+    Args:
+        scorers: name -> callable(dense, categorical, multi_hot) -> scores; modules in eval
+            mode (a model is a scorer).
+        batch: the rows every scorer sees.
+        repeats: timed rounds; each round calls every scorer once.
+        warmup: untimed rounds first (allocator, lazy packing, caches).
+        threads: intra-op threads for the measurement (1 = the cost of one core).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
+    names = list(scorers)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    inputs = batch.as_tuple()
+    with torch_threads(threads), torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            shift = round_ % len(names)  # rotate, so no variant always runs first
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                scorers[name](*inputs)
+                elapsed = time.perf_counter() - start
+                if round_ >= warmup:
+                    samples[name].append(elapsed * 1e3)
+    return {
+        name: LatencyStats(
+            batch=len(batch),
+            median_ms=statistics.median(times),
+            p99_ms=_percentile(times, 99),
+            repeats=repeats,
+            threads=threads,
+        )
+        for name, times in samples.items()
+    }
