@@ -21,6 +21,7 @@ from recaccel.artifact import Artifact, LineageStep
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
 from recaccel.models.registry import ModelConfig
+from recaccel.train.baselines import BaselineResult
 from recaccel.train.pipeline import (
     TrainedModel,
     TrainJob,
@@ -52,11 +53,13 @@ def distill(
     alpha: float = DEFAULT_ALPHA,
     student_preset: str | None = None,
     progress: bool = True,
+    baselines: list[BaselineResult] | None = None,
 ) -> TrainedModel:
     """Train `student_model` on the teacher's blended targets and save it as a child artifact.
 
     The student's manifest names the teacher as its parent, extends its lineage with a
-    "distill" step, and records its test ΔAUC against the teacher and the baselines.
+    "distill" step, and records its test ΔAUC against the teacher and the baselines
+    (`baselines`, fitted here when not given: a recipe fits them once for all its steps).
     """
     if teacher.schema != dataset.schema:
         raise ConfigError(
@@ -79,5 +82,7 @@ def distill(
         ),
         parent=teacher.manifest,
     )
-    references = [model_reference("teacher", teacher, dataset), *fit_baselines(dataset)]
+    if baselines is None:
+        baselines = fit_baselines(dataset)
+    references = [model_reference("teacher", teacher, dataset), *baselines]
     return train_one(dataclasses.replace(dataset, train=soft), job, config, references, progress)

@@ -50,3 +50,50 @@ def judge(
         f"(original {original_auc:.4f} − {relative_budget:.2%})"
     )
     return Verdict(accepted, original_auc, candidate_auc, floor, reason)
+
+
+# Two timings of the same model differ by a few percent here; a change smaller than this is
+# read as "no change", not as a gain or a loss.
+LATENCY_NOISE = 0.05
+# A step may trade some speed for size (INT4 tables unpack on every lookup), but not more.
+MAX_SLOWDOWN = 1.25
+
+
+@dataclass(frozen=True)
+class CostVerdict:
+    accepted: bool
+    size_ratio: float  # parent bytes / candidate bytes (> 1: smaller)
+    speedup: float  # parent latency / candidate latency (> 1: faster)
+    reason: str
+
+
+def judge_cost(
+    parent_bytes: int,
+    candidate_bytes: int,
+    parent_ms: float,
+    candidate_ms: float,
+    noise: float = LATENCY_NOISE,
+    max_slowdown: float = MAX_SLOWDOWN,
+) -> CostVerdict:
+    """Accept a step that buys something — fewer bytes, or less latency beyond noise — without
+    costing more than `max_slowdown` in latency. Latencies come from the same interleaved run.
+
+    >>> judge_cost(100, 50, 1.0, 1.0).accepted, judge_cost(100, 100, 1.0, 0.99).accepted
+    (True, False)
+    >>> judge_cost(100, 50, 1.0, 1.5).accepted, judge_cost(100, 100, 1.0, 0.5).accepted
+    (False, True)
+    """
+    size_ratio = parent_bytes / max(candidate_bytes, 1)
+    speedup = parent_ms / candidate_ms if candidate_ms > 0 else float("inf")
+    smaller = candidate_bytes < parent_bytes
+    faster = speedup > 1 + noise
+    too_slow = speedup < 1 / max_slowdown
+    accepted = (smaller or faster) and not too_slow
+    facts = f"{size_ratio:.2f}x smaller, {speedup:.2f}x faster than its parent"
+    if too_slow:
+        reason = f"{facts}: slower than the {max_slowdown:.2f}x allowed"
+    elif not accepted:
+        reason = f"{facts}: buys neither size nor speed"
+    else:
+        reason = facts
+    return CostVerdict(accepted, size_ratio, speedup, reason)

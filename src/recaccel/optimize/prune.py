@@ -35,6 +35,7 @@ from recaccel.models.registry import (
     config_to_dict,
     model_spec,
 )
+from recaccel.train.baselines import BaselineResult
 from recaccel.train.pipeline import (
     TrainedModel,
     TrainJob,
@@ -134,6 +135,7 @@ def prune(
     out: Path,
     config: TrainConfig,
     progress: bool = True,
+    baselines: list[BaselineResult] | None = None,
 ) -> TrainedModel:
     """Prune every hidden MLP layer of `artifact` to `keep_fraction`, fine-tune, save a child."""
     name = artifact.manifest.model
@@ -151,5 +153,7 @@ def prune(
         parent=artifact.manifest,
         initial_state=state,
     )
-    references = [model_reference("parent", artifact, dataset), *fit_baselines(dataset)]
+    if baselines is None:  # a recipe fits them once and passes them to every step
+        baselines = fit_baselines(dataset)
+    references = [model_reference("parent", artifact, dataset), *baselines]
     return train_one(dataset, job, config, references, progress)
