@@ -1,8 +1,9 @@
 """Structural transforms an artifact records and re-applies on load.
 
 A model is rebuilt from its config as a float model; an optimized one differs in structure
-(quantized tables, for now), so its manifest lists the transforms that made it, and loading
-replays them before the saved weights go in. Each transform is a name plus JSON parameters.
+(quantized tables, INT8 or half-precision dense layers), so its manifest lists the transforms
+that made it, and loading replays them, in order, before the saved weights go in. Each
+transform is a name plus JSON parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from recaccel.errors import ConfigError
 from recaccel.models.quantized import quantize_embeddings
+from recaccel.models.quantized_dense import prepare_quantized_dense
 
 
 def _quantize_embeddings(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
@@ -21,8 +23,14 @@ def _quantize_embeddings(model: nn.Module, params: Mapping[str, Any]) -> nn.Modu
     return quantized
 
 
+def _quantize_dense(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+    # The structure only: calibrated scales and quantized weights come with the saved state.
+    return prepare_quantized_dense(model, str(params["mode"]))
+
+
 TRANSFORMS: dict[str, Callable[[nn.Module, Mapping[str, Any]], nn.Module]] = {
     "quantize_embeddings": _quantize_embeddings,
+    "quantize_dense": _quantize_dense,
 }
 
 
