@@ -9,15 +9,33 @@ import torch
 from torch import nn
 
 from recaccel.data.schema import FeatureSchema
-from recaccel.models.layers import MLP, FactorizationMachine, LinearTerm, SparseArch
+from recaccel.errors import ConfigError
+from recaccel.models.layers import (
+    MLP,
+    DenseColumns,
+    FactorizationMachine,
+    FieldOptions,
+    LinearTerm,
+    SparseArch,
+)
 from recaccel.models.layers.embedding import EMBEDDING_INIT_STD
 
 
 @dataclass(frozen=True)
-class DeepFMConfig:
+class DeepFMConfig(FieldOptions):
+    # Shared by every field: the FM pairs them (mixed-dimension tables project up to it).
     embedding_dim: int = 64
     deep_mlp: tuple[int, ...] = (1024, 1024, 512, 256)
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(d > self.embedding_dim for d in self.embedding_dims):
+            raise ConfigError(
+                f"DeepFM embedding_dims {self.embedding_dims} exceed embedding_dim "
+                f"{self.embedding_dim}",
+                "narrower tables are projected up to the shared width, never down",
+            )
 
 
 class DenseFieldEmbedding(nn.Module):
@@ -37,9 +55,14 @@ class DenseFieldEmbedding(nn.Module):
 class DeepFM(nn.Module):
     def __init__(self, schema: FeatureSchema, config: DeepFMConfig) -> None:
         super().__init__()
-        num_dense = len(schema.dense)
-        self.first_order = LinearTerm(schema)
-        self.sparse_arch = SparseArch(schema, config.embedding_dim)
+        widths = config.table_widths(schema, config.embedding_dim)
+        dropped = config.dropped_fields
+        self.dense_columns = DenseColumns(schema, dropped)
+        num_dense = self.dense_columns.out_features
+        self.first_order = LinearTerm(schema, dropped)
+        self.sparse_arch = SparseArch(
+            schema, widths, dropped=dropped, project_to=config.embedding_dim
+        )
         self.dense_fields = DenseFieldEmbedding(num_dense, config.embedding_dim)
         self.fm = FactorizationMachine()
         num_fields = num_dense + self.sparse_arch.num_fields
@@ -50,6 +73,7 @@ class DeepFM(nn.Module):
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
     ) -> torch.Tensor:
         """Logits (B,) for dense (B, n_dense), categorical (B, n_cat), multi_hot (B, n_mh, L)."""
+        dense = self.dense_columns(dense)  # (B, n_kept_dense)
         first_order = self.first_order(dense, categorical, multi_hot)  # (B, 1)
         fields = torch.cat(
             [self.dense_fields(dense), torch.stack(self.sparse_arch(categorical, multi_hot), 1)],

@@ -33,6 +33,10 @@ class ModelSpec:
     presets: Mapping[str, ModelConfig]
     # Config field -> the MLP submodule it sizes, for passes that resize MLPs (pruning).
     mlp_fields: Mapping[str, str]
+    # Whether an interaction pairs the field vectors (DLRM's dot, DeepFM's FM): then every
+    # vector shares `embedding_dim`, and embedding-dim pruning removes a dim from all of them.
+    # Otherwise vectors are concatenated and each table's width is its own.
+    shared_embedding_dim: bool
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -49,6 +53,7 @@ MODELS: dict[str, ModelSpec] = {
                 "small": DLRMConfig(16, (64, 16), (64, 32, 1)),
             },
             mlp_fields={"bottom_mlp": "dense_arch", "top_mlp": "over_arch"},
+            shared_embedding_dim=True,
         ),
         ModelSpec(
             name="dcnv2",
@@ -61,6 +66,7 @@ MODELS: dict[str, ModelSpec] = {
                 "small": DCNv2Config(16, 2, 16, (64, 32)),
             },
             mlp_fields={"deep_mlp": "deep_arch"},
+            shared_embedding_dim=False,
         ),
         ModelSpec(
             name="deepfm",
@@ -73,6 +79,7 @@ MODELS: dict[str, ModelSpec] = {
                 "small": DeepFMConfig(16, (64, 32)),
             },
             mlp_fields={"deep_mlp": "deep_arch"},
+            shared_embedding_dim=True,
         ),
         ModelSpec(
             name="wide_deep",
@@ -85,6 +92,7 @@ MODELS: dict[str, ModelSpec] = {
                 "small": WideDeepConfig(16, (64, 32)),
             },
             mlp_fields={"deep_mlp": "deep_arch"},
+            shared_embedding_dim=False,
         ),
     )
 }
