@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,33 @@ def test_vectorised_auc_matches_scikit_learn_including_ties() -> None:
     scores = np.round(rng.random((5, 300)), 1)  # coarse scores: many ties
     expected = [roc_auc_score(labels[i], scores[i]) for i in range(5)]
     np.testing.assert_allclose(auc_per_row(labels, scores), expected, rtol=1e-12)
+
+
+def test_a_passed_deadline_stops_after_one_batch_and_keeps_that_model(
+    tiny_dataset: Dataset,
+) -> None:
+    seed_everything(0)
+    model = build_model("deepfm", tiny_dataset.schema, preset_config("deepfm", "small"))
+    training_calls = []
+    model.register_forward_hook(
+        lambda m, _args, _out: training_calls.append(1) if m.training else None
+    )
+    config = TrainConfig(max_epochs=50, patience=50, batch_size=16)
+    result = fit(model, tiny_dataset, config, progress=False, deadline=time.monotonic() - 1)
+    assert result.stopped_at_deadline
+    assert len(training_calls) == 1  # checked between batches: one batch, not an epoch
+    assert [e.epoch for e in result.history] == [1] and result.best_epoch == 1
+    restored = evaluate(tiny_dataset.validation.label, predict(model, tiny_dataset.validation))
+    assert restored.auc == pytest.approx(result.best.validation.auc)
+
+
+def test_a_distant_deadline_changes_nothing(tiny_dataset: Dataset) -> None:
+    config = TrainConfig(max_epochs=4, batch_size=128, learning_rate=3e-3)
+    aucs = []
+    for deadline in (None, time.monotonic() + 3600):
+        seed_everything(0)
+        model = build_model("deepfm", tiny_dataset.schema, preset_config("deepfm", "small"))
+        result = fit(model, tiny_dataset, config, progress=False, deadline=deadline)
+        assert not result.stopped_at_deadline
+        aucs.append([e.validation.auc for e in result.history])
+    assert aucs[0] == aucs[1]

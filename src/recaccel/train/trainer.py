@@ -59,6 +59,9 @@ class FitResult:
     best_epoch: int  # 0: the starting weights (see `fit`'s score_start)
     history: list[EpochLog] = field(default_factory=list)
     seconds: float = 0.0
+    # True when `fit`'s deadline, not early stopping or the epoch cap, ended training; the
+    # last epoch in `history` may then be partial.
+    stopped_at_deadline: bool = False
 
     @property
     def best(self) -> EpochLog:
@@ -89,8 +92,14 @@ def train_epoch(
     rng: np.random.Generator,
     desc: str = "",
     progress: bool = False,
+    *,
+    deadline: float | None = None,
 ) -> float:
-    """One pass over `split` in shuffled minibatches; returns the mean training loss."""
+    """One pass over `split` in shuffled minibatches; returns the mean training loss.
+
+    With a `deadline` (a `time.monotonic()` value) the pass ends after the batch during which
+    it passes: at least one batch always runs, so a late start still makes progress.
+    """
     model.train()
     loss_fn = nn.BCEWithLogitsLoss()
     total, seen = 0.0, 0
@@ -112,6 +121,11 @@ def train_epoch(
         optimizer.step()
         total += float(loss.detach()) * len(labels)
         seen += len(labels)
+        # Checked per batch, not per epoch: one epoch of a wide model on a real split can take
+        # longer than a whole search budget's slack.
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    bar.close()
     return total / max(seen, 1)
 
 
@@ -121,6 +135,8 @@ def fit(
     config: TrainConfig,
     progress: bool = True,
     score_start: bool = False,
+    *,
+    deadline: float | None = None,
 ) -> FitResult:
     """Train `model` in place on the train split; keep the weights of the best validation AUC.
 
@@ -128,6 +144,10 @@ def fit(
     and thread count gives the same model. With `score_start` (fine-tuning weights that already
     mean something, such as a pruned model), the starting weights are scored as epoch 0 and
     kept if no epoch of training beats them.
+
+    With a `deadline` (a `time.monotonic()` value, e.g. an architecture search's budget),
+    training stops after the batch during which it passes; that partial epoch is validated like
+    any other, and the best epoch so far is kept. The overrun is one batch and one validation.
     """
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -150,7 +170,16 @@ def fit(
     for epoch in range(1, config.max_epochs + 1):
         epoch_start = time.perf_counter()
         desc = f"epoch {epoch}/{config.max_epochs}"
-        loss = train_epoch(model, dataset.train, optimizer, config.batch_size, rng, desc, progress)
+        loss = train_epoch(
+            model,
+            dataset.train,
+            optimizer,
+            config.batch_size,
+            rng,
+            desc,
+            progress,
+            deadline=deadline,
+        )
         val = validate()
         entry = EpochLog(epoch, loss, val, time.perf_counter() - epoch_start)
         result.history.append(entry)
@@ -160,6 +189,10 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         _report(entry, improved, progress)
         if epoch - result.best_epoch > config.patience:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            result.stopped_at_deadline = True
+            log.info("deadline reached in epoch %d; keeping epoch %d", epoch, result.best_epoch)
             break
     model.load_state_dict(best_state)
     model.eval()

@@ -1,0 +1,135 @@
+"""One trial of the architecture search: suggest a student, distill it, time it, score it.
+
+`TrialRunner` is the Optuna objective. It also keeps the search's state between trials: the
+students already trained (a re-proposed one is pruned, not trained twice) and the trained
+models still on the Pareto front (saved as artifacts once the search ends; the rest are
+dropped as soon as they leave the front, so memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+from tqdm import tqdm
+
+from recaccel.data.dataset import Dataset, FeatureBatch
+from recaccel.models.registry import ModelConfig, build_model, config_to_dict
+from recaccel.optimize.latency import measure_interleaved
+from recaccel.optimize.pareto import TrialRecord
+from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
+from recaccel.train.trainer import TrainConfig, fit, seed_everything
+
+log = logging.getLogger("recaccel.search")
+
+# Timed rounds per trial: fewer than a benchmark's 200, because every trial pays them inside
+# the budget; the median of 50 interleaved rounds keeps a ratio within a few percent here.
+TRIAL_LATENCY_REPEATS = 50
+TRIAL_LATENCY_WARMUP = 5
+# Consecutive trials that only re-propose trained students before the search stops: by then
+# the space, or the sampler's belief about it, is exhausted.
+MAX_DUPLICATES_IN_A_ROW = 20
+
+
+@dataclass
+class TrialRunner:
+    """Distill, time and score one student per trial; remember configs and the front's models."""
+
+    teacher: nn.Module
+    soft: Dataset  # the training split's labels already blended with the teacher's scores
+    space: SearchSpace
+    config: TrainConfig
+    batch: FeatureBatch  # the rows latency is timed on, at the serving batch size
+    deadline: float  # time.monotonic() at which training stops
+    repeats: int = TRIAL_LATENCY_REPEATS
+    threads: int = 1
+    progress: bool = True
+    seen: dict[tuple[str, ModelConfig], int] = field(default_factory=dict)  # -> first trial
+    duplicates_in_a_row: int = 0
+    exhausted: bool = False  # stopped because only duplicates came
+    models: dict[int, nn.Module] = field(default_factory=dict)  # trained, on the current front
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        started = time.monotonic()
+        name, config = suggest_student(trial, self.space)
+        first = self.seen.setdefault((name, config), trial.number)
+        if first != trial.number:
+            self.duplicates_in_a_row += 1
+            trial.set_user_attr("duplicate_of", first)
+            raise optuna.TrialPruned(f"same student as trial {first}")
+        self.duplicates_in_a_row = 0
+        # Every student starts from the same seed, so trials differ by architecture, not luck.
+        seed_everything(self.config.seed)
+        model = build_model(name, self.soft.schema, config)
+        fitted = fit(model, self.soft, self.config, progress=False, deadline=self.deadline)
+        stats = measure_interleaved(
+            {"teacher": self.teacher, "student": model},
+            self.batch,
+            self.repeats,
+            TRIAL_LATENCY_WARMUP,
+            self.threads,
+        )
+        student_ms, teacher_ms = stats["student"].median_ms, stats["teacher"].median_ms
+        val_auc, ratio = fitted.best.validation.auc, student_ms / teacher_ms
+        attrs = {
+            "latency_ms": student_ms,
+            "teacher_latency_ms": teacher_ms,
+            "seconds": time.monotonic() - started,
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": len(fitted.history),
+            "stopped_at_deadline": fitted.stopped_at_deadline,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.models[trial.number] = model
+        self._report(trial.number, name, val_auc, student_ms, ratio, attrs)
+        return val_auc, ratio
+
+    def after_trial(self, study: optuna.Study, _trial: FrozenTrial) -> None:
+        """Drop the models that left the front; stop once only duplicates come."""
+        front = {t.number for t in study.best_trials}
+        self.models = {n: m for n, m in self.models.items() if n in front}
+        if self.duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+            self.exhausted = True
+            study.stop()
+
+    def _report(
+        self, number: int, name: str, auc: float, ms: float, ratio: float, attrs: dict[str, Any]
+    ) -> None:
+        cut = ", cut at the deadline" if attrs["stopped_at_deadline"] else ""
+        line = (
+            f"trial {number}: {name} val AUC {auc:.4f}, {ms:.3f} ms = {ratio:.3f}× teacher "
+            f"[{attrs['seconds']:.1f}s, {attrs['epochs_run']} epochs{cut}]"
+        )
+        log.info(line)
+        if self.progress:
+            tqdm.write(line, file=sys.stderr)
+
+
+def record_from_trial(trial: FrozenTrial) -> TrialRecord:
+    """A finished Optuna trial as a record; the student is rebuilt from its params."""
+    name, config = student_from_params(trial.params)
+    attrs = trial.user_attrs
+    values = trial.values if trial.state == TrialState.COMPLETE else None
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name.lower(),
+        model=name,
+        config=config_to_dict(config),
+        params=dict(trial.params),
+        val_auc=values[0] if values else None,
+        latency_ms=attrs.get("latency_ms"),
+        teacher_latency_ms=attrs.get("teacher_latency_ms"),
+        latency_ratio=values[1] if values else None,
+        seconds=attrs.get("seconds", 0.0),
+        best_epoch=attrs.get("best_epoch"),
+        epochs_run=attrs.get("epochs_run"),
+        stopped_at_deadline=attrs.get("stopped_at_deadline", False),
+        duplicate_of=attrs.get("duplicate_of"),
+    )
