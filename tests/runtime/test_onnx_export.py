@@ -1,0 +1,161 @@
+"""The ONNX form: same logits as PyTorch at any batch size, plain gathers, named inputs, and a
+clear refusal for models ORT cannot run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+import onnx
+
+from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
+from recaccel.data.dataset import Dataset
+from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
+from recaccel.models.registry import MODELS, build_model, preset_config
+from recaccel.runtime.export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    UnsupportedOnBackendError,
+    example_batch,
+    export_onnx,
+    onnx_feeds,
+    onnx_session,
+    onnx_size_bytes,
+    run_onnx,
+)
+
+# Logits, ORT vs PyTorch: the two sum in different orders, measured <= 3e-7 on these models;
+# 1e-5 is float32 noise for logits of size ~1, far below any wrong op.
+LOGIT_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 37])
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_float_onnx_matches_pytorch_at_any_batch_size(
+    trained: dict[str, Artifact],
+    float_onnx: dict[str, Path],
+    tiny_dataset: Dataset,
+    model_name: str,
+    rows: int,
+) -> None:
+    batch = tiny_dataset.test.features(slice(0, rows))
+    with torch.no_grad():
+        expected = trained[model_name].model(*batch.as_tuple()).numpy()
+    got = run_onnx(float_onnx[model_name], batch)
+    assert got.shape == (rows,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=LOGIT_ATOL)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_graph_has_named_inputs_a_dynamic_batch_and_plain_gathers(
+    float_onnx: dict[str, Path], tiny_dataset: Dataset, model_name: str
+) -> None:
+    model = onnx.load(str(float_onnx[model_name]))
+    onnx.checker.check_model(model)
+
+    def dims(value: onnx.ValueInfoProto) -> list[str | int]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert [i.name for i in model.graph.input] == list(INPUT_NAMES)
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    batch_axes = {dims(v)[0] for v in [*model.graph.input, *model.graph.output]}
+    assert len(batch_axes) == 1 and isinstance(batch_axes.pop(), str)  # one symbolic axis
+    ops = [node.op_type for node in model.graph.node]
+    assert not {"Loop", "Scan", "If", "SequenceEmpty"} & set(ops)  # no per-row subgraphs
+    assert ops.count("Gather") >= len(tiny_dataset.schema.sparse)  # one lookup per table
+    # No stack traces with this machine's paths, no FX names.
+    assert not any(node.metadata_props for node in model.graph.node)
+
+
+def test_the_callers_model_is_left_as_it_was(
+    tiny_dataset: Dataset, trained: dict[str, Artifact], tmp_path: Path
+) -> None:
+    model = trained["deepfm"].model.train()  # export must not need eval mode, nor set it
+    try:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        export_onnx(model, tiny_dataset.schema, tmp_path / "m.onnx")
+        assert model.training
+        assert any(isinstance(m, nn.EmbeddingBag) for m in model.modules())
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    finally:
+        model.eval()
+
+
+def test_session_helpers(float_onnx: dict[str, Path], tiny_dataset: Dataset) -> None:
+    path = float_onnx["dlrm"]
+    batch = example_batch(tiny_dataset.schema, 5)
+    session = onnx_session(path, intra_op_num_threads=1)
+    by_session = run_onnx(session, batch)
+    np.testing.assert_array_equal(by_session, run_onnx(path, onnx_feeds(batch)))
+    assert onnx_size_bytes(path) == path.stat().st_size
+
+
+def _quantized_artifact(parent: Artifact, dataset: Dataset, out: Path) -> Artifact:
+    model, _ = quantize_embeddings(parent.model, bits=8)
+    manifest = replace(
+        parent.manifest,
+        parent=parent.manifest.artifact_id,
+        transforms=({"op": "quantize_embeddings", "bits": 8},),
+        lineage=(*parent.manifest.lineage, LineageStep("quantize", {"bits": 8})),
+    )
+    save_artifact(out, model, manifest)
+    return load_artifact(out)
+
+
+def test_quantized_embeddings_get_a_clear_error(
+    trained: dict[str, Artifact], tiny_dataset: Dataset, tmp_path: Path
+) -> None:
+    parent = trained["dlrm"]
+    quantized = _quantized_artifact(parent, tiny_dataset, tmp_path / "q8")
+    with pytest.raises(UnsupportedOnBackendError) as caught:
+        export_onnx(quantized, None, tmp_path / "q8.onnx")
+    error = caught.value
+    assert error.backend == "ONNX Runtime"
+    assert error.op.startswith(("quantized::embedding_bag_byte", "aten::view.dtype"))
+    assert error.op in str(error) and "ONNX Runtime" in str(error)
+    assert "quantize_embeddings" in error.message  # names what made the artifact
+    assert parent.manifest.artifact_id in error.hint and "quantize_onnx" in error.hint
+    assert error.__cause__ is None  # refused up front, not from deep inside torch.onnx
+    assert not (tmp_path / "q8.onnx").exists()
+
+
+def test_quantized_dense_layers_get_the_same_error(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    dense = pytest.importorskip("recaccel.models.quantized_dense")
+    prepare = getattr(dense, "prepare_quantized_dense", None)
+    if prepare is None:
+        pytest.skip("quantized dense layers are not in this build")
+    model = prepare(
+        build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small")), "int8-dynamic"
+    )
+    with pytest.raises(UnsupportedOnBackendError, match="quantized::linear_dynamic"):
+        export_onnx(model, tiny_dataset.schema, tmp_path / "dense.onnx")
+
+
+@pytest.mark.skipif(not FBGEMM_AVAILABLE, reason="needs FBGEMM's quantized ops")
+def test_an_op_without_onnx_translation_is_named(tmp_path: Path, tiny_dataset: Dataset) -> None:
+    """Ops the up-front check does not know still end in the same error, naming the op."""
+
+    class RawFbgemmBag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            weight = torch.randn(tiny_dataset.schema.multi_hot[0].cardinality, 8)
+            self.register_buffer("packed", torch.ops.quantized.embedding_bag_byte_prepack(weight))
+
+        def forward(
+            self, dense: torch.Tensor, cat: torch.Tensor, bags: torch.Tensor
+        ) -> torch.Tensor:
+            ids = bags[:, 0, :].reshape(-1)
+            offsets = torch.arange(0, ids.numel(), bags.shape[2])
+            op = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
+            pooled: torch.Tensor = op(self.packed, ids, offsets)
+            return pooled.sum(dim=1) + dense.sum(dim=1)
+
+    with pytest.raises(UnsupportedOnBackendError, match="embedding_bag_byte_rowwise_offsets"):
+        export_onnx(RawFbgemmBag(), tiny_dataset.schema, tmp_path / "raw.onnx")
