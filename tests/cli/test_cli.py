@@ -166,3 +166,38 @@ def test_corrupt_cache_is_a_clear_error(
     assert (
         "ratings.parquet" in err and "delete the cache directory" in err and "Traceback" not in err
     )
+
+
+def test_optimize_runs_a_recipe_file_and_prints_the_report(
+    tiny_movielens: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher = tmp_path / "teacher"
+    assert cli.main(["train", "--model", "dlrm", "--preset", "base", "--out", str(teacher),
+                     "--epochs", "1", "--no-baselines", "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        "[guard]\nrelative_budget = 0.5\nmax_slowdown = 1000\n[measure]\nrepeats = 3\n"
+        '[[step]]\nop = "quantize_embeddings"\nbits = 8\n'
+    )
+    out = tmp_path / "opt"
+    code = cli.main(
+        ["optimize", str(teacher), "--recipe", str(recipe), "--out", str(out), "--json"]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [v["name"] for v in report["variants"]] == ["original", "01-quantize_embeddings"]
+    assert report["final"] == str(out / "01-quantize_embeddings")
+    assert (out / "report.md").is_file()
+    assert cli.main(["optimize", str(teacher), "--recipe", str(recipe), "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "01-quantize_embeddings" in shown and "kept" in shown
+
+
+def test_optimize_with_an_unknown_recipe_says_which_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["optimize", str(tmp_path), "--recipe", "fastest", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'fastest'" in err and "default" in err

@@ -122,3 +122,24 @@ def test_a_recipe_run_writes_every_variant_and_a_report(
         data["variants"][0]
     )
     assert "| original |" in (out / REPORT_MARKDOWN).read_text()
+
+
+def test_a_search_step_hands_on_the_fastest_accepted_student(
+    tiny_dataset: Dataset, teacher: Artifact, tmp_path: Path
+) -> None:
+    recipe = parse_recipe(
+        {
+            "guard": {"relative_budget": 0.99, "max_slowdown": 1000},
+            "measure": {"repeats": 3},
+            "step": [{"op": "search", "budget_seconds": 4, "n_trials": 2, "max_epochs": 1}],
+        },
+        "search",
+    )
+    run = run_recipe(teacher.path, tiny_dataset, recipe, tmp_path / "out", FAST, progress=False)
+    (outcome,) = run.steps
+    (attempt,) = outcome.attempts
+    assert attempt.candidate is not None, attempt.reason
+    assert attempt.candidate.path.parent == tmp_path / "out" / "01-search" / "students"
+    assert (tmp_path / "out" / "01-search" / "pareto.png").is_file()
+    student = load_artifact(attempt.candidate.path)
+    assert student.manifest.parent == teacher.manifest.artifact_id

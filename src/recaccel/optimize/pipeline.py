@@ -26,9 +26,12 @@ from recaccel.models.registry import config_from_dict, preset_config
 from recaccel.optimize.distill import DEFAULT_ALPHA, distill
 from recaccel.optimize.guard import CostVerdict, Verdict, judge, judge_cost
 from recaccel.optimize.latency import measure_interleaved, sample_rows
+from recaccel.optimize.pareto import pick
 from recaccel.optimize.prune import prune
+from recaccel.optimize.prune_embeddings import prune_embedding_dims, prune_fields
 from recaccel.optimize.quantize import quantize_dense_step, quantize_embeddings_step
 from recaccel.optimize.recipe import Recipe, Step
+from recaccel.optimize.search import search
 from recaccel.train.baselines import BaselineResult
 from recaccel.train.metrics import Metrics, evaluate
 from recaccel.train.pipeline import TrainedModel, fit_baselines
@@ -60,6 +63,7 @@ class Candidate:
 class Attempt:
     step: int  # 1-based position in the recipe
     op: str
+    label: str  # e.g. "02-prune-1": the attempt's directory under the run's output
     params: dict[str, Any]
     candidate: Candidate | None  # None: the attempt failed before producing a model
     accuracy: Verdict | None
@@ -111,6 +115,8 @@ class StepContext:
     """What every step runner may use; built once per recipe run."""
 
     dataset: Dataset
+    recipe: Recipe
+    original_validation: Metrics
     train_config: TrainConfig
     progress: bool
     baselines: list[BaselineResult] = field(default_factory=list)
@@ -118,6 +124,14 @@ class StepContext:
     def train_config_for(self, params: Mapping[str, Any]) -> TrainConfig:
         overrides = {k: params[k] for k in TRAIN_OVERRIDES if k in params}
         return dataclasses.replace(self.train_config, **overrides)
+
+
+# Ten minutes buys tens of small students on 2 cores: enough for the sampler to learn from.
+DEFAULT_SEARCH_SECONDS = 600.0
+
+
+class NoCandidateError(RecaccelError):
+    """A step found nothing to propose (e.g. a search whose whole front fails the guard)."""
 
 
 StepRunner = Callable[[StepContext, Artifact, dict[str, Any], Path], Candidate]
@@ -166,6 +180,39 @@ def _run_prune(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: 
     return Candidate.from_trained(trained)
 
 
+def _run_prune_fields(
+    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
+) -> Candidate:
+    options = {k: params[k] for k in ("tolerance", "max_fields") if k in params}
+    trained = prune_fields(
+        parent,
+        ctx.dataset,
+        out,
+        ctx.train_config_for(params),
+        progress=ctx.progress,
+        baselines=ctx.baselines,
+        **options,
+    )
+    return Candidate.from_trained(trained)
+
+
+def _run_prune_embedding_dims(
+    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
+) -> Candidate:
+    if "keep_fraction" not in params:
+        raise ConfigError("prune_embedding_dims needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
+    trained = prune_embedding_dims(
+        parent,
+        ctx.dataset,
+        float(params["keep_fraction"]),
+        out,
+        ctx.train_config_for(params),
+        progress=ctx.progress,
+        baselines=ctx.baselines,
+    )
+    return Candidate.from_trained(trained)
+
+
 def _run_quantize_embeddings(
     ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
 ) -> Candidate:
@@ -188,9 +235,43 @@ def _run_quantize_dense(
     return Candidate(out, manifest, validation, test)
 
 
+def _run_search(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path) -> Candidate:
+    """Distil a Pareto front of students (hardware-aware search), then take the fastest one
+    the guard accepts."""
+    result = search(
+        parent,
+        ctx.dataset,
+        out,
+        float(params.get("budget_seconds", DEFAULT_SEARCH_SECONDS)),
+        n_trials=params.get("n_trials"),
+        train_config=ctx.train_config_for(params),
+        alpha=float(params.get("alpha", DEFAULT_ALPHA)),
+        serving_batch=ctx.recipe.measure.serving_batch,
+        threads=ctx.recipe.measure.threads,
+        progress=ctx.progress,
+    )
+    chosen = pick(result, ctx.original_validation.auc, ctx.recipe.relative_budget)
+    if chosen is None or chosen.artifact is None:
+        raise NoCandidateError(
+            f"none of the {len(result.front)} Pareto-front students keeps the validation AUC "
+            f"within the budget (see {out / 'pareto.md'})",
+            "give the search more time (budget_seconds) or a larger space",
+        )
+    student = load_artifact(Path(chosen.artifact))
+    return Candidate(
+        student.path,
+        student.manifest,
+        Metrics(**student.manifest.metrics["validation"]),
+        Metrics(**student.manifest.metrics["test"]),
+    )
+
+
 STEP_RUNNERS: dict[str, StepRunner] = {
     "distill": _run_distill,
+    "search": _run_search,
     "prune": _run_prune,
+    "prune_fields": _run_prune_fields,
+    "prune_embedding_dims": _run_prune_embedding_dims,
     "quantize_embeddings": _run_quantize_embeddings,
     "quantize_dense": _run_quantize_dense,
 }
@@ -205,9 +286,8 @@ def _judge_accuracy(
     return judge(original.auc, candidate.validation.auc, budget)
 
 
-def _judge_cost(
-    parent: Artifact, candidate: Candidate, ctx: StepContext, recipe: Recipe
-) -> CostVerdict:
+def _judge_cost(parent: Artifact, candidate: Candidate, ctx: StepContext) -> CostVerdict:
+    recipe = ctx.recipe
     child = load_artifact(candidate.path)
     batch = sample_rows(ctx.dataset.validation, recipe.measure.serving_batch)
     timings = measure_interleaved(
@@ -225,13 +305,16 @@ def _judge_cost(
     )
 
 
+def _none(reason: str) -> tuple[None, None, None, bool, str]:
+    """The tail of an Attempt that produced no model."""
+    return None, None, None, False, reason
+
+
 def run_step(
     index: int,
     step: Step,
     parent: Artifact,
-    original_validation: Metrics,
     ctx: StepContext,
-    recipe: Recipe,
     out: Path,
 ) -> StepOutcome:
     """Try `step`'s attempts in order until one passes both checks."""
@@ -248,18 +331,23 @@ def run_step(
         log.info("step %d: %s", index, step.describe(params))
         try:
             candidate = runner(ctx, parent, params, target)
+        except NoCandidateError as exc:
+            attempts.append(Attempt(index, step.op, target.name, params, *_none(exc.message)))
+            continue
         except RecaccelError as exc:  # e.g. BF16 asked for on a CPU without it
             reason = f"not applicable: {exc.message}"
-            attempts.append(Attempt(index, step.op, params, None, None, None, False, reason))
+            attempts.append(Attempt(index, step.op, target.name, params, *_none(reason)))
             continue
         accuracy = _judge_accuracy(
-            original_validation, candidate, recipe.relative_budget, ctx.dataset.synthetic
+            ctx.original_validation, candidate, ctx.recipe.relative_budget, ctx.dataset.synthetic
         )
-        cost = _judge_cost(parent, candidate, ctx, recipe) if accuracy.accepted else None
+        cost = _judge_cost(parent, candidate, ctx) if accuracy.accepted else None
         accepted = accuracy.accepted and cost is not None and cost.accepted
         reason = accuracy.reason if cost is None else f"{accuracy.reason}; {cost.reason}"
         attempts.append(
-            Attempt(index, step.op, params, candidate, accuracy, cost, accepted, reason)
+            Attempt(
+                index, step.op, target.name, params, candidate, accuracy, cost, accepted, reason
+            )
         )
         if accepted:
             break
@@ -284,11 +372,13 @@ def run_recipe(
     original_validation = evaluate(
         dataset.validation.label, predict(original.model, dataset.validation)
     )
-    ctx = StepContext(dataset, train_config, progress, fit_baselines(dataset))
+    ctx = StepContext(
+        dataset, recipe, original_validation, train_config, progress, fit_baselines(dataset)
+    )
     outcomes: list[StepOutcome] = []
     current = original
     for index, step in enumerate(recipe.steps, start=1):
-        outcome = run_step(index, step, current, original_validation, ctx, recipe, out)
+        outcome = run_step(index, step, current, ctx, out)
         outcomes.append(outcome)
         chosen = outcome.accepted
         if chosen is not None and chosen.candidate is not None:

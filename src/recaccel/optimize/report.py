@@ -161,6 +161,7 @@ def _decisions(run: RecipeRun) -> list[dict[str, Any]]:
             decision = "kept" if attempt.accepted else "rejected"
             rows.append(
                 {
+                    "label": attempt.label,
                     "step": f"{outcome.step} {outcome.op} ({outcome.decision})",
                     "attempt": step.describe(attempt.params),
                     "decision": decision,
@@ -180,7 +181,7 @@ def build_report(run: RecipeRun, dataset: Dataset) -> OptimizeReport:
     named: dict[str, Artifact] = {"original": load_artifact(run.original)}
     for attempt in run.chain:
         assert attempt.candidate is not None  # accepted attempts always produced a model
-        named[attempt.candidate.path.name] = load_artifact(attempt.candidate.path)
+        named[attempt.label] = load_artifact(attempt.candidate.path)
     measure = run.recipe.measure
     scorers = {name: a.model for name, a in named.items()}
     at_one = measure_interleaved(
