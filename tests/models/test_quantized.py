@@ -9,12 +9,13 @@ from torch import nn
 from recaccel.data.dataset import Dataset
 from recaccel.models.quantized import (
     FBGEMM_AVAILABLE,
+    SUPPORTED_BITS,
     QuantizedEmbeddingBag,
     packed_row_bytes,
     quantize_embeddings,
     worth_quantizing,
 )
-from recaccel.models.registry import MODELS, build_model, preset_config
+from recaccel.models.registry import MODELS, build_model, count_parameters, preset_config
 
 
 @pytest.mark.parametrize(
@@ -112,3 +113,16 @@ def test_quantized_models_score_like_the_float_model(
 def test_unsupported_bits_are_refused() -> None:
     with pytest.raises(ValueError, match="supports"):
         quantize_embeddings(nn.Sequential(_table()), 2)
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+def test_quantizing_keeps_the_parameter_count(tiny_dataset: Dataset, bits: int) -> None:
+    """Quantized weights are buffers, but still weights: quantizing is not pruning."""
+    from recaccel.models.quantized_dense import quantize_dense
+
+    model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small"))
+    before = count_parameters(model)
+    quantized, _ = quantize_embeddings(model, bits)
+    assert count_parameters(quantized) == before
+    both, _ = quantize_dense(quantized, "int8-dynamic")
+    assert count_parameters(both) == before

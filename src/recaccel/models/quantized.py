@@ -96,6 +96,9 @@ class QuantizedEmbeddingBag(nn.Module):
             out.packed.copy_(torch.ops.quantized.embedding_bag_4bit_prepack(weight))
         return out
 
+    def quantized_weight_count(self) -> int:
+        return self.num_embeddings * self.embedding_dim
+
     def lookup_path(self) -> str:
         return "fbgemm" if self.use_fbgemm else "torch-dequantize"
 

@@ -130,6 +130,10 @@ class _Int8Weights(nn.Module):
         hook = self.register_load_state_dict_post_hook  # unannotated in torch
         hook(lambda module, _keys: module.drop_packed())  # type: ignore[no-untyped-call]
 
+    def quantized_weight_count(self) -> int:
+        bias = 0 if self.bias is None else self.bias.numel()
+        return self.weight_int8.numel() + bias
+
     def set_weights(self, linear: nn.Linear) -> None:
         q, scale = quantize_weight(linear.weight)
         self.weight_int8.copy_(q)

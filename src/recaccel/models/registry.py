@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -142,5 +142,19 @@ def build_model(model: str, schema: FeatureSchema, config: ModelConfig) -> nn.Mo
     return spec.build(schema, config)
 
 
+@runtime_checkable
+class HoldsQuantizedWeights(Protocol):
+    """A module that keeps weights as integer buffers rather than `nn.Parameter`s."""
+
+    def quantized_weight_count(self) -> int:
+        """How many weights (of the float layer it stands for) it holds."""
+        ...
+
+
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """The model's weights, quantized ones included: a quantized table still has rows × dim
+    weights, though they live in buffers, so quantizing does not look like pruning."""
+    quantized = sum(
+        m.quantized_weight_count() for m in model.modules() if isinstance(m, HoldsQuantizedWeights)
+    )
+    return quantized + sum(p.numel() for p in model.parameters())
