@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import recaccel
-from recaccel.errors import RecaccelError, UnknownNameError
+from recaccel.errors import ConfigError, RecaccelError, UnknownNameError
 
 if TYPE_CHECKING:
     from recaccel.optimize.report import OptimizeReport
@@ -110,8 +110,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         seed=args.seed,
     )
+    if args.rows is not None and args.dataset != "criteo-synthetic":
+        raise ConfigError(
+            f"--rows applies to criteo-synthetic only, not {args.dataset}", "drop --rows"
+        )
     progress = not args.json
-    dataset = load_dataset(args.dataset, DatasetOptions(progress=progress))
+    dataset = load_dataset(
+        args.dataset, DatasetOptions(progress=progress, synthetic_rows=args.rows)
+    )
     report = train_models(
         dataset, runs, Path(args.out), config, not args.no_baselines, progress=progress
     )
@@ -289,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="artifact directory (a parent directory when training several)"
     )
     train.add_argument(
-        "--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)"
+        "--epochs",
+        type=int,
+        default=20,
+        help="maximum epochs (default: %(default)s); 0 saves the initial random weights, "
+        "for size and speed studies",
+    )
+    train.add_argument(
+        "--rows", type=int, help="rows to generate (criteo-synthetic only; default: 1,000,000)"
     )
     train.add_argument(
         "--patience", type=int, default=2, help="epochs without validation gain before stopping"

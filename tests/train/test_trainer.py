@@ -135,3 +135,12 @@ def test_a_distant_deadline_changes_nothing(tiny_dataset: Dataset) -> None:
         assert not result.stopped_at_deadline
         aucs.append([e.validation.auc for e in result.history])
     assert aucs[0] == aucs[1]
+
+
+def test_zero_epochs_keeps_the_initial_weights(tiny_dataset: Dataset) -> None:
+    torch.manual_seed(0)
+    model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, tiny_dataset, TrainConfig(max_epochs=0), progress=False)
+    assert result.best_epoch == 0 and [e.epoch for e in result.history] == [0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

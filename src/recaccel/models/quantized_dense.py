@@ -1,4 +1,4 @@
-"""Quantized dense layers: INT8 dynamic Linear, INT8 static MLP, FP16/BF16 MLPs.
+"""Quantized dense layers: INT8 dynamic Linear, INT8 static MLP; `quantize_dense` for all modes.
 
 The embedding tables hold most of a CTR model's bytes; the MLPs hold most of its FLOPs. This
 module is the dense counterpart of `quantized.py`, with the same pattern: modules whose state is
@@ -10,7 +10,8 @@ FBGEMM kernels where the build has them and on plain torch otherwise, and saying
 - INT8 static (`Int8StaticMLP`): a whole MLP chained in the quantized domain (`quantized::
   linear_relu`), activation scales fixed by calibration on real inputs, dequantized once at the
   end. Cheaper than dynamic (no per-batch min/max), but needs calibration rows.
-- FP16/BF16 (`HalfPrecisionMLP`): weights stored and run in a 16-bit float type.
+- FP16/BF16 (`HalfPrecisionMLP`, in half_precision.py): weights stored and run in a 16-bit
+  float type, refused on a device that would only emulate it.
 
 The FBGEMM ops build quint8/qint8 tensors, which torch 2.13 deprecates (pytorch#184982); the
 plain-torch paths are the way off them and compute the same thing. Under `torch.compile` and
@@ -33,13 +34,18 @@ from torch import nn
 
 from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import ConfigError
+from recaccel.models.half_precision import (
+    HALF_DTYPES,
+    HalfPrecisionMLP,
+    natively_supports,
+    probe_device,
+)
 from recaccel.models.layers import MLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
 
 logger = logging.getLogger(__name__)
 
 MODES = ("int8-dynamic", "int8-static", "fp16", "bf16")
-HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # FBGEMM needs a positive scale; an all-zero weight row (a pruned neuron) or a constant
 # activation would otherwise get 0. PyTorch's observers use the same floor.
 SCALE_EPS = torch.finfo(torch.float32).eps
@@ -319,66 +325,6 @@ class Int8StaticMLP(nn.Module):
         for layer in layers:
             x = layer(x)
         return x
-
-
-class HalfPrecisionMLP(nn.Module):
-    """An `MLP` stored and run in fp16 or bf16, taking and returning fp32.
-
-    Its state keys are the MLP's (`layers.0.weight`, ...), in `dtype`, so bytes on disk halve.
-    """
-
-    def __init__(self, mlp: MLP, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.layers = mlp.layers.to(dtype)
-        self.dtype, self.out_features = dtype, mlp.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x.to(self.dtype)).float()  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True)
-class DeviceCaps:
-    """What a device can run natively, as probed by `probe_device`."""
-
-    device_type: str  # "cpu" or "cuda"
-    cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): "AVX2", "AVX512", ...
-    cpu_bf16: bool = False  # oneDNN has bf16 kernels for this CPU (AVX512-BF16, AMX, ...)
-    cpu_fp16: bool = False  # oneDNN has fp16 kernels for this CPU (AVX512-FP16, AMX-FP16)
-    cuda_bf16: bool = False  # Ampere or newer
-
-
-def probe_device(device: torch.device | str = "cpu") -> DeviceCaps:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return DeviceCaps("cuda", cuda_bf16=torch.cuda.is_bf16_supported())
-    return DeviceCaps(
-        "cpu",
-        cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        cpu_bf16=torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-        cpu_fp16=torch.ops.mkldnn._is_mkldnn_fp16_supported(),
-    )
-
-
-def natively_supports(caps: DeviceCaps, dtype: torch.dtype) -> bool:
-    """Whether `caps`' device computes in `dtype` natively rather than by emulation.
-
-    >>> natively_supports(DeviceCaps("cuda"), torch.float16)
-    True
-    >>> natively_supports(DeviceCaps("cpu", "AVX2"), torch.bfloat16)
-    False
-
-    Without native support a CPU still runs fp16/bf16 matmuls, converting to fp32 and back,
-    which is slower than plain fp32: only bytes shrink.
-    """
-    if dtype == torch.float32:
-        return True
-    if caps.device_type == "cuda":
-        return dtype == torch.float16 or (dtype == torch.bfloat16 and caps.cuda_bf16)
-    if caps.device_type == "cpu":
-        return (dtype == torch.bfloat16 and caps.cpu_bf16) or (
-            dtype == torch.float16 and caps.cpu_fp16
-        )
-    return False
 
 
 @dataclass(frozen=True)

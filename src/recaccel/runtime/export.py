@@ -70,9 +70,10 @@ _TORCH_QUANTIZED = (
     "torch.ao.nn.intrinsic.quantized",
     "torch.nn.quantized",
 )
-# recaccel's own quantized dense layers (models/quantized_dense.py, the `quantize_dense`
-# transform), by class name: matched by name so this stage does not depend on their internals.
-_RECACCEL_DENSE = "recaccel.models.quantized_dense"
+# recaccel's own quantized dense layers (models/quantized_dense.py and half_precision.py, the
+# `quantize_dense` transform), by class name: matched by name so this stage does not depend on
+# their internals.
+_RECACCEL_DENSE = ("recaccel.models.quantized_dense", "recaccel.models.half_precision")
 _RECACCEL_DENSE_OPS = {
     "Int8DynamicLinear": "quantized::linear_dynamic",
     "Int8StaticMLP": "quantized::linear_relu",
@@ -112,7 +113,7 @@ def _quantized_op(module: nn.Module) -> str | None:
         # Without FBGEMM the lookup bit-casts packed bytes to floats, which ONNX cannot.
         fbgemm = f"quantized::embedding_bag_{kind}_rowwise_offsets"
         return fbgemm if module.use_fbgemm else "aten::view.dtype (bit-cast of packed rows)"
-    if cls.__module__ == _RECACCEL_DENSE and cls.__name__ in _RECACCEL_DENSE_OPS:
+    if cls.__module__ in _RECACCEL_DENSE and cls.__name__ in _RECACCEL_DENSE_OPS:
         return _RECACCEL_DENSE_OPS[cls.__name__]
     if cls.__module__.startswith(_TORCH_QUANTIZED):
         suffix = "_dynamic" if ".dynamic" in cls.__module__ else ""

@@ -36,9 +36,11 @@ class TrainConfig:
     eval_batch_size: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("max_epochs", "batch_size", "eval_batch_size"):
+        for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train config: {name} must be >= 1")
+        if self.max_epochs < 0:
+            raise ConfigError("train config: max_epochs must be >= 0 (0 keeps the initial weights)")
         if self.patience < 0 or self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("train config: patience >= 0, learning_rate > 0, weight_decay >= 0")
 
@@ -143,7 +145,8 @@ def fit(
     Shuffling and initialisation are seeded from `config.seed`, so a rerun on the same machine
     and thread count gives the same model. With `score_start` (fine-tuning weights that already
     mean something, such as a pruned model), the starting weights are scored as epoch 0 and
-    kept if no epoch of training beats them.
+    kept if no epoch of training beats them. `max_epochs=0` keeps the initial weights as they
+    are: a randomly initialised model for size and speed studies.
 
     With a `deadline` (a `time.monotonic()` value, e.g. an architecture search's budget),
     training stops after the batch during which it passes; that partial epoch is validated like
@@ -162,7 +165,7 @@ def fit(
         scores = predict(model, dataset.validation, config.eval_batch_size)
         return evaluate(dataset.validation.label, scores)
 
-    if score_start:
+    if score_start or config.max_epochs == 0:
         start = validate()
         result.history.append(EpochLog(0, float("nan"), start, 0.0))
         best_auc = start.auc
