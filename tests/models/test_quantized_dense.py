@@ -1,5 +1,5 @@
-"""Quantized dense layers (INT8 dynamic/static, FP16/BF16): close to float, on every path,
-through an artifact and through torch.export.
+"""Quantized dense layers (INT8 dynamic/static; FP16/BF16 whole models, the layer itself in
+test_half_precision.py): close to float, on every path, through an artifact and torch.export.
 
 Tolerances are derived from the quantization grids rather than picked: a product of a value
 rounded by at most δx and a weight rounded by at most δw errs by at most |x|·δw + |ŵ|·δx, summed
@@ -25,14 +25,10 @@ from recaccel.models.quantized import quantize_embeddings
 from recaccel.models.quantized_dense import (
     FBGEMM_AVAILABLE,
     WEIGHT_QMAX,
-    DeviceCaps,
-    HalfPrecisionMLP,
     Int8DynamicLinear,
     Int8StaticMLP,
     activation_qparams,
     capture_mlp_inputs,
-    natively_supports,
-    probe_device,
     quantize_dense,
     quantize_weight,
 )
@@ -89,24 +85,6 @@ def test_weights_are_symmetric_per_channel_and_within_half_a_step() -> None:
     assert q.abs().max().item() == WEIGHT_QMAX  # each row's largest weight uses the full range
     error = (q.float() * scale[:, None] - linear.weight).abs()
     assert (error <= scale[:, None] / 2 + 1e-7).all()
-
-
-@pytest.mark.parametrize(
-    ("caps", "dtype", "native"),
-    [
-        (DeviceCaps("cuda"), torch.float16, True),
-        (DeviceCaps("cuda"), torch.bfloat16, False),  # pre-Ampere
-        (DeviceCaps("cuda", cuda_bf16=True), torch.bfloat16, True),
-        (DeviceCaps("cpu", "AVX2"), torch.bfloat16, False),
-        (DeviceCaps("cpu", "AVX2"), torch.float16, False),
-        (DeviceCaps("cpu", "AVX512", cpu_bf16=True), torch.bfloat16, True),
-        (DeviceCaps("cpu", "AVX512", cpu_bf16=True), torch.float16, False),
-        (DeviceCaps("cpu", "AVX512", cpu_fp16=True), torch.float16, True),
-        (DeviceCaps("cpu", "AVX2"), torch.float32, True),
-    ],
-)
-def test_native_dtype_support(caps: DeviceCaps, dtype: torch.dtype, native: bool) -> None:
-    assert natively_supports(caps, dtype) is native
 
 
 # --- INT8 dynamic ---------------------------------------------------------------------------
@@ -213,38 +191,6 @@ def test_static_mlp_rebuilds_from_structure_and_state() -> None:
         torch.testing.assert_close(placeholder(x), q(x), rtol=0, atol=0)
 
 
-# --- FP16 / BF16 ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("dtype", "relative"), [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
-def test_half_precision_mlp_is_close_and_half_the_bytes(
-    dtype: torch.dtype, relative: float
-) -> None:
-    # fp16 keeps 11 significant bits (rounding 2^-11 ≈ 5e-4 per value), bf16 8 (2^-8 ≈ 4e-3);
-    # inputs, weights and outputs are each rounded, so allow about 8 roundings of the output.
-    mlp, x = _mlp_and_inputs()
-    float_bytes = sum(t.numel() * t.element_size() for t in mlp.state_dict().values())
-    with torch.no_grad():
-        reference = mlp(x)
-        half = HalfPrecisionMLP(mlp, dtype)
-        got = half(x)
-    assert got.dtype == torch.float32
-    assert (got - reference).abs().max() <= relative * reference.abs().max()
-    assert sum(t.numel() * t.element_size() for t in half.state_dict().values()) == float_bytes / 2
-
-
-def test_bf16_is_refused_on_a_cpu_without_it_unless_forced(tiny_dataset: Dataset) -> None:
-    if natively_supports(probe_device("cpu"), torch.bfloat16):
-        pytest.skip("this CPU computes bf16 natively")
-    model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small")).eval()
-    with pytest.raises(ConfigError, match="bf16 is not native") as err:
-        quantize_dense(model, "bf16")
-    assert "force" in err.value.hint
-    forced, report = quantize_dense(model, "bf16", force=True)
-    assert not report.native and report.kernel_path == "cpu-bf16"
-    assert isinstance(forced.get_submodule("over_arch"), HalfPrecisionMLP)
-
-
 # --- whole models ---------------------------------------------------------------------------
 
 # Score (sigmoid) drift allowed against the float model on the tiny test split: INT8 rounds
@@ -344,19 +290,3 @@ def test_int8_dynamic_model_exports_with_int8_weights(tiny_dataset: Dataset) -> 
         _use_fbgemm(quantized, False)
         torch.testing.assert_close(exported, quantized(*other_size), rtol=1e-5, atol=1e-5)
     assert (torch.sigmoid(exported) - torch.sigmoid(fast)).abs().max().item() < 0.01
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mode", ["fp16", "bf16"])
-def test_half_precision_on_cuda(tiny_dataset: Dataset, mode: str) -> None:
-    if mode == "bf16" and not torch.cuda.is_bf16_supported():
-        pytest.skip("this GPU has no bf16")
-    torch.manual_seed(0)
-    model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small")).eval().cuda()
-    quantized, report = quantize_dense(model, mode)
-    assert report.native and report.kernel_path == f"cuda-{mode}"
-    batch = [t.cuda() for t in tiny_dataset.test.features().as_tuple()]
-    with torch.inference_mode():
-        reference, got = torch.sigmoid(model(*batch)), torch.sigmoid(quantized(*batch))
-    assert got.dtype == torch.float32
-    assert (got - reference).abs().max().item() < SCORE_TOLERANCE[mode]

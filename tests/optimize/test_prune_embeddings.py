@@ -21,14 +21,13 @@ from recaccel.models.registry import (
     model_spec,
     preset_config,
 )
+from recaccel.optimize.embedding_slicing import drop_fields_state, prune_dims_state
 from recaccel.optimize.prune_embeddings import (
     ablated_auc,
     choose_fields,
     dim_energy,
-    drop_fields_state,
     field_ablation_costs,
     kept_dim_count,
-    prune_dims_state,
     prune_embedding_dims,
     prune_fields,
 )
