@@ -17,6 +17,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/recaccel train --dataset movielens-100k --model dlrm --preset heavy --out $(OUT)
+	$(BIN)/recaccel optimize $(OUT) --recipe default --out $(OUT)-optimized
 
 check: setup
 	$(BIN)/ruff check src tests

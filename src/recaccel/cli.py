@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--recipe",
         default="default",
-        help="built-in recipe name or a .toml/.yaml file (default: %(default)s)",
+        help="a built-in recipe (default, search; default: %(default)s) or a .toml/.yaml file",
     )
     optimize.add_argument("--out", required=True, help="directory for the variants and report")
     optimize.add_argument(

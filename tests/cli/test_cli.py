@@ -201,3 +201,13 @@ def test_optimize_with_an_unknown_recipe_says_which_exist(
     assert code == 2
     err = capsys.readouterr().err
     assert "unknown recipe 'fastest'" in err and "default" in err
+
+
+def test_the_optimize_help_names_every_builtin_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    from recaccel.optimize.recipe import builtin_recipes
+
+    with pytest.raises(SystemExit):
+        cli.main(["optimize", "--help"])
+    help_text = capsys.readouterr().out
+    for name in builtin_recipes():
+        assert name in help_text
