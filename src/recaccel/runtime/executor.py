@@ -1,0 +1,346 @@
+"""The Executor: one artifact, loaded on one backend and device, that scores feature batches.
+
+Every served model runs behind this contract, whatever runs it underneath:
+
+    executor = load_executor("artifacts/dlrm-small", ExecutorConfig("onnxruntime", threads=2))
+    p = executor.run(batch)   # (B,) float32 click probabilities, sigmoid(logit) per row
+    executor.close()
+
+`run` returns probabilities, not the logits the models and the ONNX graph produce: the scores a
+ranker sorts on and a client reads, the same on every backend. Backends (BACKENDS):
+
+    torch-eager    PyTorch as the artifact loads: the baseline. CPU and CUDA.
+    torch-compile  torch.compile (inductor), one graph for every batch size, compiled at load.
+    onnxruntime    the artifact exported to ONNX (cached beside it), on ORT's CPU, CUDA or
+                   TensorRT execution provider; int8 and fp16 forms made by ORT's tools.
+
+Precision says what the executor does to the artifact's float dense layers on top of what the
+artifact already is: "fp32" runs it as saved (a quantized artifact stays quantized);
+"fp16"/"bf16" cast its MLPs (PyTorch: only where the device computes that type natively);
+"int8-dynamic"/"int8-static"/"fp16" are ORT's quantized forms of the exported graph.
+
+Threads. Each executor runs its intra-op work on `config.threads` threads, set per backend:
+ORT sessions own their pools (intra-op = threads, inter-op = 1), so ORT executors are
+independent. PyTorch's count is one per process (`torch.set_num_threads` is global): a torch
+executor sets it at load — before compiling, since inductor's CPU kernels bake the count in —
+and re-asserts it at the start of each `run` when another executor has changed it (one cheap
+comparison). Executors with different counts may therefore share a process when called one at a
+time, as the profiler does; concurrent runs from several Python threads would fight over the
+setting. The serving layer runs one executor per worker process, where the count is the
+worker's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from recaccel.artifact import Artifact, load_artifact
+from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import FeatureSchema
+from recaccel.errors import ConfigError, RecaccelError
+
+PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How to run an artifact.
+
+    Args:
+        backend: a key of `BACKENDS`.
+        device: "cpu", "cuda" or "cuda:N".
+        threads: intra-op threads. 1 by default: serving scales by worker processes, and
+            several workers each spawning a thread per core oversubscribe the machine.
+        precision: one of PRECISIONS (see the module docstring); each backend takes a subset.
+    """
+
+    backend: str
+    device: str = "cpu"
+    threads: int = 1
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"unknown device {self.device!r}", "use cpu, cuda or cuda:N")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"threads must be an integer >= 1, not {self.threads!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}", f"use one of {', '.join(PRECISIONS)}"
+            )
+
+    @property
+    def device_type(self) -> str:
+        """ "cpu" or "cuda", without the index."""
+        return self.device.partition(":")[0]
+
+    @property
+    def device_index(self) -> int:
+        return int(self.device.partition(":")[2] or 0)
+
+    def label(self) -> str:
+        """Short and unique per config, e.g. "onnxruntime/cpu/int8-dynamic/t2"."""
+        return f"{self.backend}/{self.device}/{self.precision}/t{self.threads}"
+
+
+class ExecutorError(RecaccelError):
+    """A backend cannot run an artifact in the requested configuration."""
+
+    def __init__(self, config: ExecutorConfig, problem: str, hint: str) -> None:
+        super().__init__(f"backend {config.backend} on {config.device}: {problem}", hint)
+        self.config = config
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend needs and accepts; the class itself is imported only when used."""
+
+    name: str
+    module: str  # defines `cls`; imported by `load_executor`
+    cls: str
+    packages: tuple[str, ...]  # import names beyond torch that must be installed
+    devices: tuple[str, ...]  # device types
+    precisions: tuple[str, ...]
+    install: str  # how to get `packages`
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "torch-eager",
+            "recaccel.runtime.torch_exec",
+            "TorchEagerExecutor",
+            (),
+            ("cpu", "cuda"),
+            ("fp32", "fp16", "bf16"),
+            "",
+        ),
+        BackendSpec(
+            "torch-compile",
+            "recaccel.runtime.torch_exec",
+            "TorchCompileExecutor",
+            (),
+            ("cpu", "cuda"),
+            ("fp32", "fp16", "bf16"),
+            "",
+        ),
+        BackendSpec(
+            "onnxruntime",
+            "recaccel.runtime.onnx_exec",
+            "OnnxRuntimeExecutor",
+            ("onnxruntime", "onnx", "onnxscript"),
+            ("cpu", "cuda"),
+            ("fp32", "int8-dynamic", "int8-static", "fp16"),
+            "pip install onnxruntime onnx onnxscript (onnxruntime-gpu for CUDA)",
+        ),
+    )
+}
+
+
+def check_config(
+    config: ExecutorConfig,
+    *,
+    cuda_devices: int,
+    missing_packages: tuple[str, ...] = (),
+    backends: Mapping[str, BackendSpec] = BACKENDS,
+) -> BackendSpec:
+    """The backend for `config`, or an ExecutorError saying why it cannot run here.
+
+    A pure decision on the facts `load_executor` gathers (visible GPUs, missing packages), so
+    every refusal is testable on any machine. Backend-specific checks that need the backend
+    itself (an ORT build without its CUDA provider, a quantized op on CUDA) come at load.
+    """
+    spec = backends.get(config.backend)
+    if spec is None:
+        raise ExecutorError(
+            config, "unknown backend", f"choose one of: {', '.join(sorted(backends))}"
+        )
+    if config.device_type not in spec.devices:
+        raise ExecutorError(
+            config, "device not supported", f"{spec.name} runs on {', '.join(spec.devices)}"
+        )
+    if config.device_type == "cuda" and config.device_index >= cuda_devices:
+        found = "no CUDA GPU is visible" if cuda_devices == 0 else f"{cuda_devices} GPU(s) seen"
+        raise ExecutorError(
+            config,
+            f"{found} (torch {torch.__version__}, CUDA build {torch.version.cuda})",
+            "use device='cpu', or run on a GPU machine with a CUDA build of torch"
+            + (f" and a device index below {cuda_devices}" if cuda_devices else ""),
+        )
+    if missing_packages:
+        raise ExecutorError(
+            config, f"needs {', '.join(missing_packages)}, which is not installed", spec.install
+        )
+    if config.precision not in spec.precisions:
+        raise ExecutorError(
+            config,
+            f"precision {config.precision} is not available",
+            f"{spec.name} takes {', '.join(spec.precisions)}; "
+            + ", ".join(
+                f"{other.name} takes {config.precision}"
+                for other in backends.values()
+                if config.precision in other.precisions
+            ),
+        )
+    return spec
+
+
+def _missing_packages(spec: BackendSpec) -> tuple[str, ...]:
+    return tuple(name for name in spec.packages if importlib.util.find_spec(name) is None)
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def zeros_batch(schema: FeatureSchema, rows: int) -> FeatureBatch:
+    """A valid batch of `rows` all-zero rows (id 0 is "unknown", or padding in a bag): what
+    executors warm up on, needing no data."""
+    return FeatureBatch(
+        torch.zeros(rows, len(schema.dense)),
+        torch.zeros(rows, len(schema.categorical), dtype=torch.int64),
+        torch.zeros(rows, len(schema.multi_hot), schema.multi_hot_len, dtype=torch.int64),
+    )
+
+
+def check_batch(schema: FeatureSchema, batch: FeatureBatch) -> None:
+    """Refuse a batch whose columns are not `schema`'s, before a backend fails obscurely."""
+    expected = {
+        "dense": (len(schema.dense),),
+        "categorical": (len(schema.categorical),),
+        "multi_hot": (len(schema.multi_hot), schema.multi_hot_len),
+    }
+    rows = len(batch)
+    for name, tail in expected.items():
+        shape = tuple(getattr(batch, name).shape)
+        if shape != (rows, *tail):
+            raise ConfigError(
+                f"batch {name} has shape {shape}, the model's schema wants {(rows, *tail)}",
+                "encode requests with the artifact's schema",
+            )
+
+
+def probabilities(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(B,) float32 sigmoid(logits), computed by torch (numerically stable, no overflow)."""
+    scores = torch.from_numpy(logits) if isinstance(logits, np.ndarray) else logits
+    return torch.sigmoid(scores.detach().float()).cpu().numpy()
+
+
+class Executor(ABC):
+    """An artifact on one backend and device. Build it with `load_executor`.
+
+    Subclasses take (artifact, config, calibration) and implement `_run`. An executor owns its
+    model: an `Artifact` passed in is deep-copied where the backend changes the model (device
+    moves, casts), so the caller's model is never modified.
+    """
+
+    def __init__(self, artifact: Artifact, config: ExecutorConfig) -> None:
+        self.config = config
+        self.schema = artifact.schema
+        self.model_name = artifact.manifest.model
+        self.artifact_id = artifact.manifest.artifact_id
+        self.artifact_path = artifact.path
+
+    @property
+    def name(self) -> str:
+        """E.g. "dlrm@3f2a9c1e torch-eager/cpu/fp32/t1"."""
+        return f"{self.model_name}@{self.artifact_id[:8]} {self.config.label()}"
+
+    def run(self, batch: FeatureBatch) -> np.ndarray:
+        """Click probabilities sigmoid(logit), (B,) float32 on the host, for B rows."""
+        check_batch(self.schema, batch)
+        if len(batch) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._run(batch)
+
+    @abstractmethod
+    def _run(self, batch: FeatureBatch) -> np.ndarray:
+        """`run` on a checked, non-empty batch."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready: the config, the artifact and what the backend actually runs."""
+        return {
+            "name": self.name,
+            "backend": self.config.backend,
+            "device": self.config.device,
+            "precision": self.config.precision,
+            "threads": self.config.threads,
+            "model": self.model_name,
+            "artifact_id": self.artifact_id,
+            "artifact": str(self.artifact_path),
+            **self._details(),
+        }
+
+    def _details(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model and the backend's resources (sessions, GPU memory); `run` then
+        raises."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def owned_copy(artifact: Artifact, loaded_here: bool) -> Artifact:
+    """`artifact` itself when this executor loaded it, else a copy with its own model."""
+    if loaded_here:
+        return artifact
+    return Artifact(
+        artifact.path,
+        artifact.manifest,
+        artifact.schema,
+        artifact.config,
+        copy.deepcopy(artifact.model),
+    )
+
+
+def load_executor(
+    artifact: Artifact | Path | str,
+    config: ExecutorConfig,
+    calibration: FeatureBatch | None = None,
+) -> Executor:
+    """Load `artifact` (an Artifact or its directory) on `config`'s backend, warmed up.
+
+    Args:
+        artifact: what to run.
+        config: backend, device, threads, precision.
+        calibration: training rows, for precisions that calibrate (onnxruntime int8-static);
+            never validation or test rows.
+
+    Raises:
+        ExecutorError: unknown backend, no GPU for a CUDA device, a missing package, a
+            precision or an op the backend cannot run here; each names backend and device.
+        UnsupportedOnBackendError: onnxruntime on an artifact with PyTorch-only quantized ops.
+    """
+    spec = BACKENDS.get(config.backend)
+    missing = _missing_packages(spec) if spec is not None else ()
+    spec = check_config(config, cuda_devices=_cuda_devices(), missing_packages=missing)
+    loaded_here = not isinstance(artifact, Artifact)
+    loaded = load_artifact(Path(artifact)) if not isinstance(artifact, Artifact) else artifact
+    cls = getattr(importlib.import_module(spec.module), spec.cls)
+    executor: Executor = cls(loaded, config, calibration=calibration, loaded_here=loaded_here)
+    return executor

@@ -1,0 +1,234 @@
+"""The ONNX Runtime executor: the artifact exported once, cached beside it, run by ORT.
+
+Forms, cached under `<artifact>/onnx/<key>/model.onnx`, each made on first use:
+
+    <artifact_id>-fp32                    export_onnx, checked against PyTorch when made
+    <artifact_id>-int8-dynamic            quantize_onnx of the fp32 file (no calibration)
+    <artifact_id>-int8-static-<rows>      ... calibrated on the given training rows, `<rows>` a
+                                          digest of them: other rows make another file
+    <artifact_id>-fp16                    ... float16 weights and arithmetic
+
+The key starts with the artifact id (the digest of its weights), so a file made from other
+weights is never picked up, even if the directory's weights are replaced by hand. A form is
+built in a staging directory and renamed into place, so worker processes that load the same
+artifact at once never read a half-written file; the loser of that race keeps the winner's copy.
+An artifact directory that is not writable caches under `recaccel_home()/onnx` instead.
+
+Execution providers: CPU for device cpu. For cuda, ORT's CUDA provider, preceded by TensorRT
+when the installed build lists it, and followed by CPU for any op the GPU providers lack. ORT
+quietly falls back to CPU when a GPU provider cannot start (missing CUDA or cuDNN libraries),
+so the session's actual providers are checked, and that case is an error, not a slow success.
+Graph optimizations: ORT_ENABLE_ALL (constant folding, Gemm and activation fusions, and the
+QDQ-to-integer-kernel fusions int8-static relies on).
+
+Threads: each session has its own pool, intra-op = config.threads, and no inter-op pool (the
+graph's nodes run in sequence), so ORT executors never disturb one another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recaccel.artifact import Artifact
+from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import FeatureSchema
+from recaccel.paths import recaccel_home
+from recaccel.runtime.executor import (
+    Executor,
+    ExecutorConfig,
+    ExecutorError,
+    probabilities,
+    zeros_batch,
+)
+from recaccel.runtime.export import OUTPUT_NAME, export_onnx, import_onnxruntime, onnx_feeds
+from recaccel.runtime.onnx_quantize import quantize_onnx
+
+ONNX_DIR = "onnx"
+MODEL_FILE = "model.onnx"
+WARMUP_ROWS = 8
+# TensorRT builds one engine for a range of input shapes; requests past `max` would rebuild it.
+TRT_BATCH = {"min": 1, "opt": 64, "max": 4096}
+
+ProviderList = list[tuple[str, dict[str, Any]]]
+
+
+def calibration_digest(batch: FeatureBatch) -> str:
+    """12 hex digits naming the calibration rows (their shapes and bytes)."""
+    digest = hashlib.sha256()
+    for tensor in batch.as_tuple():
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _cache_root(artifact: Artifact) -> Path:
+    if os.access(artifact.path, os.W_OK):
+        return artifact.path / ONNX_DIR
+    return recaccel_home() / ONNX_DIR  # keys start with the artifact id: safe to share
+
+
+def cache_path(artifact: Artifact, precision: str, calibration: FeatureBatch | None = None) -> Path:
+    """Where the artifact's ONNX form in `precision` is (or will be) cached."""
+    key = f"{artifact.manifest.artifact_id}-{precision}"
+    if precision == "int8-static" and calibration is not None:
+        key += f"-{calibration_digest(calibration)}"
+    return _cache_root(artifact) / key / MODEL_FILE
+
+
+def _cached(final: Path, make: Callable[[Path], object]) -> Path:
+    """`final` (…/key/model.onnx), made by `make(path)` in a staging directory unless present."""
+    if final.is_file():
+        return final
+    root, key = final.parent.parent, final.parent.name
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        make(staging / final.name)
+        try:
+            staging.rename(final.parent)  # atomic; fails if another process got there first
+        except OSError:
+            if not final.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def cached_onnx(
+    artifact: Artifact, precision: str, calibration: FeatureBatch | None = None
+) -> Path:
+    """The artifact's ONNX file in `precision`, exported and quantized on first use.
+
+    Raises:
+        UnsupportedOnBackendError: the artifact holds quantized PyTorch modules.
+        ConfigError: int8-static without calibration rows, or an unknown precision.
+    """
+    fp32 = _cached(cache_path(artifact, "fp32"), lambda path: export_onnx(artifact, None, path))
+    if precision == "fp32":
+        return fp32
+    return _cached(
+        cache_path(artifact, precision, calibration),
+        lambda path: quantize_onnx(fp32, path, precision, calibration),  # type: ignore[arg-type]
+    )
+
+
+def _trt_shapes(schema: FeatureSchema, rows: int) -> str:
+    n_dense, n_cat = len(schema.dense), len(schema.categorical)
+    n_multi, length = len(schema.multi_hot), schema.multi_hot_len
+    return f"dense:{rows}x{n_dense},categorical:{rows}x{n_cat},multi_hot:{rows}x{n_multi}x{length}"
+
+
+def choose_providers(
+    config: ExecutorConfig, available: Sequence[str], schema: FeatureSchema, cache: Path
+) -> ProviderList:
+    """ORT execution providers, with options, in priority order for `config`'s device."""
+    if config.device_type == "cpu":
+        return [("CPUExecutionProvider", {})]
+    if "CUDAExecutionProvider" not in available:
+        raise ExecutorError(
+            config,
+            f"this ONNX Runtime build has no CUDA execution provider (it has "
+            f"{', '.join(available)})",
+            "install onnxruntime-gpu in place of onnxruntime, or use device='cpu', or "
+            "backend torch-eager on cuda",
+        )
+    device = {"device_id": config.device_index}
+    providers: ProviderList = []
+    if "TensorrtExecutionProvider" in available:
+        # Not measured here (no TensorRT on these machines); options from ORT's TensorRT docs.
+        providers.append(
+            (
+                "TensorrtExecutionProvider",
+                {
+                    **device,
+                    "trt_fp16_enable": config.precision == "fp16",
+                    "trt_int8_enable": config.precision == "int8-static",  # QDQ: explicit scales
+                    "trt_engine_cache_enable": True,  # engines take minutes to build
+                    "trt_engine_cache_path": str(cache / "tensorrt"),
+                    **{
+                        f"trt_profile_{name}_shapes": _trt_shapes(schema, rows)
+                        for name, rows in TRT_BATCH.items()
+                    },
+                },
+            )
+        )
+    # use_tf32=0: ORT's CUDA provider rounds fp32 matmul inputs to TF32 (10-bit mantissa) on
+    # Ampere and newer by default; precision "fp32" means fp32, and fp16 is the fast form.
+    providers.append(("CUDAExecutionProvider", {**device, "use_tf32": 0}))
+    providers.append(("CPUExecutionProvider", {}))  # ops neither GPU provider implements
+    return providers
+
+
+class OnnxRuntimeExecutor(Executor):
+    """The artifact's ONNX form in an ORT session (see the module docstring)."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        config: ExecutorConfig,
+        *,
+        calibration: FeatureBatch | None = None,
+        loaded_here: bool = False,
+    ) -> None:
+        super().__init__(artifact, config)
+        ort = import_onnxruntime()
+        if config.precision == "int8-static" and calibration is None:
+            raise ExecutorError(
+                config,
+                "precision int8-static needs calibration rows",
+                "pass calibration= a FeatureBatch of training rows (a few thousand), e.g. "
+                "dataset.train.features(slice(0, 2048))",
+            )
+        self.onnx_path = cached_onnx(artifact, config.precision, calibration)
+        wanted = choose_providers(
+            config, ort.get_available_providers(), self.schema, self.onnx_path.parent.parent
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; ORT warns about benign graph rewrites
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session: Any = ort.InferenceSession(
+            str(self.onnx_path),
+            sess_options=options,
+            providers=[name for name, _ in wanted],
+            provider_options=[opts for _, opts in wanted],
+        )
+        self.version = ort.__version__
+        started = self._session.get_providers()
+        if config.device_type == "cuda" and "CUDAExecutionProvider" not in started:
+            raise ExecutorError(
+                config,
+                f"ONNX Runtime could not start its CUDA provider (running {started})",
+                "check that the CUDA and cuDNN libraries onnxruntime-gpu was built for are "
+                "installed (ORT logs the missing library at log level 3 and below)",
+            )
+        self._run(zeros_batch(self.schema, WARMUP_ROWS))  # arenas, TensorRT engine build
+
+    def _run(self, batch: FeatureBatch) -> np.ndarray:
+        if self._session is None:
+            raise ExecutorError(self.config, "the executor is closed", "load a new one")
+        logits: np.ndarray = self._session.run([OUTPUT_NAME], onnx_feeds(batch))[0]
+        return probabilities(logits)
+
+    def _details(self) -> dict[str, Any]:
+        providers = self._session.get_providers() if self._session is not None else []
+        return {
+            "onnxruntime": self.version,
+            "providers": providers,
+            "onnx": str(self.onnx_path),
+            "graph_optimization": "ORT_ENABLE_ALL",
+        }
+
+    def close(self) -> None:
+        self._session = None
