@@ -86,7 +86,8 @@ def test_train_several_models_into_one_parent(
         (["train", "--model", "dlrn", "--out", "x"], "unknown model 'dlrn'"),
         (["train", "--preset", "huge", "--out", "x"], "unknown preset for dlrm 'huge'"),
         (["train", "--dataset", "ml-1b", "--out", "x"], "unknown dataset 'ml-1b'"),
-        (["train", "--epochs", "0", "--out", "x"], "max_epochs must be >= 1"),
+        (["train", "--epochs", "-1", "--out", "x"], "max_epochs must be >= 0"),
+        (["train", "--rows", "10", "--out", "x"], "--rows applies to criteo-synthetic only"),
         (["inspect", "/nonexistent/artifact"], "no artifact at /nonexistent/artifact"),
     ],
 )
