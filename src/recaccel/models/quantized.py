@@ -10,6 +10,10 @@ to remove, so a plain-torch path — gather the packed rows, then `q * scale + b
 same numbers without them; `lookup_path()` says which one runs. The FBGEMM kernels always sum a
 bag whatever their `mode` argument says, so padding (index 0) is masked with per-sample weights.
 
+`quantize_embeddings` turns each `SparseArch` into a `QuantizedSparseArch` (quantized_fused.py),
+whose single-valued tables of one width share one stacked `QuantizedEmbeddingBag` and one kernel
+call; other tables become one `QuantizedEmbeddingBag` each.
+
 Packed row layouts (as FBGEMM's prepack ops write them):
     INT8: D uint8 values, fp32 scale, fp32 bias                 → D + 8 bytes
     INT4: D/2 bytes (two values each, low nibble first), fp16 scale, fp16 bias → D/2 + 4 bytes
@@ -23,7 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from recaccel.models.layers.embedding import SparseArch
+
 SUPPORTED_BITS = (8, 4)
+# How quantize_embeddings lays tables out (see there); artifacts record theirs.
+EMBEDDING_LAYOUTS = ("fused", "per-table")
 
 
 def packed_row_bytes(dim: int, bits: int) -> int:
@@ -159,30 +167,67 @@ class QuantizedTable:
 
 
 def quantize_embeddings(
-    model: nn.Module, bits: int, inplace: bool = False
+    model: nn.Module, bits: int, inplace: bool = False, layout: str = "fused"
 ) -> tuple[nn.Module, list[QuantizedTable]]:
-    """Replace every embedding table that shrinks at `bits` with a `QuantizedEmbeddingBag`.
+    """Replace every embedding table that shrinks at `bits` with a row-wise quantized one.
+
+    Args:
+        model: any model; its `SparseArch`s and any other `nn.Embedding`/`nn.EmbeddingBag`.
+        bits: 8 or 4.
+        inplace: modify `model` rather than a copy.
+        layout: "fused": each `SparseArch` becomes a `QuantizedSparseArch`, its single-valued
+            tables of one width stacked and looked up in one kernel call
+            (models/quantized_fused.py); "per-table": one `QuantizedEmbeddingBag` in place of
+            each table (the layout of artifacts made before fused lookups). Tables outside a
+            `SparseArch` are quantized one by one in either layout.
 
     Returns:
         the model (a copy unless `inplace`) and, per table, what was done and the bytes before
-        and after.
+        and after. Both layouts hold the same packed rows and give the same outputs.
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"embedding quantization supports {SUPPORTED_BITS} bits, not {bits}")
+    if layout not in EMBEDDING_LAYOUTS:
+        raise ValueError(f"embedding layouts are {EMBEDDING_LAYOUTS}, not {layout!r}")
+    # Here, not at the top: quantized_fused builds on this module's QuantizedEmbeddingBag.
+    from recaccel.models.quantized_fused import QuantizedSparseArch
+
     target = model if inplace else copy.deepcopy(model)
     report: list[QuantizedTable] = []
+    done: list[str] = []  # prefixes of SparseArchs replaced: their tables are reported
     for name, module in list(target.named_modules()):
-        if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        if any(name.startswith(outer) for outer in done):
             continue
-        rows, dim = module.weight.shape
-        float_bytes = rows * dim * 4
-        if not worth_quantizing(dim, bits):
-            report.append(QuantizedTable(name, rows, dim, None, float_bytes, float_bytes))
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = target.get_submodule(parent_name)
-        setattr(parent, child, QuantizedEmbeddingBag.from_float(module, bits))
-        report.append(
-            QuantizedTable(name, rows, dim, bits, float_bytes, rows * packed_row_bytes(dim, bits))
-        )
+        fuse = layout == "fused" and isinstance(module, SparseArch)
+        if fuse and QuantizedSparseArch.applies_to(module, bits):
+            target = _replace(target, name, QuantizedSparseArch.from_float(module, bits))
+            prefix = f"{name}." if name else ""
+            report += [
+                _entry(f"{prefix}{child}", table, bits)
+                for child, table in module.named_modules()
+                if isinstance(table, nn.Embedding | nn.EmbeddingBag)
+            ]
+            done.append(prefix)
+        elif isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            report.append(_entry(name, module, bits))
+            if report[-1].bits is not None:
+                target = _replace(target, name, QuantizedEmbeddingBag.from_float(module, bits))
     return target, report
+
+
+def _entry(name: str, table: nn.Embedding | nn.EmbeddingBag, bits: int) -> QuantizedTable:
+    """The report line for a float `table` quantized at `bits` where that shrinks it."""
+    rows, dim = table.weight.shape
+    float_bytes = rows * dim * 4
+    if not worth_quantizing(dim, bits):
+        return QuantizedTable(name, rows, dim, None, float_bytes, float_bytes)
+    return QuantizedTable(name, rows, dim, bits, float_bytes, rows * packed_row_bytes(dim, bits))
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """`model` with its submodule `name` replaced by `module` ("": `module` itself)."""
+    if not name:
+        return module
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+    return model

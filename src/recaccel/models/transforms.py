@@ -19,8 +19,17 @@ from recaccel.models.quantized_dense import prepare_quantized_dense
 
 
 def _quantize_embeddings(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
-    quantized, _ = quantize_embeddings(model, int(params["bits"]), inplace=True)
+    # Artifacts made before fused lookups record no layout and hold one packed tensor per
+    # table: the fused layout loads that state too (QuantizedSparseArch stacks it on load).
+    layout = str(params.get("layout", "fused"))
+    quantized, _ = quantize_embeddings(model, int(params["bits"]), inplace=True, layout=layout)
     return quantized
+
+
+def quantize_embeddings_transform(bits: int, layout: str = "fused") -> dict[str, Any]:
+    """The transform an artifact records for `quantize_embeddings(model, bits, layout=layout)`:
+    the layout decides the module structure, and so the keys of the saved state."""
+    return {"op": "quantize_embeddings", "bits": bits, "layout": layout}
 
 
 def _quantize_dense(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:

@@ -18,6 +18,7 @@ from torch import nn
 from recaccel.artifact import Artifact, LineageStep, Manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.models.quantized import quantize_embeddings
+from recaccel.models.transforms import quantize_embeddings_transform
 from recaccel.train.metrics import Metrics, evaluate, paired_bootstrap_auc_delta
 from recaccel.train.trainer import predict
 
@@ -79,7 +80,7 @@ def quantize_embeddings_step(
             "ratio": round(float_bytes / max(quantized_bytes, 1), 2),
         },
     )
-    transform = {"op": "quantize_embeddings", "bits": bits}
+    transform = quantize_embeddings_transform(bits)  # names the (fused) layout
     return save_transformed(parent, model, dataset, out, transform, step)
 
 
