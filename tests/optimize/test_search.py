@@ -90,7 +90,8 @@ def test_params_decode_to_the_expected_student(
     for field, value in expected.items():
         assert getattr(config, field) == value
     # A fixed trial with the same params suggests the same student.
-    assert suggest_student(optuna.trial.FixedTrial(params), SearchSpace()) == (name, config)
+    fixed = optuna.trial.FixedTrial({"mixed_dim_alpha": 0.0, **params})
+    assert suggest_student(fixed, SearchSpace()) == (name, config)
     build_model(name, tiny_dataset.schema, config)
 
 
@@ -233,7 +234,11 @@ def test_a_re_proposed_student_is_skipped_not_retrained(
     tmp_path: Path, tiny_dataset: Dataset, teacher: Artifact
 ) -> None:
     one_student = SearchSpace(
-        families=("wide_deep",), embedding_dims=(4,), mlp_depth=(1, 1), mlp_widths=(16,)
+        families=("wide_deep",),
+        embedding_dims=(4,),
+        mlp_depth=(1, 1),
+        mlp_widths=(16,),
+        mixed_dim_alphas=(0.0,),
     )
     result = search(
         teacher, tiny_dataset, tmp_path, 120, train_config=ONE_EPOCH, space=one_student,
@@ -242,3 +247,12 @@ def test_a_re_proposed_student_is_skipped_not_retrained(
     assert result.stop_reason == "space exhausted"
     assert [t.state for t in result.trials[:2]] == ["complete", "pruned"]
     assert {t.duplicate_of for t in result.trials[1:]} == {0}
+
+
+def test_a_mixed_dimension_student_shrinks_its_big_tables(tiny_dataset: Dataset) -> None:
+    params = {"model": "deepfm", "embedding_dim": 16, "deep_depth": 1, "deep_w0": 32}
+    _, uniform = student_from_params(params)
+    _, mixed = student_from_params({**params, "mixed_dim_alpha": 0.5})
+    assert mixed.mixed_dim_alpha == 0.5 and uniform.mixed_dim_alpha == 0.0
+    widths = build_model("deepfm", tiny_dataset.schema, mixed).sparse_arch.dims
+    assert max(widths) == 16 and min(widths) < 16  # the largest table is the narrowest

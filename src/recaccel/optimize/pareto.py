@@ -137,8 +137,10 @@ def _describe(config: dict[str, Any]) -> str:
     """A config in a table cell: its sized fields, MLPs as 64-32."""
     parts = []
     for key, value in config.items():
-        if key in ("dropout", "dropped_fields", "mixed_dim_alpha", "embedding_dims"):
+        if key in ("dropout", "dropped_fields", "embedding_dims"):
             continue  # the search never sets these; they stay at their defaults
+        if key == "mixed_dim_alpha" and not value:
+            continue
         shown = "-".join(map(str, value)) if isinstance(value, list | tuple) else value
         parts.append(f"{key.removesuffix('_mlp')} {shown}")
     return ", ".join(parts)

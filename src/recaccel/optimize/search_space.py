@@ -42,6 +42,9 @@ class SearchSpace:
     # cuts a cross layer's cost from d² to 2·d·r.
     cross_layers: tuple[int, int] = (1, 3)
     cross_ranks: tuple[int | None, ...] = (None, 8, 16)
+    # Mixed-dimension embeddings (Ginart et al.): 0 = every table at embedding_dim; larger
+    # alphas shrink the big tables (users, items) more, which is where the bytes are.
+    mixed_dim_alphas: tuple[float, ...] = (0.0, 0.25, 0.5)
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -56,6 +59,10 @@ class SearchSpace:
             low, high = getattr(self, name)
             if not 1 <= low <= high:
                 raise ConfigError(f"search space: {name} {(low, high)} needs 1 <= min <= max")
+        if not self.mixed_dim_alphas or any(a < 0 for a in self.mixed_dim_alphas):
+            raise ConfigError(
+                f"search space: mixed_dim_alphas {self.mixed_dim_alphas} must be >= 0"
+            )
         if not self.cross_ranks or any(r is not None and r < 1 for r in self.cross_ranks):
             raise ConfigError(f"search space: cross_ranks {self.cross_ranks} must be None or >= 1")
 
@@ -78,23 +85,30 @@ def student_from_params(params: Mapping[str, Any]) -> tuple[str, ModelConfig]:
     ('deepfm', 8, (64, 32))
     """
     model, dim = str(params["model"]), int(params["embedding_dim"])
+    alpha = float(params.get("mixed_dim_alpha", 0.0))  # absent in trials from before it existed
     if model == "dlrm":
         # The dot interaction pairs the bottom MLP's output with each embedding, so it ends at
         # `dim`; the layers before it are kept at least that wide so the MLP never widens.
         hidden = _widths(params, "bottom", int(params["bottom_depth"]) - 1)
         bottom = (*(max(w, dim) for w in hidden), dim)
         top = (*_widths(params, "top", int(params["top_depth"])), 1)
-        return model, DLRMConfig(embedding_dim=dim, bottom_mlp=bottom, top_mlp=top)
+        return model, DLRMConfig(
+            embedding_dim=dim, bottom_mlp=bottom, top_mlp=top, mixed_dim_alpha=alpha
+        )
     deep = _widths(params, "deep", int(params["deep_depth"]))
     if model == "dcnv2":
         layers, rank = int(params["cross_layers"]), params["cross_rank"]
         return model, DCNv2Config(
-            embedding_dim=dim, cross_layers=layers, cross_rank=rank, deep_mlp=deep
+            embedding_dim=dim,
+            cross_layers=layers,
+            cross_rank=rank,
+            deep_mlp=deep,
+            mixed_dim_alpha=alpha,
         )
     if model == "deepfm":
-        return model, DeepFMConfig(embedding_dim=dim, deep_mlp=deep)
+        return model, DeepFMConfig(embedding_dim=dim, deep_mlp=deep, mixed_dim_alpha=alpha)
     if model == "wide_deep":
-        return model, WideDeepConfig(embedding_dim=dim, deep_mlp=deep)
+        return model, WideDeepConfig(embedding_dim=dim, deep_mlp=deep, mixed_dim_alpha=alpha)
     raise ConfigError(f"no search space for model {model!r}", "use dlrm, deepfm, dcnv2, wide_deep")
 
 
@@ -119,6 +133,7 @@ def suggest_student(trial: optuna.trial.BaseTrial, space: SearchSpace) -> tuple[
     params: dict[str, Any] = {
         "model": trial.suggest_categorical("model", space.families),
         "embedding_dim": trial.suggest_categorical("embedding_dim", space.embedding_dims),
+        "mixed_dim_alpha": trial.suggest_categorical("mixed_dim_alpha", space.mixed_dim_alphas),
     }
     if params["model"] == "dlrm":
         _suggest_mlp(trial, space, "bottom", params)
