@@ -4,7 +4,7 @@ A recipe is a small TOML (or YAML) file:
 
     [guard]
     relative_budget = 0.001        # a step may lose at most 0.1% of the original validation AUC
-    max_slowdown = 1.25            # and may not add more latency than this for its size saving
+    max_slowdown = 1.05            # and may not add more latency than this for its size saving
 
     [measure]
     serving_batch = 100            # rows per rank request the latency report is read at
