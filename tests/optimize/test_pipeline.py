@@ -14,12 +14,13 @@ import torch
 from recaccel.artifact import Artifact, LineageStep, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.models.quantized import quantize_embeddings
-from recaccel.optimize import pipeline
 from recaccel.optimize import recipe as recipe_module
-from recaccel.optimize.pipeline import Candidate, StepContext, run_recipe
+from recaccel.optimize import steps
+from recaccel.optimize.pipeline import run_recipe
 from recaccel.optimize.quantize import save_transformed
 from recaccel.optimize.recipe import parse_recipe
 from recaccel.optimize.report import REPORT_JSON, REPORT_MARKDOWN, build_report
+from recaccel.optimize.steps import Candidate, StepContext
 from recaccel.train.trainer import TrainConfig
 
 FAST = TrainConfig(max_epochs=1, batch_size=128, learning_rate=3e-3)
@@ -45,7 +46,7 @@ def teacher(train_tiny: Callable[[str, str, Path], Artifact], tmp_path: Path) ->
 
 
 def _plant(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(pipeline.STEP_RUNNERS, "scramble", _scramble)
+    monkeypatch.setitem(steps.STEP_RUNNERS, "scramble", _scramble)
     monkeypatch.setitem(recipe_module.STEP_PARAMETERS, "scramble", frozenset({"noise"}))
 
 

@@ -12,29 +12,20 @@ This is the Python API behind `recaccel optimize`; the CLI only parses arguments
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recaccel.artifact import Artifact, Manifest, load_artifact
+from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError, RecaccelError
-from recaccel.models.registry import config_from_dict, preset_config
-from recaccel.optimize.distill import DEFAULT_ALPHA, distill
 from recaccel.optimize.guard import CostVerdict, Verdict, judge, judge_cost
 from recaccel.optimize.latency import measure_interleaved, sample_rows
-from recaccel.optimize.pareto import pick
-from recaccel.optimize.prune import prune
-from recaccel.optimize.prune_embeddings import prune_embedding_dims, prune_fields
-from recaccel.optimize.quantize import quantize_dense_step, quantize_embeddings_step
 from recaccel.optimize.recipe import Recipe, Step
-from recaccel.optimize.search import search
-from recaccel.train.baselines import BaselineResult
+from recaccel.optimize.steps import STEP_RUNNERS, Candidate, NoCandidateError, StepContext
 from recaccel.train.metrics import Metrics, evaluate
-from recaccel.train.pipeline import TrainedModel, fit_baselines
+from recaccel.train.pipeline import fit_baselines
 from recaccel.train.trainer import TrainConfig, predict
 
 log = logging.getLogger("recaccel.optimize")
@@ -42,21 +33,6 @@ log = logging.getLogger("recaccel.optimize")
 # Rounds of the parent-vs-candidate timing each attempt gets: enough for a stable median of
 # two variants, small next to the training the attempt already cost.
 COST_CHECK_REPEATS = 60
-TRAIN_OVERRIDES = ("learning_rate", "max_epochs", "weight_decay")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What a step attempt produced: a saved child artifact and how it scored."""
-
-    path: Path
-    manifest: Manifest
-    validation: Metrics
-    test: Metrics
-
-    @classmethod
-    def from_trained(cls, trained: TrainedModel) -> Candidate:
-        return cls(trained.path, trained.manifest, trained.validation, trained.test)
 
 
 @dataclass(frozen=True)
@@ -84,7 +60,7 @@ class StepOutcome:
 
     @property
     def decision(self) -> str:
-        """ "accepted", "re-tuned" (accepted after a rejected attempt) or "rejected"."""
+        """Either "accepted", "re-tuned" (accepted after a rejected attempt) or "rejected"."""
         chosen = self.accepted
         if chosen is None:
             return "rejected"
@@ -108,173 +84,6 @@ class RecipeRun:
     def final(self) -> Path:
         chain = self.chain
         return chain[-1].candidate.path if chain and chain[-1].candidate else self.original
-
-
-@dataclass
-class StepContext:
-    """What every step runner may use; built once per recipe run."""
-
-    dataset: Dataset
-    recipe: Recipe
-    original_validation: Metrics
-    train_config: TrainConfig
-    progress: bool
-    baselines: list[BaselineResult] = field(default_factory=list)
-
-    def train_config_for(self, params: Mapping[str, Any]) -> TrainConfig:
-        overrides = {k: params[k] for k in TRAIN_OVERRIDES if k in params}
-        return dataclasses.replace(self.train_config, **overrides)
-
-
-# Ten minutes buys tens of small students on 2 cores: enough for the sampler to learn from.
-DEFAULT_SEARCH_SECONDS = 600.0
-
-
-class NoCandidateError(RecaccelError):
-    """A step found nothing to propose (e.g. a search whose whole front fails the guard)."""
-
-
-StepRunner = Callable[[StepContext, Artifact, dict[str, Any], Path], Candidate]
-
-
-def _run_distill(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    student = params.get("student")
-    if not student:
-        raise ConfigError("distill step needs a 'student' model name", "e.g. student = 'deepfm'")
-    preset = params.get("preset")
-    if "config" in params:
-        config = config_from_dict(student, params["config"])
-    elif preset:
-        config = preset_config(student, preset)
-    else:
-        raise ConfigError("distill step needs a student 'preset' or 'config'")
-    trained = distill(
-        parent,
-        ctx.dataset,
-        student,
-        config,
-        out,
-        ctx.train_config_for(params),
-        alpha=float(params.get("alpha", DEFAULT_ALPHA)),
-        student_preset=preset if "config" not in params else None,
-        progress=ctx.progress,
-        baselines=ctx.baselines,
-    )
-    return Candidate.from_trained(trained)
-
-
-def _run_prune(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path) -> Candidate:
-    if "keep_fraction" not in params:
-        raise ConfigError("prune step needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
-    trained = prune(
-        parent,
-        ctx.dataset,
-        float(params["keep_fraction"]),
-        out,
-        ctx.train_config_for(params),
-        progress=ctx.progress,
-        baselines=ctx.baselines,
-    )
-    return Candidate.from_trained(trained)
-
-
-def _run_prune_fields(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    options = {k: params[k] for k in ("tolerance", "max_fields") if k in params}
-    trained = prune_fields(
-        parent,
-        ctx.dataset,
-        out,
-        ctx.train_config_for(params),
-        progress=ctx.progress,
-        baselines=ctx.baselines,
-        **options,
-    )
-    return Candidate.from_trained(trained)
-
-
-def _run_prune_embedding_dims(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    if "keep_fraction" not in params:
-        raise ConfigError("prune_embedding_dims needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
-    trained = prune_embedding_dims(
-        parent,
-        ctx.dataset,
-        float(params["keep_fraction"]),
-        out,
-        ctx.train_config_for(params),
-        progress=ctx.progress,
-        baselines=ctx.baselines,
-    )
-    return Candidate.from_trained(trained)
-
-
-def _run_quantize_embeddings(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    manifest, validation, test = quantize_embeddings_step(
-        parent, ctx.dataset, int(params.get("bits", 8)), out
-    )
-    return Candidate(out, manifest, validation, test)
-
-
-def _run_quantize_dense(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    manifest, validation, test = quantize_dense_step(
-        parent,
-        ctx.dataset,
-        str(params.get("mode", "int8-dynamic")),
-        out,
-        force=bool(params.get("force", False)),
-    )
-    return Candidate(out, manifest, validation, test)
-
-
-def _run_search(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path) -> Candidate:
-    """Distil a Pareto front of students (hardware-aware search), then take the fastest one
-    the guard accepts."""
-    result = search(
-        parent,
-        ctx.dataset,
-        out,
-        float(params.get("budget_seconds", DEFAULT_SEARCH_SECONDS)),
-        n_trials=params.get("n_trials"),
-        train_config=ctx.train_config_for(params),
-        alpha=float(params.get("alpha", DEFAULT_ALPHA)),
-        serving_batch=ctx.recipe.measure.serving_batch,
-        threads=ctx.recipe.measure.threads,
-        progress=ctx.progress,
-    )
-    chosen = pick(result, ctx.original_validation.auc, ctx.recipe.relative_budget)
-    if chosen is None or chosen.artifact is None:
-        raise NoCandidateError(
-            f"none of the {len(result.front)} Pareto-front students keeps the validation AUC "
-            f"within the budget (see {out / 'pareto.md'})",
-            "give the search more time (budget_seconds) or a larger space",
-        )
-    student = load_artifact(Path(chosen.artifact))
-    return Candidate(
-        student.path,
-        student.manifest,
-        Metrics(**student.manifest.metrics["validation"]),
-        Metrics(**student.manifest.metrics["test"]),
-    )
-
-
-STEP_RUNNERS: dict[str, StepRunner] = {
-    "distill": _run_distill,
-    "search": _run_search,
-    "prune": _run_prune,
-    "prune_fields": _run_prune_fields,
-    "prune_embedding_dims": _run_prune_embedding_dims,
-    "quantize_embeddings": _run_quantize_embeddings,
-    "quantize_dense": _run_quantize_dense,
-}
 
 
 def _judge_accuracy(
