@@ -104,3 +104,18 @@ def test_bad_keep_fraction(tiny_dataset: Dataset) -> None:
     model = _model("dlrm", tiny_dataset)
     with pytest.raises(ConfigError, match="keep fraction"):
         prune_state(model, "dlrm", preset_config("dlrm", "base"), tiny_dataset, 0.0)
+
+
+def test_a_model_with_nothing_to_prune_is_refused(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    """DCNv2 with a one-layer deep MLP has no hidden neuron to remove: fine-tuning it and
+    calling that pruning would let a recipe keep a step that changed nothing."""
+    from recaccel.artifact import LineageStep
+    from recaccel.models.dcn import DCNv2Config
+    from recaccel.train.pipeline import TrainJob, train_one
+
+    config = DCNv2Config(embedding_dim=8, cross_layers=1, cross_rank=None, deep_mlp=(32,))
+    job = TrainJob("dcnv2", config, None, tmp_path / "flat", LineageStep("train"))
+    train_one(tiny_dataset, job, TrainConfig(max_epochs=1), [], progress=False)
+    artifact = load_artifact(tmp_path / "flat")
+    with pytest.raises(ConfigError, match="nothing to prune"):
+        prune(artifact, tiny_dataset, 0.25, tmp_path / "pruned", TrainConfig(), progress=False)

@@ -142,6 +142,12 @@ def prune(
     pruned_config, state = prune_state(
         artifact.model, name, artifact.config, dataset, keep_fraction
     )
+    if pruned_config == artifact.config:  # fine-tuning alone would pass for pruning
+        raise ConfigError(
+            f"nothing to prune in {name} at keep fraction {keep_fraction}: its MLPs have no "
+            "hidden layer wider than what would be kept",
+            "prune embedding dims or fields instead, or keep a smaller fraction",
+        )
     check = build_model(name, dataset.schema, pruned_config)
     check.load_state_dict(state)  # fails here, not mid-training, if the slicing were wrong
     job = TrainJob(
