@@ -20,18 +20,17 @@ from torch.export import Dim, export
 from recaccel.artifact import LineageStep, load_artifact, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
-from recaccel.models.layers import MLP
-from recaccel.models.quantized import quantize_embeddings
-from recaccel.models.quantized_dense import (
+from recaccel.models.int8_layers import (
     FBGEMM_AVAILABLE,
     WEIGHT_QMAX,
     Int8DynamicLinear,
     Int8StaticMLP,
     activation_qparams,
-    capture_mlp_inputs,
-    quantize_dense,
     quantize_weight,
 )
+from recaccel.models.layers import MLP
+from recaccel.models.quantized import quantize_embeddings
+from recaccel.models.quantized_dense import capture_mlp_inputs, quantize_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 
 needs_fbgemm = pytest.mark.skipif(not FBGEMM_AVAILABLE, reason="no FBGEMM quantized linear ops")

@@ -17,6 +17,7 @@ import onnx
 from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
+from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.runtime.export import (
     INPUT_NAMES,
@@ -127,15 +128,12 @@ def test_quantized_embeddings_get_a_clear_error(
 
 
 def test_quantized_dense_layers_get_the_same_error(tiny_dataset: Dataset, tmp_path: Path) -> None:
-    dense = pytest.importorskip("recaccel.models.quantized_dense")
-    prepare = getattr(dense, "prepare_quantized_dense", None)
-    if prepare is None:
-        pytest.skip("quantized dense layers are not in this build")
-    model = prepare(
-        build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small")), "int8-dynamic"
-    )
-    with pytest.raises(UnsupportedOnBackendError, match="quantized::linear_dynamic"):
-        export_onnx(model, tiny_dataset.schema, tmp_path / "dense.onnx")
+    for mode, op in [("int8-dynamic", "linear_dynamic"), ("int8-static", "linear_relu")]:
+        model = prepare_quantized_dense(
+            build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small")), mode
+        )
+        with pytest.raises(UnsupportedOnBackendError, match=f"quantized::{op}"):
+            export_onnx(model, tiny_dataset.schema, tmp_path / "dense.onnx")
 
 
 @pytest.mark.skipif(not FBGEMM_AVAILABLE, reason="needs FBGEMM's quantized ops")

@@ -41,6 +41,8 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import RecaccelError
+from recaccel.models.half_precision import HalfPrecisionMLP
+from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,12 @@ _TORCH_QUANTIZED = (
     "torch.ao.nn.intrinsic.quantized",
     "torch.nn.quantized",
 )
-# recaccel's own quantized dense layers (models/quantized_dense.py and half_precision.py, the
-# `quantize_dense` transform), by class name: matched by name so this stage does not depend on
-# their internals.
-_RECACCEL_DENSE = ("recaccel.models.quantized_dense", "recaccel.models.half_precision")
-_RECACCEL_DENSE_OPS = {
-    "Int8DynamicLinear": "quantized::linear_dynamic",
-    "Int8StaticMLP": "quantized::linear_relu",
-    "HalfPrecisionMLP": "a half-precision (fp16/bf16) MLP",
+# recaccel's own quantized dense layers (the `quantize_dense` transform) and the op each stands
+# for: FBGEMM's packed weights are opaque objects, and ONNX has no half-precision MLP wrapper.
+_RECACCEL_DENSE_OPS: dict[type[nn.Module], str] = {
+    Int8DynamicLinear: "quantized::linear_dynamic",
+    Int8StaticMLP: "quantized::linear_relu",
+    HalfPrecisionMLP: "a half-precision (fp16/bf16) MLP",
 }
 _MISSING_OP = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)'")
 
@@ -113,8 +113,9 @@ def _quantized_op(module: nn.Module) -> str | None:
         # Without FBGEMM the lookup bit-casts packed bytes to floats, which ONNX cannot.
         fbgemm = f"quantized::embedding_bag_{kind}_rowwise_offsets"
         return fbgemm if module.use_fbgemm else "aten::view.dtype (bit-cast of packed rows)"
-    if cls.__module__ in _RECACCEL_DENSE and cls.__name__ in _RECACCEL_DENSE_OPS:
-        return _RECACCEL_DENSE_OPS[cls.__name__]
+    for layer_type, op in _RECACCEL_DENSE_OPS.items():
+        if isinstance(module, layer_type):
+            return op
     if cls.__module__.startswith(_TORCH_QUANTIZED):
         suffix = "_dynamic" if ".dynamic" in cls.__module__ else ""
         return f"quantized::{cls.__name__.lower()}{suffix}"

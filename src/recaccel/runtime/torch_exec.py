@@ -35,8 +35,9 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import ConfigError
 from recaccel.models.half_precision import HALF_DTYPES
+from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
-from recaccel.models.quantized_dense import Int8DynamicLinear, Int8StaticMLP, quantize_dense
+from recaccel.models.quantized_dense import quantize_dense
 from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
