@@ -237,6 +237,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         )
     manifest = read_manifest(Path(args.artifact))
     progress = not args.json
+    if "name" not in manifest.dataset:
+        raise ConfigError(
+            f"{args.artifact}'s manifest does not name the dataset it was trained on",
+            "re-create it with `recaccel train`",
+        )
     synthetic_rows = manifest.dataset.get("config", {}).get("rows")
     dataset = load_dataset(
         manifest.dataset["name"], DatasetOptions(progress=progress, synthetic_rows=synthetic_rows)
