@@ -148,6 +148,26 @@ def prune(
             "hidden layer wider than what would be kept",
             "prune embedding dims or fields instead, or keep a smaller fraction",
         )
+    step = LineageStep("prune", {"keep_fraction": keep_fraction, "criterion": "act*outnorm"})
+    return fine_tune_pruned(
+        artifact, dataset, (pruned_config, state), step, out, config, progress, baselines
+    )
+
+
+def fine_tune_pruned(
+    artifact: Artifact,
+    dataset: Dataset,
+    pruned: tuple[ModelConfig, dict[str, torch.Tensor]],
+    step: LineageStep,
+    out: Path,
+    config: TrainConfig,
+    progress: bool,
+    baselines: list[BaselineResult] | None,
+) -> TrainedModel:
+    """Fine-tune a pruned (config, sliced weights) of `artifact` and save it as its child, with
+    test ΔAUC against the parent and the baselines (fitted here when not given)."""
+    name = artifact.manifest.model
+    pruned_config, state = pruned
     check = build_model(name, dataset.schema, pruned_config)
     check.load_state_dict(state)  # fails here, not mid-training, if the slicing were wrong
     job = TrainJob(
@@ -155,7 +175,7 @@ def prune(
         config=pruned_config,
         preset=None,
         out=out,
-        step=LineageStep("prune", {"keep_fraction": keep_fraction, "criterion": "act*outnorm"}),
+        step=step,
         parent=artifact.manifest,
         initial_state=state,
     )

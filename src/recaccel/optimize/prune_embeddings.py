@@ -47,22 +47,15 @@ from recaccel.data.dataset import Dataset, Split
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.models.layers import DotInteraction, FactorizationMachine, SparseArch
-from recaccel.models.registry import ModelConfig, build_model
 from recaccel.optimize.embedding_slicing import (
     drop_fields_state,
     prune_dims_state,
     typed_submodule,
 )
-from recaccel.optimize.prune import CALIBRATION_ROWS
+from recaccel.optimize.prune import CALIBRATION_ROWS, fine_tune_pruned
 from recaccel.train.baselines import BaselineResult
 from recaccel.train.metrics import auc_per_row
-from recaccel.train.pipeline import (
-    TrainedModel,
-    TrainJob,
-    fit_baselines,
-    model_reference,
-    train_one,
-)
+from recaccel.train.pipeline import TrainedModel
 from recaccel.train.trainer import TrainConfig
 
 # Under the accuracy guard's budget (0.1% relative: 0.0008 at AUC ≈ 0.8), leaving part of it
@@ -213,35 +206,6 @@ def _float_model(artifact: Artifact) -> nn.Module:
     return artifact.model.eval()
 
 
-def _fine_tune(
-    artifact: Artifact,
-    dataset: Dataset,
-    pruned: tuple[ModelConfig, dict[str, torch.Tensor]],
-    step: LineageStep,
-    out: Path,
-    config: TrainConfig,
-    progress: bool,
-    baselines: list[BaselineResult] | None,
-) -> TrainedModel:
-    name = artifact.manifest.model
-    pruned_config, state = pruned
-    check = build_model(name, dataset.schema, pruned_config)
-    check.load_state_dict(state)  # fails here, not mid-training, if the slicing were wrong
-    job = TrainJob(
-        model=name,
-        config=pruned_config,
-        preset=None,
-        out=out,
-        step=step,
-        parent=artifact.manifest,
-        initial_state=state,
-    )
-    if baselines is None:  # a recipe fits them once and passes them to every step
-        baselines = fit_baselines(dataset)
-    references = [model_reference("parent", artifact, dataset), *baselines]
-    return train_one(dataset, job, config, references, progress)
-
-
 def prune_fields(
     artifact: Artifact,
     dataset: Dataset,
@@ -296,7 +260,7 @@ def prune_fields(
             "auc_cost": {f: round(c, 6) for f, c in costs.items()},
         },
     )
-    return _fine_tune(artifact, dataset, pruned, step, out, config, progress, baselines)
+    return fine_tune_pruned(artifact, dataset, pruned, step, out, config, progress, baselines)
 
 
 def prune_embedding_dims(
@@ -330,4 +294,4 @@ def prune_embedding_dims(
             "calibration_rows": len(calibration),
         },
     )
-    return _fine_tune(artifact, dataset, pruned, step, out, config, progress, baselines)
+    return fine_tune_pruned(artifact, dataset, pruned, step, out, config, progress, baselines)

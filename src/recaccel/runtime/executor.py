@@ -37,7 +37,7 @@ import importlib
 import importlib.util
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import FeatureBatch
@@ -344,3 +345,18 @@ def load_executor(
     cls = getattr(importlib.import_module(spec.module), spec.cls)
     executor: Executor = cls(loaded, config, calibration=calibration, loaded_here=loaded_here)
     return executor
+
+
+def outermost_ops(
+    model: nn.Module, op_of: Callable[[nn.Module], str | None]
+) -> list[tuple[str, str]]:
+    """(submodule name, op) for each outermost submodule `op_of` names an op for; the children
+    of a module already found are not visited separately."""
+    found: list[tuple[str, str]] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{outer}.") for outer, _ in found):
+            continue  # a quantized module's own children
+        op = op_of(module)
+        if op is not None:
+            found.append((name, op))
+    return found

@@ -44,6 +44,7 @@ from recaccel.errors import RecaccelError
 from recaccel.models.half_precision import HalfPrecisionMLP
 from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
+from recaccel.runtime.executor import outermost_ops
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,7 @@ def _quantized_op(module: nn.Module) -> str | None:
 
 def unsupported_ops(model: nn.Module) -> list[tuple[str, str]]:
     """(submodule name, op) for each quantized part of `model` that has no ONNX form."""
-    found: list[tuple[str, str]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(f"{outer}.") for outer, _ in found):
-            continue  # a quantized module's own children
-        op = _quantized_op(module)
-        if op is not None:
-            found.append((name, op))
-    return found
+    return outermost_ops(model, _quantized_op)
 
 
 def _describe(artifact: Artifact | None) -> str:

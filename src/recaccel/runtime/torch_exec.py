@@ -42,6 +42,7 @@ from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
     ExecutorError,
+    outermost_ops,
     owned_copy,
     probabilities,
     zeros_batch,
@@ -68,14 +69,7 @@ def _cpu_only_op(module: nn.Module) -> str | None:
 
 def cpu_only_ops(model: nn.Module) -> list[tuple[str, str]]:
     """(submodule name, op) for each part of `model` whose kernels run on CPU only."""
-    found: list[tuple[str, str]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(f"{outer}.") for outer, _ in found):
-            continue  # a quantized module's own children
-        op = _cpu_only_op(module)
-        if op is not None:
-            found.append((name, op))
-    return found
+    return outermost_ops(model, _cpu_only_op)
 
 
 def _prepare(artifact: Artifact, config: ExecutorConfig) -> nn.Module:
