@@ -23,7 +23,10 @@ import recaccel
 from recaccel.errors import ConfigError, RecaccelError, UnknownNameError
 
 if TYPE_CHECKING:
+    from recaccel.data.dataset import Dataset
     from recaccel.optimize.report import OptimizeReport
+    from recaccel.runtime.profile import Profile
+    from recaccel.runtime.select import Selection
     from recaccel.train.pipeline import TrainReport
 
 # Piped output (CI logs, `| tee`) would otherwise be squeezed to 80 columns.
@@ -222,9 +225,24 @@ def _optimize_table(report: OptimizeReport) -> Table:
     return table
 
 
-def _cmd_optimize(args: argparse.Namespace) -> int:
+def _dataset_of(artifact: Path, progress: bool) -> Dataset:
+    """The dataset `artifact` was trained on, as its manifest names it."""
     from recaccel.artifact import read_manifest
     from recaccel.data.registry import DatasetOptions, load_dataset
+
+    manifest = read_manifest(artifact)
+    if "name" not in manifest.dataset:
+        raise ConfigError(
+            f"{artifact}'s manifest does not name the dataset it was trained on",
+            "re-create it with `recaccel train`",
+        )
+    synthetic_rows = manifest.dataset.get("config", {}).get("rows")
+    return load_dataset(
+        manifest.dataset["name"], DatasetOptions(progress=progress, synthetic_rows=synthetic_rows)
+    )
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
     from recaccel.optimize.pipeline import run_recipe
     from recaccel.optimize.recipe import load_recipe
     from recaccel.optimize.report import build_report
@@ -235,17 +253,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         recipe = dataclasses.replace(
             recipe, measure=dataclasses.replace(recipe.measure, threads=args.threads)
         )
-    manifest = read_manifest(Path(args.artifact))
     progress = not args.json
-    if "name" not in manifest.dataset:
-        raise ConfigError(
-            f"{args.artifact}'s manifest does not name the dataset it was trained on",
-            "re-create it with `recaccel train`",
-        )
-    synthetic_rows = manifest.dataset.get("config", {}).get("rows")
-    dataset = load_dataset(
-        manifest.dataset["name"], DatasetOptions(progress=progress, synthetic_rows=synthetic_rows)
-    )
+    dataset = _dataset_of(Path(args.artifact), progress)
     config = TrainConfig(max_epochs=args.epochs, seed=args.seed)
     out = Path(args.out)
     run = run_recipe(Path(args.artifact), dataset, recipe, out, config, progress=progress)
@@ -264,6 +273,138 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         console.print("[yellow]synthetic data: these AUCs mean nothing about accuracy[/yellow]")
     console.print(f"final artifact: {report.final}")
     console.print(f"report: {out / 'report.md'}, {out / 'report.json'}")
+    return 0
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a comma list of integers", "e.g. 1,16,64") from None
+
+
+def _words(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _profile_table(profile: Profile) -> Table:
+    batches = profile.batches
+    table = Table(title=f"latency per batch: median ms (p99) — {profile.dataset}")
+    for column in ("artifact", "backend", "device", "precision", "thr", "val AUC"):
+        table.add_column(column, no_wrap=True)
+    for batch in batches:
+        table.add_column(f"@{batch}", justify="right", no_wrap=True)
+    for e in profile.entries:
+        if not e.ok:
+            continue
+        cells = [
+            "—" if (p := e.point(b)) is None else f"{p.median_ms:.3f} ({p.p99_ms:.3f})"
+            for b in batches
+        ]
+        c = e.config
+        table.add_row(
+            f"{e.model}@{e.artifact_id[:8]}",
+            c.backend,
+            c.device,
+            c.precision,
+            str(c.threads),
+            f"{e.validation_auc:.4f}",
+            *cells,
+        )
+    table.caption = "configurations timed interleaved on the same validation rows"
+    return table
+
+
+def _selection_table(selection: Selection) -> Table:
+    needs = selection.requirements
+    table = Table(
+        title=f"selection: p99 ≤ {needs.slo_p99_ms:g} ms for {needs.candidates} candidates, "
+        f"AUC budget {needs.relative_budget:g} rel, {needs.cores} core(s)"
+    )
+    columns = ["configuration", "val AUC", "ΔAUC", f"p99 @{needs.candidates}", "req/batch",
+               "workers", "est. req/s", "verdict"]  # fmt: skip
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("configuration", "verdict") else "right"
+        )
+    for j in selection.table:
+        if j.request_p99_ms is None:
+            continue
+        table.add_row(
+            escape(j.key),
+            f"{j.validation_auc:.4f}",
+            f"{j.auc_change:+.2%}",
+            f"{j.request_p99_ms:.3f}",
+            str(j.requests_per_batch),
+            str(j.workers),
+            f"{j.requests_per_second:,.0f}",
+            escape(j.verdict),
+        )
+    return table
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import os
+
+    from recaccel.runtime.profile import load_profile
+    from recaccel.runtime.profile_report import (
+        not_runnable,
+        selection_summary,
+        write_profile_outputs,
+    )
+    from recaccel.runtime.profiler import ProfileOptions, run_profile
+    from recaccel.runtime.select import Requirements, select
+
+    needs = Requirements(
+        args.slo_ms, args.candidates, args.accuracy_budget, args.cores or os.cpu_count() or 1
+    )
+    out = Path(args.out)
+    # Every argument is checked before anything is loaded or measured.
+    options = ProfileOptions(
+        backends=_words(args.backends),
+        devices=_words(args.devices),
+        precisions=_words(args.precisions),
+        threads=None if args.threads is None else _ints(args.threads),
+        batches=_ints(args.batches),
+        serving_batch=args.candidates,
+        repeats=args.repeats,
+        seconds_per_batch=args.seconds_per_batch,
+    )
+    if args.profile is not None:
+        if args.artifacts:
+            raise ConfigError("give artifacts to measure, or --from a saved profile, not both")
+        profile = load_profile(Path(args.profile))
+    else:
+        if not args.artifacts:
+            raise ConfigError(
+                "no artifacts to profile", "name artifact directories, or --from a profile.json"
+            )
+        progress = not args.json
+        dataset = _dataset_of(Path(args.artifacts[0]), progress)
+        profile = run_profile(
+            [Path(a) for a in args.artifacts], dataset, options, progress=progress
+        )
+    selection = select(profile, needs) if args.select else None
+    write_profile_outputs(profile, selection, out)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "profile": profile.to_dict(),
+                    "selection": None if selection is None else selection.to_dict(),
+                    "out": str(out),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    console.print(_profile_table(profile))
+    for what, why in not_runnable(profile).items():
+        console.print(f"not runnable: {escape(what)}: {escape(why)}", highlight=False)
+    if selection is not None:
+        console.print(_selection_table(selection))
+        console.print(escape(selection_summary(selection)))
+    console.print(f"profile: {out / 'profile.json'}, {out / 'profile.md'}, {out / 'profile.png'}")
     return 0
 
 
@@ -348,6 +489,78 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--json", action="store_true", help="print the report as JSON")
     optimize.set_defaults(run=_cmd_optimize)
+
+    profile = verbs.add_parser(
+        "profile",
+        help="measure every backend, precision and thread count; select the best for an SLO",
+        description="Time each (artifact, backend, device, precision, threads) configuration "
+        "at several batch sizes, interleaved, and score the validation split with each. Writes "
+        "profile.json (the latency model serving uses), profile.md and profile.png. With "
+        "--select, picks the configuration that serves the most rank requests within the SLO "
+        "and accuracy budget, and explains the choice.",
+    )
+    profile.add_argument(
+        "artifacts", nargs="*", help="artifact directories; the first is the baseline"
+    )
+    profile.add_argument(
+        "--from", dest="profile", help="select from a saved profile.json instead of measuring"
+    )
+    profile.add_argument(
+        "--out", default="artifacts/profile", help="output directory (default: %(default)s)"
+    )
+    profile.add_argument("--backends", help="comma list (default: every installed backend)")
+    profile.add_argument(
+        "--devices", help="comma list, e.g. cpu,cuda (default: cpu, and cuda when visible)"
+    )
+    profile.add_argument(
+        "--precisions", help="comma list (default: all each backend runs natively)"
+    )
+    profile.add_argument(
+        "--threads", help="comma list of intra-op thread counts (default: 1 and all cores)"
+    )
+    profile.add_argument(
+        "--batches",
+        default="1,16,64,256,1024",
+        help="batch sizes in rows (default: %(default)s); the --candidates size is added",
+    )
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=200,
+        help="timed rounds per batch size at most (default: %(default)s)",
+    )
+    profile.add_argument(
+        "--seconds-per-batch",
+        type=float,
+        default=30.0,
+        help="cap on each batch size: fewer rounds, at least 30 (default: %(default)s)",
+    )
+    profile.add_argument("--select", action="store_true", help="pick the configuration for the SLO")
+    profile.add_argument(
+        "--slo-ms",
+        type=float,
+        default=50.0,
+        help="p99 latency per rank request (default: %(default)s)",
+    )
+    profile.add_argument(
+        "--candidates",
+        type=int,
+        default=100,
+        help="candidates per rank request, the serving batch (default: %(default)s)",
+    )
+    profile.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=0.001,
+        help="relative validation-AUC loss allowed vs the baseline (default: %(default)s)",
+    )
+    profile.add_argument(
+        "--cores", type=int, help="cores the serving workers may use (default: all)"
+    )
+    profile.add_argument(
+        "--json", action="store_true", help="print the profile and selection as JSON"
+    )
+    profile.set_defaults(run=_cmd_profile)
     return parser
 
 

@@ -9,6 +9,7 @@ belong to the serving benchmark.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -69,8 +70,48 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _percentile(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q))
+
+
+def time_rounds(
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int = DEFAULT_REPEATS,
+    warmup: int = DEFAULT_WARMUP,
+    max_seconds: float | None = None,
+    min_repeats: int = 20,
+) -> dict[str, list[float]]:
+    """Milliseconds of each call per timed round, every call once per round, order rotating.
+
+    Args:
+        calls: name -> a call to time (it does all its own work, inputs bound in).
+        repeats: timed rounds at most.
+        warmup: untimed rounds first (allocator, lazy packing, caches).
+        max_seconds: when set, fewer rounds — but at least `min_repeats` — where `repeats`
+            rounds would take longer (estimated from the last warm-up round): big batches of
+            slow models would otherwise take minutes for a figure that is already stable.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    rounds = warmup + repeats
+    round_ = 0
+    while round_ < rounds:
+        shift = round_ % len(names)  # rotate, so no variant always runs first
+        round_start = time.perf_counter()
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            elapsed = time.perf_counter() - start
+            if round_ >= warmup:
+                samples[name].append(elapsed * 1e3)
+        if max_seconds is not None and round_ == max(warmup - 1, 0):
+            per_round = time.perf_counter() - round_start
+            affordable = int(max_seconds / max(per_round, 1e-9))
+            rounds = warmup + max(min(repeats, min_repeats), min(repeats, affordable))
+        round_ += 1
+    return samples
 
 
 def measure_interleaved(
@@ -90,26 +131,16 @@ def measure_interleaved(
         warmup: untimed rounds first (allocator, lazy packing, caches).
         threads: intra-op threads for the measurement (1 = the cost of one core).
     """
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
-    names = list(scorers)
-    samples: dict[str, list[float]] = {name: [] for name in names}
     inputs = batch.as_tuple()
+    calls = {name: functools.partial(scorer, *inputs) for name, scorer in scorers.items()}
     with torch_threads(threads), torch.inference_mode():
-        for round_ in range(warmup + repeats):
-            shift = round_ % len(names)  # rotate, so no variant always runs first
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                scorers[name](*inputs)
-                elapsed = time.perf_counter() - start
-                if round_ >= warmup:
-                    samples[name].append(elapsed * 1e3)
+        samples = time_rounds(calls, repeats, warmup)
     return {
         name: LatencyStats(
             batch=len(batch),
             median_ms=statistics.median(times),
-            p99_ms=_percentile(times, 99),
-            repeats=repeats,
+            p99_ms=percentile(times, 99),
+            repeats=len(times),
             threads=threads,
         )
         for name, times in samples.items()

@@ -1,0 +1,323 @@
+"""`recaccel profile`: measure every configuration of some artifacts, interleaved, in one run.
+
+    profile = run_profile([Path("artifacts/dlrm-heavy"), Path("artifacts/best")], dataset)
+
+A configuration is (artifact, backend, device, precision, threads). For each one this loads an
+executor (timing the load: export, compile and warm-up, which a worker pays once at start),
+scores the whole validation split with it to get the AUC of what that configuration actually
+computes, then times it at every batch size. Timing is interleaved: at each batch size every
+loaded executor runs once per round, in a rotating order, on the same validation rows, so
+machine drift falls on all configurations alike and their ratios hold (see
+optimize/latency.py). Each batch size gets warm-up rounds, then up to `repeats` timed rounds,
+fewer — never below `min_repeats` — where that would exceed `seconds_per_batch`; the repeats
+actually taken are recorded with each figure, since a p99 from 30 samples is nearly the max.
+
+What runs where (`plan_configs`, a pure function): every installed backend on every device it
+supports that is visible; every precision the backend takes, except PyTorch fp16/bf16 on a
+device that would only emulate them (slower than fp32, see models/half_precision.py); thread
+counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
+ONNX backend, a missing GPU provider) becomes an "unsupported" entry with the reason.
+
+All executors stay loaded for the whole run, so dynamo's limit of 8 compiled graphs per model
+class (torch_exec.py) bounds the torch-compile configurations of one model class per run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recaccel.artifact import Artifact, load_artifact
+from recaccel.data.dataset import Dataset, FeatureBatch
+from recaccel.errors import ConfigError, RecaccelError
+from recaccel.models.half_precision import HALF_DTYPES, natively_supports, probe_device
+from recaccel.optimize.latency import SERVING_BATCH, percentile, sample_rows, time_rounds
+from recaccel.runtime.executor import (
+    BACKENDS,
+    BackendSpec,
+    Executor,
+    ExecutorConfig,
+    load_executor,
+)
+from recaccel.runtime.latency_model import LatencyPoint
+from recaccel.runtime.profile import Profile, ProfileEntry
+from recaccel.train.metrics import evaluate
+
+DEFAULT_BATCHES = (1, 16, 64, 256, 1024)
+EVAL_CHUNK = 1024  # rows per call when scoring the validation split
+TORCH_BACKENDS = ("torch-eager", "torch-compile")
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    backends: tuple[str, ...] | None = None  # None: every installed backend
+    devices: tuple[str, ...] | None = None  # None: cpu, and cuda when a GPU is visible
+    precisions: tuple[str, ...] | None = None  # None: all each backend takes (see plan_configs)
+    threads: tuple[int, ...] | None = None  # None: 1 and every core
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    serving_batch: int = SERVING_BATCH  # rows of a rank request; added to `batches`
+    repeats: int = 200
+    min_repeats: int = 30
+    warmup: int = 10
+    seconds_per_batch: float = 30.0
+    calibration_rows: int = 2048  # training rows for int8-static
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"batch sizes {self.batches} must be >= 1")
+        if self.serving_batch < 1:
+            raise ConfigError(f"serving batch {self.serving_batch} must be >= 1")
+        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0:
+            raise ConfigError("repeats and min_repeats must be >= 1, warmup >= 0")
+        if self.threads is not None and (not self.threads or min(self.threads) < 1):
+            raise ConfigError(f"thread counts {self.threads} must be >= 1")
+
+    @property
+    def all_batches(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.batches, self.serving_batch}))
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What `plan_configs` needs to know about this machine; gathered by `machine_facts`."""
+
+    cores: int
+    cuda_devices: int
+    installed_backends: tuple[str, ...]
+    native_half: dict[str, tuple[str, ...]]  # device type -> precisions computed natively
+
+
+def _native_half(device: str) -> tuple[str, ...]:
+    caps = probe_device(device)
+    return tuple(name for name, dtype in HALF_DTYPES.items() if natively_supports(caps, dtype))
+
+
+def _installed(spec: BackendSpec) -> bool:
+    return all(importlib.util.find_spec(package) is not None for package in spec.packages)
+
+
+def machine_facts() -> MachineFacts:
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return MachineFacts(
+        cores=os.cpu_count() or 1,
+        cuda_devices=cuda,
+        installed_backends=tuple(n for n, s in BACKENDS.items() if _installed(s)),
+        native_half={device: _native_half(device) for device in ("cpu", "cuda")[: 1 + bool(cuda)]},
+    )
+
+
+def _wanted_precisions(
+    spec: BackendSpec, device_type: str, facts: MachineFacts, asked: tuple[str, ...] | None
+) -> list[str]:
+    precisions = [p for p in spec.precisions if asked is None or p in asked]
+    if spec.name in TORCH_BACKENDS:  # PyTorch casts only where the device computes natively
+        native = facts.native_half.get(device_type, ())
+        precisions = [p for p in precisions if p not in HALF_DTYPES or p in native]
+    return precisions
+
+
+def plan_configs(options: ProfileOptions, facts: MachineFacts) -> list[ExecutorConfig]:
+    """Every configuration to profile on a machine with `facts` (see the module docstring)."""
+    backends = options.backends or facts.installed_backends
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(
+            f"unknown backend(s) {', '.join(unknown)}", f"choose from {', '.join(BACKENDS)}"
+        )
+    devices = options.devices or ("cpu", *(["cuda"] if facts.cuda_devices else []))
+    threads = options.threads or tuple(sorted({1, facts.cores}))
+    configs: list[ExecutorConfig] = []
+    for name in backends:
+        spec = BACKENDS[name]
+        for device in devices:
+            device_type = device.partition(":")[0]
+            if device_type not in spec.devices:
+                continue
+            for precision in _wanted_precisions(spec, device_type, facts, options.precisions):
+                # One CPU thread drives a GPU: thread counts are a CPU dimension.
+                for count in threads if device_type == "cpu" else (1,):
+                    configs.append(ExecutorConfig(name, device, count, precision))
+    return configs
+
+
+def describe_machine(facts: MachineFacts) -> dict[str, Any]:
+    """The facts a reader needs to compare profiles from different machines."""
+    versions = {}
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": facts.cores,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(facts.cuda_devices)],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def _validation_auc(executor: Executor, dataset: Dataset) -> float:
+    split = dataset.validation
+    scores = [
+        executor.run(split.features(slice(start, start + EVAL_CHUNK)))
+        for start in range(0, len(split), EVAL_CHUNK)
+    ]
+    return evaluate(split.label, np.concatenate(scores)).auc
+
+
+def _entry(artifact: Artifact, config: ExecutorConfig, status: str, **fields: Any) -> ProfileEntry:
+    manifest = artifact.manifest
+    return ProfileEntry(
+        artifact=str(artifact.path),
+        artifact_id=manifest.artifact_id,
+        model=manifest.model,
+        parameters=manifest.parameters,
+        weights_bytes=manifest.weights_bytes,
+        config=config,
+        status=status,
+        **fields,
+    )
+
+
+def _load(
+    artifact: Artifact,
+    config: ExecutorConfig,
+    dataset: Dataset,
+    calibration: FeatureBatch,
+    aucs: dict[tuple[str, str, str, str], float],
+) -> tuple[ProfileEntry, Executor | None]:
+    """Load one configuration and score the validation split with it; never raises for a
+    configuration that cannot run, so one bad backend does not lose the whole profile."""
+    try:
+        start = time.perf_counter()
+        executor = load_executor(artifact, config, calibration=calibration)
+        load_s = time.perf_counter() - start
+    except RecaccelError as error:
+        return _entry(artifact, config, "unsupported", reason=error.message), None
+    except Exception as error:  # a backend's own failure: record it, profile the rest
+        return _entry(artifact, config, "failed", reason=f"{type(error).__name__}: {error}"), None
+    # Threads do not change what is computed: score once per (artifact, backend, device,
+    # precision).
+    numerics = (artifact.manifest.artifact_id, config.backend, config.device, config.precision)
+    if numerics not in aucs:
+        aucs[numerics] = _validation_auc(executor, dataset)
+    entry = _entry(
+        artifact,
+        config,
+        "ok",
+        validation_auc=aucs[numerics],
+        load_s=load_s,
+        details=executor.describe(),
+    )
+    return entry, executor
+
+
+def _time_batch(
+    executors: dict[str, Executor], batch: FeatureBatch, options: ProfileOptions
+) -> dict[str, LatencyPoint]:
+    calls: dict[str, Callable[[], object]] = {
+        key: functools.partial(executor.run, batch) for key, executor in executors.items()
+    }
+    with torch.inference_mode():
+        samples = time_rounds(
+            calls,
+            options.repeats,
+            options.warmup,
+            max_seconds=options.seconds_per_batch,
+            min_repeats=options.min_repeats,
+        )
+    return {
+        key: LatencyPoint(len(batch), statistics.median(times), percentile(times, 99), len(times))
+        for key, times in samples.items()
+    }
+
+
+def run_profile(
+    artifact_paths: Sequence[Path],
+    dataset: Dataset,
+    options: ProfileOptions | None = None,
+    facts: MachineFacts | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Measure every planned configuration of every artifact (see the module docstring).
+
+    The first artifact in PyTorch eager FP32 is the baseline: the reference for accuracy and
+    speedups. Artifacts must share `dataset`'s feature schema.
+
+    Raises:
+        ConfigError: no artifacts, an artifact trained on another schema, or no backend that
+            can run the baseline.
+    """
+    options = options or ProfileOptions()
+    facts = facts or machine_facts()
+    if not artifact_paths:
+        raise ConfigError("no artifacts to profile", "name one or more artifact directories")
+    artifacts = [load_artifact(Path(p)) for p in artifact_paths]
+    for artifact in artifacts:
+        if artifact.schema != dataset.schema:
+            raise ConfigError(
+                f"{artifact.path} was trained on another feature schema than {dataset.name!r}",
+                "profile artifacts of one dataset together",
+            )
+    configs = plan_configs(options, facts)
+    baseline_config = ExecutorConfig("torch-eager", "cpu", 1, "fp32")
+    if baseline_config not in configs:
+        configs.insert(0, baseline_config)  # the reference is always measured
+    calibration = sample_rows(dataset.train, options.calibration_rows, options.seed)
+    entries: dict[str, ProfileEntry] = {}
+    executors: dict[str, Executor] = {}
+    aucs: dict[tuple[str, str, str, str], float] = {}
+    plan = [(artifact, config) for artifact in artifacts for config in configs]
+    try:
+        for artifact, config in tqdm(plan, desc="load + score", disable=not progress):
+            entry, executor = _load(artifact, config, dataset, calibration, aucs)
+            entries[entry.key] = entry
+            if executor is not None:
+                executors[entry.key] = executor
+        points: dict[str, list[LatencyPoint]] = {key: [] for key in executors}
+        for rows in tqdm(options.all_batches, desc="time batches", disable=not progress):
+            batch = sample_rows(dataset.validation, rows, options.seed + rows)
+            for key, point in _time_batch(executors, batch, options).items():
+                points[key].append(point)
+    finally:
+        for executor in executors.values():
+            executor.close()
+    for key, measured in points.items():
+        entries[key] = replace(entries[key], points=tuple(measured))
+    baseline = _entry(artifacts[0], baseline_config, "ok").key
+    return Profile(
+        batches=options.all_batches,
+        serving_batch=options.serving_batch,
+        entries=tuple(entries.values()),
+        baseline=baseline,
+        machine=describe_machine(facts),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        dataset=dataset.name + (" (synthetic)" if dataset.synthetic else ""),
+        validation_rows=len(dataset.validation),
+    )

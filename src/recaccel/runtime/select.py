@@ -1,0 +1,227 @@
+"""Automatic selection: the configuration that serves the most rank requests within an SLO.
+
+A pure decision on a measured `Profile`. The user states what they need:
+
+    choice = select(profile, Requirements(slo_p99_ms=50, candidates=100, relative_budget=0.001))
+
+and every measured configuration is judged on two things, in this order:
+
+1. **Accuracy.** Its validation AUC — computed from its own scores — must be at least
+   (1 − budget) × the baseline's (the first artifact in PyTorch eager FP32), the same rule the
+   optimizer's guard applies (optimize/guard.py).
+2. **Latency and throughput.** A worker merges requests of N candidates into batches of k·N
+   rows. A request may arrive just as a batch starts, wait for it, then run in the next one,
+   so its worst case is two batch times: the largest k with 2 × p99(k·N) ≤ SLO is what the
+   worker can batch (k = 0: even one request alone cannot meet the SLO). Its throughput is
+   k / median(k·N) requests per second, and the machine runs ⌊cores / threads⌋ such workers
+   (serving scales by processes; see executor.py on threads).
+
+The winner has the highest estimated requests per second; ties go to the lower p99 of one
+request. The throughput figure is a model built from single-executor measurements: it assumes
+workers on separate cores do not slow each other, which shared caches and memory bandwidth
+make optimistic. The serving benchmark measures the real figure; this picks the candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from recaccel.errors import ConfigError
+from recaccel.optimize.guard import DEFAULT_RELATIVE_BUDGET, judge
+from recaccel.runtime.profile import Profile, ProfileEntry
+
+DEFAULT_SLO_P99_MS = 50.0  # the serving issue's default rank-request SLO
+
+
+@dataclass(frozen=True)
+class Requirements:
+    slo_p99_ms: float = DEFAULT_SLO_P99_MS
+    candidates: int = 100  # rows of one rank request
+    relative_budget: float = DEFAULT_RELATIVE_BUDGET
+    cores: int = 1  # CPU cores the workers may use
+
+    def __post_init__(self) -> None:
+        if self.slo_p99_ms <= 0:
+            raise ConfigError(f"SLO {self.slo_p99_ms} ms must be positive")
+        if self.candidates < 1:
+            raise ConfigError(f"a request has at least one candidate, not {self.candidates}")
+        if self.cores < 1:
+            raise ConfigError(f"cores must be >= 1, not {self.cores}")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One row of the explanation table."""
+
+    key: str
+    model: str
+    backend: str
+    device: str
+    precision: str
+    threads: int
+    validation_auc: float | None
+    auc_change: float | None  # relative to the baseline; negative = a loss
+    request_p99_ms: float | None  # one request of N rows, alone
+    requests_per_batch: int  # k: the most requests a batch may merge within the SLO
+    workers: int
+    requests_per_second: float  # estimated for the whole machine
+    eligible: bool
+    verdict: str  # "selected", or why it was not
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Selection:
+    requirements: Requirements
+    baseline: str
+    baseline_auc: float
+    selected: Judgement | None  # None: nothing meets both the SLO and the accuracy budget
+    table: tuple[Judgement, ...]  # every configuration, best first
+    # The selected configuration against the baseline model in PyTorch eager FP32, both at
+    # the serving batch (N rows) on the selected configuration's thread count.
+    speedup_median: float | None
+    speedup_p99: float | None
+    compared_with: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requirements": asdict(self.requirements),
+            "baseline": self.baseline,
+            "baseline_auc": self.baseline_auc,
+            "selected": None if self.selected is None else self.selected.to_dict(),
+            "speedup_over_eager_fp32": {
+                "median": self.speedup_median,
+                "p99": self.speedup_p99,
+                "compared_with": self.compared_with,
+                "rows": self.requirements.candidates,
+            },
+            "table": [j.to_dict() for j in self.table],
+        }
+
+
+def _unmeasured(entry: ProfileEntry, verdict: str) -> Judgement:
+    config = entry.config
+    return Judgement(
+        entry.key,
+        entry.model,
+        config.backend,
+        config.device,
+        config.precision,
+        config.threads,
+        entry.validation_auc,
+        None,
+        None,
+        0,
+        0,
+        0.0,
+        False,
+        verdict,
+    )
+
+
+def judge_entry(entry: ProfileEntry, baseline_auc: float, needs: Requirements) -> Judgement:
+    """How `entry` fares against `needs` (see the module docstring); a pure function."""
+    if not entry.ok:
+        return _unmeasured(entry, f"{entry.status}: {entry.reason}")
+    if entry.validation_auc is None:
+        return _unmeasured(entry, "no validation AUC measured")
+    config, latency = entry.config, entry.latency_model()
+    accuracy = judge(baseline_auc, entry.validation_auc, needs.relative_budget)
+    n = needs.candidates
+    per_batch = latency.max_rows_within(needs.slo_p99_ms / 2) // n
+    workers = max(1, needs.cores // config.threads)
+    per_second = (
+        workers * per_batch / (latency.predict_ms(per_batch * n, "median") / 1e3)
+        if per_batch
+        else 0.0
+    )
+    request_p99 = latency.predict_ms(n)
+    if not accuracy.accepted:
+        verdict = f"over the accuracy budget: {accuracy.reason}"
+    elif per_batch == 0:
+        verdict = (
+            f"misses the SLO: 2 × p99 of one {n}-row request = {2 * request_p99:.2f} ms "
+            f"> {needs.slo_p99_ms:g} ms"
+        )
+    else:
+        verdict = "eligible"
+    return Judgement(
+        entry.key,
+        entry.model,
+        config.backend,
+        config.device,
+        config.precision,
+        config.threads,
+        entry.validation_auc,
+        entry.validation_auc / baseline_auc - 1,
+        request_p99,
+        per_batch,
+        workers,
+        per_second,
+        accuracy.accepted and per_batch > 0,
+        verdict,
+    )
+
+
+def _rank(judgement: Judgement) -> tuple[bool, float, float]:
+    p99 = judgement.request_p99_ms if judgement.request_p99_ms is not None else float("inf")
+    return (judgement.eligible, judgement.requests_per_second, -p99)
+
+
+def _eager_fp32_of_baseline(profile: Profile, threads: int) -> ProfileEntry | None:
+    base = profile.baseline_entry
+    matches = [
+        e
+        for e in profile.entries
+        if e.ok
+        and e.artifact_id == base.artifact_id
+        and e.config.backend == "torch-eager"
+        and e.config.precision == "fp32"
+        and e.config.device == "cpu"
+    ]
+    same_threads = [e for e in matches if e.config.threads == threads]
+    found = same_threads or matches
+    return found[0] if found else None
+
+
+def select(profile: Profile, needs: Requirements) -> Selection:
+    """Judge every configuration in `profile` and pick the best eligible one."""
+    baseline = profile.baseline_entry
+    if not baseline.ok or baseline.validation_auc is None:
+        raise ConfigError(
+            f"the baseline {baseline.key} was not measured ({baseline.status}: {baseline.reason})",
+            "profile with the torch-eager backend on the first artifact",
+        )
+    table = sorted(
+        (judge_entry(e, baseline.validation_auc, needs) for e in profile.entries),
+        key=_rank,
+        reverse=True,
+    )
+    best = table[0] if table and table[0].eligible else None
+    if best is not None:
+        table[0] = Judgement(**{**best.to_dict(), "verdict": "selected"})
+        best = table[0]
+    speedup_median = speedup_p99 = None
+    compared_with = None
+    if best is not None:
+        reference = _eager_fp32_of_baseline(profile, best.threads)
+        chosen = profile.entry(best.key).latency_model()
+        if reference is not None:
+            base_model = reference.latency_model()
+            n = needs.candidates
+            speedup_median = base_model.predict_ms(n, "median") / chosen.predict_ms(n, "median")
+            speedup_p99 = base_model.predict_ms(n) / chosen.predict_ms(n)
+            compared_with = reference.key
+    return Selection(
+        needs,
+        baseline.key,
+        baseline.validation_auc,
+        best,
+        tuple(table),
+        speedup_median,
+        speedup_p99,
+        compared_with,
+    )

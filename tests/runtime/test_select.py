@@ -1,0 +1,137 @@
+"""Automatic selection, judged on hand-made profiles whose answers can be worked out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recaccel.errors import ConfigError
+from recaccel.runtime.executor import ExecutorConfig
+from recaccel.runtime.latency_model import LatencyPoint
+from recaccel.runtime.profile import Profile, ProfileEntry, load_profile, save_profile
+from recaccel.runtime.select import Requirements, judge_entry, select
+
+HEAVY, SMALL = "a" * 64, "b" * 64
+
+
+def entry(
+    artifact_id: str,
+    backend: str,
+    per_row_ms: float,
+    auc: float | None = 0.80,
+    threads: int = 1,
+    precision: str = "fp32",
+    status: str = "ok",
+    overhead_ms: float = 1.0,
+) -> ProfileEntry:
+    """Latency = overhead + per_row × rows, p99 = 1.2 × median, at batches 1, 100, 1000."""
+    points = tuple(
+        LatencyPoint(b, overhead_ms + per_row_ms * b, 1.2 * (overhead_ms + per_row_ms * b), 100)
+        for b in (1, 100, 1000)
+    )
+    return ProfileEntry(
+        artifact=f"/art/{artifact_id[:4]}",
+        artifact_id=artifact_id,
+        model="dlrm" if artifact_id == HEAVY else "deepfm",
+        parameters=10,
+        weights_bytes=40,
+        config=ExecutorConfig(backend, "cpu", threads, precision),
+        status=status,
+        reason="" if status == "ok" else "uses quantized::embedding_bag_4bit_rowwise_offsets",
+        validation_auc=auc if status == "ok" else None,
+        points=points if status == "ok" else (),
+        load_s=0.5 if status == "ok" else None,
+    )
+
+
+BASELINE = entry(HEAVY, "torch-eager", per_row_ms=0.1)  # 11 ms at 100 rows
+
+
+def profile(*entries: ProfileEntry) -> Profile:
+    return Profile(
+        batches=(1, 100, 1000),
+        serving_batch=100,
+        entries=(BASELINE, *entries),
+        baseline=BASELINE.key,
+    )
+
+
+def test_the_fastest_accurate_configuration_wins_and_the_speedup_is_against_eager_fp32() -> None:
+    fast = entry(SMALL, "onnxruntime", per_row_ms=0.01)  # 2 ms at 100 rows
+    slower = entry(SMALL, "torch-eager", per_row_ms=0.02)
+    choice = select(profile(slower, fast), Requirements(slo_p99_ms=50, candidates=100))
+    assert choice.selected is not None and choice.selected.key == fast.key
+    assert choice.table[0].verdict == "selected"
+    assert choice.speedup_median == pytest.approx(11.0 / 2.0)
+    assert choice.speedup_p99 == pytest.approx(11.0 / 2.0)
+    assert choice.compared_with == BASELINE.key
+
+
+def test_batching_within_the_slo_is_worked_out_from_the_p99_model() -> None:
+    fast = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    judged = judge_entry(fast, 0.80, Requirements(slo_p99_ms=50, candidates=100, cores=2))
+    # 2 × 1.2 × (1 + 0.01 r) <= 50  →  r <= 1983 rows → 19 requests of 100 per batch.
+    assert judged.requests_per_batch == 19
+    assert judged.workers == 2
+    assert judged.requests_per_second == pytest.approx(2 * 19 / ((1 + 0.01 * 1900) / 1e3))
+
+
+def test_more_threads_count_fewer_workers() -> None:
+    two_threads = entry(SMALL, "onnxruntime", per_row_ms=0.01, threads=2)
+    judged = judge_entry(two_threads, 0.80, Requirements(cores=2))
+    assert judged.workers == 1
+
+
+def test_a_less_accurate_configuration_is_refused_however_fast() -> None:
+    lossy = entry(SMALL, "onnxruntime", per_row_ms=0.001, precision="int8-static", auc=0.79)
+    ok = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    choice = select(profile(lossy, ok), Requirements(relative_budget=0.001))
+    assert choice.selected is not None and choice.selected.key == ok.key
+    refused = next(j for j in choice.table if j.key == lossy.key)
+    assert not refused.eligible and "over the accuracy budget" in refused.verdict
+    assert refused.auc_change == pytest.approx(0.79 / 0.80 - 1)
+
+
+def test_a_configuration_that_cannot_meet_the_slo_alone_is_refused() -> None:
+    choice = select(profile(), Requirements(slo_p99_ms=20, candidates=100))  # 2 × 13.2 > 20
+    assert choice.selected is None
+    assert "misses the SLO" in choice.table[0].verdict
+    assert choice.speedup_median is None
+
+
+def test_unrunnable_configurations_are_listed_with_their_reason() -> None:
+    quantized = entry(SMALL, "onnxruntime", per_row_ms=0.0, status="unsupported")
+    choice = select(profile(quantized), Requirements())
+    row = next(j for j in choice.table if j.key == quantized.key)
+    assert not row.eligible and "embedding_bag_4bit" in row.verdict
+    assert choice.selected is not None and choice.selected.key == BASELINE.key
+
+
+def test_the_baseline_must_have_been_measured() -> None:
+    broken = entry(HEAVY, "torch-eager", per_row_ms=0.1, status="failed")
+    with pytest.raises(ConfigError, match="baseline"):
+        select(Profile((1,), 1, (broken,), broken.key), Requirements())
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"slo_p99_ms": 0}, {"candidates": 0}, {"cores": 0}, {"relative_budget": 1.5}]
+)
+def test_bad_requirements_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        select(profile(), Requirements(**kwargs))  # type: ignore[arg-type]
+
+
+def test_a_profile_survives_a_round_trip_through_json(tmp_path: Path) -> None:
+    original = profile(entry(SMALL, "onnxruntime", per_row_ms=0.01, status="unsupported"))
+    path = save_profile(original, tmp_path)
+    assert load_profile(path) == original
+    assert load_profile(tmp_path) == original
+
+
+def test_a_file_that_is_not_a_profile_gets_a_message(tmp_path: Path) -> None:
+    (tmp_path / "profile.json").write_text('{"format": "something else"}')
+    with pytest.raises(ConfigError, match="not a recaccel profile"):
+        load_profile(tmp_path)
+    with pytest.raises(ConfigError, match="no profile"):
+        load_profile(tmp_path / "missing.json")
