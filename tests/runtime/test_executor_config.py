@@ -73,6 +73,10 @@ def test_check_config_refusals(
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_check_config_accepts_each_backend_on_cpu_and_on_a_present_gpu(backend: str) -> None:
     assert check_config(ExecutorConfig(backend), cuda_devices=0).name == backend
+    if "cuda" not in BACKENDS[backend].devices:  # a CPU-only backend says so
+        with pytest.raises(ExecutorError, match="device not supported"):
+            check_config(ExecutorConfig(backend, "cuda:0"), cuda_devices=1)
+        return
     assert check_config(ExecutorConfig(backend, "cuda:0"), cuda_devices=1).name == backend
 
 

@@ -13,6 +13,8 @@ ranker sorts on and a client reads, the same on every backend. Backends (BACKEND
     torch-compile  torch.compile (inductor), one graph for every batch size, compiled at load.
     onnxruntime    the artifact exported to ONNX (cached beside it), on ORT's CPU, CUDA or
                    TensorRT execution provider; int8 and fp16 forms made by ORT's tools.
+    openvino       the same ONNX forms compiled by OpenVINO for the CPU: fp32, int8-static
+                   (ORT's QDQ file, run on OpenVINO's int8 kernels), fp16 where native.
 
 Precision says what the executor does to the artifact's float dense layers on top of what the
 artifact already is: "fp32" runs it as saved (a quantized artifact stays quantized);
@@ -147,6 +149,15 @@ BACKENDS: dict[str, BackendSpec] = {
             ("cpu", "cuda"),
             ("fp32", "int8-dynamic", "int8-static", "fp16"),
             "pip install onnxruntime onnx onnxscript (onnxruntime-gpu for CUDA)",
+        ),
+        BackendSpec(
+            "openvino",
+            "recaccel.runtime.openvino_exec",
+            "OpenVinoExecutor",
+            ("openvino", "onnx", "onnxscript", "onnxruntime"),
+            ("cpu",),
+            ("fp32", "int8-static", "fp16"),
+            "pip install openvino onnx onnxscript onnxruntime",
         ),
     )
 }
