@@ -28,7 +28,7 @@ from recaccel.train.metrics import evaluate
 CPU_ONLY = MachineFacts(
     cores=2,
     cuda_devices=0,
-    installed_backends=("torch-eager", "torch-compile", "onnxruntime"),
+    installed_backends=("torch-eager", "torch-compile", "onnxruntime", "openvino"),
     native_half={"cpu": ()},
 )
 Measured = tuple[Profile, list[Path]]
@@ -50,8 +50,13 @@ def test_the_plan_covers_every_installed_backend_precision_and_thread_count() ->
     assert ExecutorConfig("torch-compile", "cpu", 2, "fp32") in configs
     onnx = {(c.precision, c.threads) for c in configs if c.backend == "onnxruntime"}
     assert onnx == {(p, t) for p in ("fp32", "int8-dynamic", "int8-static", "fp16") for t in (1, 2)}
-    # PyTorch half precision only where the CPU computes it natively (not on AVX2).
-    assert not [c for c in configs if c.backend.startswith("torch") and c.precision != "fp32"]
+    assert {(c.precision, c.threads) for c in configs if c.backend == "openvino"} == {
+        (p, t) for p in ("fp32", "int8-static") for t in (1, 2)
+    }
+    # Half precision on PyTorch and OpenVINO only where the CPU computes it natively (not AVX2).
+    assert not [
+        c for c in configs if c.backend != "onnxruntime" and c.precision in ("fp16", "bf16")
+    ]
 
 
 def test_the_plan_adds_the_gpu_with_one_driving_thread() -> None:

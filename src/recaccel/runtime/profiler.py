@@ -13,8 +13,9 @@ fewer — never below `min_repeats` — where that would exceed `seconds_per_bat
 actually taken are recorded with each figure, since a p99 from 30 samples is nearly the max.
 
 What runs where (`plan_configs`, a pure function): every installed backend on every device it
-supports that is visible; every precision the backend takes, except PyTorch fp16/bf16 on a
-device that would only emulate them (slower than fp32, see models/half_precision.py); thread
+supports that is visible; every precision the backend takes, except fp16/bf16 on PyTorch and
+OpenVINO where the device would only emulate them (slower than fp32, and refused at load; see
+models/half_precision.py); thread
 counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
 ONNX backend, a missing GPU provider) becomes an "unsupported" entry with the reason.
 
@@ -59,7 +60,9 @@ from recaccel.train.metrics import evaluate
 
 DEFAULT_BATCHES = (1, 16, 64, 256, 1024)
 EVAL_CHUNK = 1024  # rows per call when scoring the validation split
-TORCH_BACKENDS = ("torch-eager", "torch-compile")
+# Backends that cast to fp16/bf16 only where the device computes them natively (they refuse an
+# emulated type at load); planning those configurations elsewhere would only list refusals.
+NATIVE_HALF_ONLY = ("torch-eager", "torch-compile", "openvino")
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def _wanted_precisions(
     spec: BackendSpec, device_type: str, facts: MachineFacts, asked: tuple[str, ...] | None
 ) -> list[str]:
     precisions = [p for p in spec.precisions if asked is None or p in asked]
-    if spec.name in TORCH_BACKENDS:  # PyTorch casts only where the device computes natively
+    if spec.name in NATIVE_HALF_ONLY:
         native = facts.native_half.get(device_type, ())
         precisions = [p for p in precisions if p not in HALF_DTYPES or p in native]
     return precisions
