@@ -7,9 +7,14 @@ import pandas as pd
 
 from recaccel.data.dataset import Dataset
 from recaccel.data.movielens import (
+    AGE_LABELS,
+    CATEGORICAL,
+    DENSE,
     TEST,
     TRAIN,
+    USER_CATEGORICAL,
     VALIDATION,
+    age_bucket_codes,
     build_movielens_dataset,
     per_user_time_split,
 )
@@ -100,3 +105,26 @@ def test_encoded_dataset_matches_its_schema(tiny_dataset: Dataset) -> None:
         assert split.multi_hot.max() < schema["genres"].cardinality
         assert set(np.unique(split.label)) <= {0.0, 1.0}
     assert np.isfinite(tiny_dataset.train.dense).all()
+
+
+def test_the_kept_encoding_matches_the_schema_and_the_tables(
+    tiny_dataset: Dataset, tiny_tables: MovieLensTables
+) -> None:
+    """Serving re-encodes rows through `Dataset.encoding`: its layout must be the schema's."""
+    schema, encoding = tiny_dataset.schema, tiny_dataset.encoding
+    assert encoding is not None
+    assert tuple(f.name for f in schema.categorical) == CATEGORICAL
+    assert tuple(f.name for f in schema.dense) == DENSE
+    np.testing.assert_array_equal(encoding.users.ids, np.sort(tiny_tables.users["user_id"]))
+    np.testing.assert_array_equal(encoding.items.ids, np.sort(tiny_tables.items["item_id"]))
+    assert encoding.last_timestamp == tiny_tables.ratings["timestamp"].max()
+    assert encoding.dense_mean.tolist() == tiny_dataset.info["dense_mean"]
+    assert encoding.users.categorical.shape == (len(encoding.users.ids), len(USER_CATEGORICAL))
+    assert encoding.items.genres.shape[1:] == (1, schema.multi_hot_len)
+
+
+def test_age_buckets_are_half_open_and_unknown_outside() -> None:
+    ages = np.array([-1, 0, 17.9, 18, 24, 25, 55.5, 56, 199, 200, np.nan])
+    codes = age_bucket_codes(ages).tolist()
+    assert codes == [0, 1, 1, 2, 2, 3, 6, 7, 7, 0, 0]
+    assert AGE_LABELS[codes[3] - 1] == "18-24"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from recaccel.data.schema import FeatureSchema
+
+if TYPE_CHECKING:
+    from recaccel.data.movielens import MovieLensEncoding
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -82,6 +85,10 @@ class Dataset:
 
     `synthetic` datasets are for speed, memory and scale only: their labels come from a random
     generator, so no accuracy claim may rest on them, and every report that shows one says so.
+
+    `encoding` is how the rows were made from users, items and time (see `movielens.py`), kept
+    so serving encodes rows the dataset never held exactly as these; None where the dataset has
+    no users or items (criteo-synthetic). `info` is JSON-safe: it goes into artifact manifests.
     """
 
     name: str
@@ -91,6 +98,7 @@ class Dataset:
     test: Split
     synthetic: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    encoding: MovieLensEncoding | None = field(default=None, repr=False, compare=False)
 
     def split(self, name: str) -> Split:
         splits = {"train": self.train, "validation": self.validation, "test": self.test}

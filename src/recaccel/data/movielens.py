@@ -10,11 +10,19 @@ Label: rating >= 4 (the user liked the movie). Every row is (user, item, time) w
 The split is by time *within each user*: each user's ratings in time order, the earliest 80%
 train, the next 10% validation, the last 10% test. A random split leaks a user's future into
 training; a single global time cut leaves most test rows from users never seen in training.
+
+Encoding goes through one path, `MovieLensEncoding.encode_rows`: each user and each item is
+encoded once into a table, and a row is a gather from those tables plus the dense features
+computed from its time. The dataset keeps that encoding (`Dataset.encoding`) so that serving
+encodes a (user, item, time) row the dataset never held exactly as training encoded its own:
+a served score equals the model's score on the same row only if nothing is re-implemented.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -22,6 +30,7 @@ import pandas as pd
 from recaccel.data.dataset import Dataset, Split
 from recaccel.data.movielens_source import MovieLensTables
 from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.errors import ChecksumError
 
 LIKED_RATING = 4
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -30,6 +39,15 @@ AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 SECONDS_PER_DAY = 86_400
 SECONDS_PER_YEAR = 365.25 * SECONDS_PER_DAY
 EPOCH_YEAR = 1970
+DENSE = ("age", "release_year", "movie_age", "user_tenure")  # schema order
+# Categorical columns in schema order, and which entity owns each.
+CATEGORICAL = (
+    "user_id", "item_id", "age_bucket", "gender", "occupation", "zip_prefix", "release_decade",
+)  # fmt: skip
+USER_CATEGORICAL = ("user_id", "age_bucket", "gender", "occupation", "zip_prefix")
+ITEM_CATEGORICAL = ("item_id", "release_decade")
+_USER_COLUMNS = np.array([CATEGORICAL.index(name) for name in USER_CATEGORICAL])
+_ITEM_COLUMNS = np.array([CATEGORICAL.index(name) for name in ITEM_CATEGORICAL])
 
 
 def per_user_time_split(
@@ -65,9 +83,14 @@ def _vocabulary(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({v for v in values if v}))
 
 
+def _lookup(vocabulary: tuple[str, ...]) -> dict[str, int]:
+    """Index i+1 for vocabulary[i]; callers map anything else (missing, unseen) to 0."""
+    return {v: i + 1 for i, v in enumerate(vocabulary)}
+
+
 def _encode(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
     """Index i+1 for vocabulary[i]; 0 for anything else (missing, unseen)."""
-    lookup = {v: i + 1 for i, v in enumerate(vocabulary)}
+    lookup = _lookup(vocabulary)
     return values.map(lambda v: lookup.get(v, 0)).to_numpy(dtype=np.int64)
 
 
@@ -75,29 +98,237 @@ def _decade(year: object) -> str:
     return "" if pd.isna(year) else f"{int(year) // 10 * 10}s"  # type: ignore[call-overload]
 
 
+def age_bucket_codes(ages: np.ndarray) -> np.ndarray:
+    """Each age's code in the `age_bucket` vocabulary (AGE_LABELS): i+1 for AGE_LABELS[i].
+
+    Buckets are half-open ([18, 25) is "18-24"); an age outside [0, 200) or missing (NaN) is 0,
+    unknown.
+    """
+    code = np.searchsorted(np.asarray(AGE_BINS, dtype=np.float64), ages, side="right")
+    return np.where((code >= 1) & (code < len(AGE_BINS)), code, 0).astype(np.int64)
+
+
+def zip_prefix(zip_code: str) -> str:
+    """The first digit of a US zip code (a region); "other" for foreign (lettered) or empty ones."""
+    head = zip_code[:1]
+    return head if head.isdigit() else "other"
+
+
+def raw_dense(
+    age: np.ndarray, release_year: np.ndarray, rated_at: np.ndarray, first_rating: np.ndarray
+) -> np.ndarray:
+    """The dense features of N rows before standardisation: (N, 4) float64 in DENSE order.
+
+    Each argument is (N,), or (1,) to hold for every row.
+
+    The movie's age is the years from its release year to the rating (NaN when the release year
+    is unknown). The user's tenure is log1p of the days since their first rating; it is 0 for a
+    user with no earlier rating (`first_rating` NaN) and for a time before the first rating,
+    neither of which the dataset holds but a serving request can.
+    """
+    n = max(len(age), len(release_year), len(rated_at), len(first_rating))
+    out = np.empty((n, len(DENSE)))
+    out[:, 0] = age
+    out[:, 1] = release_year
+    out[:, 2] = EPOCH_YEAR + rated_at / SECONDS_PER_YEAR - release_year
+    # fmax ignores NaN: no first rating and a time before it are both 0 days.
+    out[:, 3] = np.log1p(np.fmax(rated_at - first_rating, 0.0) / SECONDS_PER_DAY)
+    return out
+
+
+def standardise(dense: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std with the training statistics, as float32; missing (NaN) becomes 0,
+    the mean. Works in place: `dense` (a temporary from `raw_dense`) is overwritten."""
+    np.subtract(dense, mean, out=dense)
+    np.divide(dense, std, out=dense)
+    dense[np.isnan(dense)] = 0.0
+    return dense.astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class UserTable:
+    """Users encoded once: row r of every array is the user `ids[r]`.
+
+    ids: (U,) int64 raw user ids, sorted.
+    categorical: (U, 5) int64 codes in USER_CATEGORICAL order (user_id is the raw id itself).
+    age: (U,) float64 years; NaN = unknown.
+    first_rating: (U,) float64 unix seconds of the user's first rating; NaN = none.
+    """
+
+    ids: np.ndarray
+    categorical: np.ndarray
+    age: np.ndarray
+    first_rating: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ItemTable:
+    """Items encoded once: row r of every array is the item `ids[r]`.
+
+    ids: (I,) int64 raw item ids, sorted: the catalogue.
+    categorical: (I, 2) int64 codes in ITEM_CATEGORICAL order (item_id is the raw id itself).
+    release_year: (I,) float64; NaN = unknown.
+    genres: (I, 1, L) int64: the item's multi-hot block, genre codes padded with 0.
+    """
+
+    ids: np.ndarray
+    categorical: np.ndarray
+    release_year: np.ndarray
+    genres: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class MovieLensEncoding:
+    """What turns (user, item, time) into a model row; the dataset keeps it for serving.
+
+    users, items: every user and item, encoded once.
+    vocabularies: the string-valued user fields' (gender, occupation, zip_prefix), to encode
+        raw values a serving request brings.
+    dense_mean, dense_std: (4,) float64 training-split statistics that standardise DENSE.
+    last_timestamp: the latest rating's unix time: where the data's time frame ends.
+    """
+
+    users: UserTable
+    items: ItemTable
+    vocabularies: Mapping[str, tuple[str, ...]]
+    dense_mean: np.ndarray
+    dense_std: np.ndarray
+    last_timestamp: int
+
+    @cached_property
+    def _lookups(self) -> dict[str, dict[str, int]]:
+        return {name: _lookup(v) for name, v in self.vocabularies.items()}
+
+    def encode_rows(
+        self,
+        users: UserTable,
+        user_rows: np.ndarray,
+        item_rows: np.ndarray,
+        rated_at: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense, categorical, multi_hot) of the rows (users[user_rows[i]], items[item_rows[i]],
+        time rated_at[i]), in the schema's layout.
+
+        `users` is `self.users` for the dataset's own users, or a table from `user()`.
+        `user_rows` and `rated_at` may have length 1: one user at one time against every item,
+        as a serving request is, without repeating the user's features per row first.
+        """
+        items = self.items
+        dense = standardise(
+            raw_dense(
+                users.age.take(user_rows),
+                items.release_year.take(item_rows),
+                rated_at,
+                users.first_rating.take(user_rows),
+            ),
+            self.dense_mean,
+            self.dense_std,
+        )
+        categorical = np.empty((len(item_rows), len(CATEGORICAL)), dtype=np.int64)
+        categorical[:, _USER_COLUMNS] = users.categorical.take(user_rows, axis=0)
+        categorical[:, _ITEM_COLUMNS] = items.categorical.take(item_rows, axis=0)
+        return dense, categorical, items.genres.take(item_rows, axis=0)
+
+    def user(
+        self,
+        row: int | None,
+        *,
+        age: float | None = None,
+        gender: str | None = None,
+        occupation: str | None = None,
+        zip_code: str | None = None,
+    ) -> UserTable:
+        """One user as a one-row table for `encode_rows`, with raw values in place of stored ones.
+
+        `row` is the user's row in `self.users`; None is a user the dataset never saw: user id
+        0 (unknown), every feature unknown, no rating history. Each raw value given is encoded
+        as training encodes it: a string outside the vocabulary is 0, unknown.
+        """
+        if row is None:
+            ids = np.zeros(1, dtype=np.int64)
+            categorical = np.zeros((1, len(USER_CATEGORICAL)), dtype=np.int64)
+            ages = np.full(1, np.nan)
+            first = np.full(1, np.nan)
+        else:
+            one = slice(row, row + 1)
+            ids = self.users.ids[one].copy()
+            categorical = self.users.categorical[one].copy()
+            ages = self.users.age[one].copy()
+            first = self.users.first_rating[one].copy()
+        column = USER_CATEGORICAL.index
+        if age is not None:
+            ages[0] = age
+            categorical[0, column("age_bucket")] = age_bucket_codes(ages)[0]
+        for name, value in (("gender", gender), ("occupation", occupation)):
+            if value is not None:
+                categorical[0, column(name)] = self._lookups[name].get(value, 0)
+        if zip_code is not None:
+            code = self._lookups["zip_prefix"].get(zip_prefix(zip_code), 0)
+            categorical[0, column("zip_prefix")] = code
+        return UserTable(ids, categorical, ages, first)
+
+
+def _user_table(
+    users: pd.DataFrame, ratings: pd.DataFrame, vocab: Mapping[str, tuple[str, ...]]
+) -> UserTable:
+    users = users.sort_values("user_id", kind="stable")
+    ids = users["user_id"].to_numpy(np.int64)
+    age = users["age"].to_numpy(np.float64)
+    categorical = np.stack(
+        [
+            ids,
+            age_bucket_codes(age),
+            _encode(users["gender"], vocab["gender"]),
+            _encode(users["occupation"], vocab["occupation"]),
+            _encode(users["zip_code"].map(zip_prefix), vocab["zip_prefix"]),
+        ],
+        axis=1,
+    )
+    first = ratings.groupby("user_id")["timestamp"].min().reindex(ids).to_numpy(np.float64)
+    return UserTable(ids, categorical, age, first)
+
+
+def _item_table(
+    items: pd.DataFrame, decades: tuple[str, ...], genres: tuple[str, ...], max_genres: int
+) -> ItemTable:
+    items = items.sort_values("item_id", kind="stable")
+    ids = items["item_id"].to_numpy(np.int64)
+    release_year = items["release_year"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    categorical = np.stack([ids, _encode(items["release_year"].map(_decade), decades)], axis=1)
+    genre_index = _lookup(genres)
+    block = np.zeros((len(ids), 1, max_genres), dtype=np.int64)
+    for row, names in enumerate(items["genres"]):
+        block[row, 0, : len(names)] = [genre_index[g] for g in names]
+    return ItemTable(ids, categorical, release_year, block)
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """The row in the sorted `ids` of each wanted id; every one must be there."""
+    rows = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    missing = ids[rows] != wanted
+    if missing.any():
+        raise ChecksumError(
+            f"{int(missing.sum())} ratings name {what} missing from the {what} table, e.g. "
+            f"{wanted[missing][:5].tolist()}",
+            "the ratings, users and items tables must come from one copy of MovieLens",
+        )
+    return rows
+
+
 def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
     """Encode the raw tables into a `Dataset` with the per-user time split."""
-    users = tables.users.assign(
-        age_bucket=pd.cut(tables.users["age"], AGE_BINS, right=False, labels=AGE_LABELS).astype(
-            str
-        ),
-        zip_prefix=tables.users["zip_code"].str[:1].where(lambda z: z.str.isdigit(), "other"),
-    )
-    items = tables.items.assign(release_decade=tables.items["release_year"].map(_decade))
-    rows = tables.ratings.merge(users, on="user_id", how="left").merge(
-        items, on="item_id", how="left"
-    )
-    split = per_user_time_split(rows)
+    ratings = tables.ratings.reset_index(drop=True)
+    split = per_user_time_split(ratings)
 
     vocab = {
         "age_bucket": AGE_LABELS,
-        "gender": _vocabulary(users["gender"]),
-        "occupation": _vocabulary(users["occupation"]),
-        "zip_prefix": _vocabulary(users["zip_prefix"]),
-        "release_decade": _vocabulary(items["release_decade"]),
+        "gender": _vocabulary(tables.users["gender"]),
+        "occupation": _vocabulary(tables.users["occupation"]),
+        "zip_prefix": _vocabulary(tables.users["zip_code"].map(zip_prefix)),
+        "release_decade": _vocabulary(tables.items["release_year"].map(_decade)),
     }
-    genres = _vocabulary([g for gs in items["genres"] for g in gs])
-    max_genres = max(len(gs) for gs in items["genres"])
+    genres = _vocabulary([g for gs in tables.items["genres"] for g in gs])
+    max_genres = max(len(gs) for gs in tables.items["genres"])
     schema = FeatureSchema(
         name="movielens-100k",
         label="liked",
@@ -132,39 +363,25 @@ def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
         ),
     )
 
-    rated_at = rows["timestamp"].to_numpy(dtype=np.float64)
-    first_rating = rows.groupby("user_id")["timestamp"].transform("min").to_numpy(np.float64)
-    rated_year = EPOCH_YEAR + rated_at / SECONDS_PER_YEAR
-    release_year = rows["release_year"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
-    dense = np.stack(
-        [
-            rows["age"].to_numpy(np.float64),
-            release_year,
-            rated_year - release_year,
-            np.log1p((rated_at - first_rating) / SECONDS_PER_DAY),
-        ],
-        axis=1,
-    )
+    users = _user_table(tables.users, ratings, vocab)
+    items = _item_table(tables.items, vocab["release_decade"], genres, max_genres)
+    user_rows = _rows_of(users.ids, ratings["user_id"].to_numpy(np.int64), "users")
+    item_rows = _rows_of(items.ids, ratings["item_id"].to_numpy(np.int64), "items")
+    rated_at = ratings["timestamp"].to_numpy(np.float64)
     # Standardise with training rows only: validation and test statistics must not leak in.
-    mean = np.nanmean(dense[split == TRAIN], axis=0)
-    std = np.nanstd(dense[split == TRAIN], axis=0) + 1e-6
-    dense = np.nan_to_num((dense - mean) / std, nan=0.0).astype(np.float32)
-
-    categorical = np.stack(
-        [
-            rows["user_id"].to_numpy(np.int64),
-            rows["item_id"].to_numpy(np.int64),
-            *(_encode(rows[name], v) for name, v in vocab.items()),
-        ],
-        axis=1,
+    train = raw_dense(
+        users.age[user_rows], items.release_year[item_rows], rated_at, users.first_rating[user_rows]
+    )[split == TRAIN]
+    encoding = MovieLensEncoding(
+        users=users,
+        items=items,
+        vocabularies={name: vocab[name] for name in ("gender", "occupation", "zip_prefix")},
+        dense_mean=np.nanmean(train, axis=0),
+        dense_std=np.nanstd(train, axis=0) + 1e-6,
+        last_timestamp=int(ratings["timestamp"].max()),
     )
-    # Encode genres once per item, then gather by item id: 1.7k items, not 100k rows.
-    genre_index = {g: i + 1 for i, g in enumerate(genres)}
-    item_genres = np.zeros((schema["item_id"].cardinality, max_genres), dtype=np.int64)
-    for item_id, names in zip(items["item_id"], items["genres"], strict=True):
-        item_genres[item_id, : len(names)] = [genre_index[g] for g in names]
-    multi_hot = item_genres[rows["item_id"].to_numpy()][:, None, :]  # (N, 1, L)
-    label = (rows["rating"].to_numpy() >= LIKED_RATING).astype(np.float32)
+    dense, categorical, multi_hot = encoding.encode_rows(users, user_rows, item_rows, rated_at)
+    label = (ratings["rating"].to_numpy() >= LIKED_RATING).astype(np.float32)
 
     def take(part: int) -> Split:
         mask = split == part
@@ -180,7 +397,8 @@ def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
             "source": tables.source,
             "label": f"rating >= {LIKED_RATING}",
             "split": "per-user chronological 80/10/10",
-            "dense_mean": mean.tolist(),
-            "dense_std": std.tolist(),
+            "dense_mean": encoding.dense_mean.tolist(),
+            "dense_std": encoding.dense_std.tolist(),
         },
+        encoding=encoding,
     )
