@@ -1,0 +1,288 @@
+"""Serving configuration: one file (TOML or YAML), then environment variables, then CLI flags.
+
+    [server]     host, port, max_body_bytes, management, log_requests
+    [slo]        p99_ms, max_queue_delay_ms
+    [batching]   max_rows
+    [workers]    min, max, executors = [{backend, device, precision, threads, count}]
+    [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
+                 interval_s
+    [admission]  max_queue_rows, max_queue_requests
+    [rank]       default_k, max_candidates
+
+Later sources override earlier ones key by key. An environment variable is
+`RECACCEL_<SECTION>_<KEY>`, e.g. `RECACCEL_SLO_P99_MS=30`; the management token is read from
+`RECACCEL_TOKEN` only, never from a file that might be committed. Everything is checked at
+start, and an error names the bad key (`slo.p99_ms: must be > 0, got -1`), so a typo never
+becomes a silently ignored setting.
+
+Defaults: bind 127.0.0.1 (not reachable from other machines unless asked), management
+endpoints off, 1 MiB bodies, p99 50 ms per rank request, 1..2 workers of onnxruntime/cpu/fp32
+with one thread each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recaccel.errors import ConfigError
+from recaccel.runtime.executor import BACKENDS, ExecutorConfig
+
+ENV_PREFIX = "RECACCEL_"
+TOKEN_ENV = "RECACCEL_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+    management: bool = False  # load / unload / swap endpoints; need RECACCEL_TOKEN
+    log_requests: bool = False  # one structured log line per request
+
+
+@dataclass(frozen=True)
+class SloSection:
+    p99_ms: float = 50.0  # per rank request, unless the request carries its own deadline
+    max_queue_delay_ms: float = 10.0  # no request waits longer than this for a batch to fill
+
+
+@dataclass(frozen=True)
+class BatchingSection:
+    max_rows: int = 2048  # rows per batch sent to a worker
+
+
+@dataclass(frozen=True)
+class ExecutorSection:
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int = 1
+    count: int | None = None  # fixed workers of this kind; None: the autoscaler decides
+
+    def executor_config(self) -> ExecutorConfig:
+        return ExecutorConfig(self.backend, self.device, self.threads, self.precision)
+
+
+@dataclass(frozen=True)
+class WorkersSection:
+    min: int = 1
+    max: int = 2
+    executors: tuple[ExecutorSection, ...] = (ExecutorSection(),)
+
+
+@dataclass(frozen=True)
+class AutoscalerSection:
+    target_utilization: float = 0.7
+    target_queue_delay_ms: float = 10.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
+    interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class AdmissionSection:
+    max_queue_rows: int = 50_000
+    max_queue_requests: int = 2_000
+
+
+@dataclass(frozen=True)
+class RankSection:
+    default_k: int = 10
+    max_candidates: int = 10_000
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    server: ServerSection = field(default_factory=ServerSection)
+    slo: SloSection = field(default_factory=SloSection)
+    batching: BatchingSection = field(default_factory=BatchingSection)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    autoscaler: AutoscalerSection = field(default_factory=AutoscalerSection)
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
+    rank: RankSection = field(default_factory=RankSection)
+    token: str | None = None  # from RECACCEL_TOKEN
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["token"] = "***" if self.token else None
+        return data
+
+
+SECTIONS: dict[str, type[Any]] = {
+    name: kind
+    for name, kind in typing.get_type_hints(ServeConfig).items()
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind)
+}
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """`value` as `kind` (int, float, bool, str, optional of one), or a ConfigError on `key`."""
+    if isinstance(kind, types.UnionType):  # X | None
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):  # fmt: skip
+            return value.lower() in ("1", "true", "yes", "on")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _section(name: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(f'{name}.{k}' for k in unknown)}",
+            f"[{name}] takes {', '.join(hints)}",
+        )
+    fields: dict[str, Any] = {}
+    for key, value in values.items():
+        if cls is WorkersSection and key == "executors":
+            if not isinstance(value, list) or not value:
+                raise ConfigError("workers.executors: expected a non-empty list of tables")
+            fields[key] = tuple(
+                _section(f"workers.executors[{i}]", ExecutorSection, _table(item, name))
+                for i, item in enumerate(value)
+            )
+        else:
+            fields[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**fields)
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of settings, got {value!r}")
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw settings in a .toml, .yaml or .yml file."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read the serving config {path}: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {error}") from None
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: the config must be a .toml, .yaml or .yml file")
+    return dict(_table(data or {}, str(path)))
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """RECACCEL_<SECTION>_<KEY> variables as {section: {key: value}}."""
+    found: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == TOKEN_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(f"{s}_")), None)
+        if section is not None:
+            found.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    return found
+
+
+def _merge(*layers: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if section == "token":
+                raise ConfigError("the token is read from RECACCEL_TOKEN only, not from a file")
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"unknown section [{section}]", f"sections: {', '.join(SECTIONS)}"
+                )
+            merged.setdefault(section, {}).update(_table(values, f"[{section}]"))
+    return merged
+
+
+def _check(config: ServeConfig) -> ServeConfig:
+    rules: list[tuple[bool, str]] = [
+        (0 < config.server.port < 65536, f"server.port: must be 1..65535: {config.server.port}"),
+        (config.server.max_body_bytes >= 1024, "server.max_body_bytes: must be >= 1024"),
+        (config.slo.p99_ms > 0, f"slo.p99_ms: must be > 0, got {config.slo.p99_ms}"),
+        (config.slo.max_queue_delay_ms >= 0, "slo.max_queue_delay_ms: must be >= 0"),
+        (config.batching.max_rows >= 1, "batching.max_rows: must be >= 1"),
+        (config.workers.min >= 1, f"workers.min: must be >= 1, got {config.workers.min}"),
+        (config.workers.min <= config.workers.max,
+         f"workers.max ({config.workers.max}) must be >= workers.min ({config.workers.min})"),
+        (0 < config.autoscaler.target_utilization <= 1,
+         "autoscaler.target_utilization: must be in (0, 1]"),
+        (config.autoscaler.interval_s > 0, "autoscaler.interval_s: must be > 0"),
+        (config.admission.max_queue_requests >= 1, "admission.max_queue_requests: must be >= 1"),
+        (config.admission.max_queue_rows >= 1, "admission.max_queue_rows: must be >= 1"),
+        (config.rank.default_k >= 1, "rank.default_k: must be >= 1"),
+        (config.rank.max_candidates >= 1, "rank.max_candidates: must be >= 1"),
+        (not config.server.management or bool(config.token),
+         "server.management is on but RECACCEL_TOKEN is not set: the management endpoints "
+         "would be open to anyone who can reach the port"),
+    ]  # fmt: skip
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+    for i, executor in enumerate(config.workers.executors):
+        try:
+            executor.executor_config()
+        except ConfigError as error:
+            raise ConfigError(f"workers.executors[{i}]: {error.message}", error.hint) from None
+        spec = BACKENDS.get(executor.backend)
+        if spec is None:
+            raise ConfigError(
+                f"workers.executors[{i}].backend: unknown backend {executor.backend!r}",
+                f"choose one of {', '.join(BACKENDS)}",
+            )
+        if executor.precision not in spec.precisions:
+            raise ConfigError(
+                f"workers.executors[{i}].precision: {executor.backend} does not run "
+                f"{executor.precision}",
+                f"it runs {', '.join(spec.precisions)}",
+            )
+        if executor.count is not None and executor.count < 1:
+            raise ConfigError(f"workers.executors[{i}].count: must be >= 1")
+    return config
+
+
+def load_serve_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeConfig:
+    """File, then environment, then `overrides` (CLI flags as {section: {key: value}})."""
+    environ = os.environ if environ is None else environ
+    layers: list[Mapping[str, Any]] = []
+    if path is not None:
+        layers.append(read_config_file(path))
+    layers.append(env_settings(environ))
+    layers.append({s: v for s, v in (overrides or {}).items() if v})
+    merged = _merge(*layers)
+    sections = {name: _section(name, cls, merged.get(name, {})) for name, cls in SECTIONS.items()}
+    return _check(ServeConfig(**sections, token=environ.get(TOKEN_ENV) or None))

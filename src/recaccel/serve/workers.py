@@ -1,0 +1,338 @@
+"""Worker processes: each loads one executor and scores the batches it is sent.
+
+Executors run in separate processes so the GIL does not cap throughput: the server process
+decodes requests and forms batches while every worker computes on its own core(s). A worker
+is started with `WorkerProcess.start`, answers `await worker.ready()` with what it runs and a
+startup latency model, then scores `await worker.run(batch)` calls in the order sent.
+
+Plumbing, and why each piece:
+- Batches go to the worker through a `multiprocessing` Queue: its feeder thread writes the
+  pickled arrays, so a 1,000-row batch larger than the pipe buffer never blocks the event loop
+  while the worker is still busy with the previous one.
+- Results come back on a one-way Pipe read by one thread per worker that waits on the pipe
+  *and* the process sentinel together (`multiprocessing.connection.wait`): a worker that dies
+  (kill -9, out of memory, a segfault in a native kernel) is noticed at once, and every batch
+  it held fails with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
+- Workers ignore SIGINT and SIGTERM: the server receives those and drains first; a worker ends
+  when told to, or when the server's end of its queue closes (the server died).
+- The "spawn" start method: a forked child would inherit the server's event loop, threads and
+  torch's thread pools in whatever state they were in.
+
+Latency model at start: the worker times its executor on all-zero batches of a few sizes
+after loading, so a server started without a profile still has a model to batch and route by;
+`recaccel profile` measures on real rows and is preferred when given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recaccel.data.dataset import FeatureBatch
+from recaccel.errors import RecaccelError
+from recaccel.runtime.executor import ExecutorConfig
+from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
+
+log = logging.getLogger(__name__)
+
+STARTUP_BATCHES = (1, 16, 64, 256, 1024)
+STARTUP_REPEATS = 7
+READY_TIMEOUT_S = 300.0  # an ONNX export or a compile on a busy 2-core machine takes a while
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker runs: an artifact on one executor configuration."""
+
+    artifact: Path
+    config: ExecutorConfig
+    startup_batches: tuple[int, ...] = STARTUP_BATCHES
+
+    @property
+    def kind(self) -> str:
+        """Workers of one kind are interchangeable, e.g. "onnxruntime/cpu/fp32/t1"."""
+        return self.config.label()
+
+
+class WorkerDiedError(RecaccelError):
+    """The worker process ended while it held the batch."""
+
+
+class WorkerFailedError(RecaccelError):
+    """The worker's executor raised on the batch (the worker itself lives on)."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a started worker reports: its executor and its startup latency model."""
+
+    describe: dict[str, Any]
+    latency: LatencyModel
+    load_s: float
+
+
+# --- the worker process -------------------------------------------------------------------
+
+
+def _startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> LatencyModel:
+    from recaccel.runtime.executor import zeros_batch
+
+    points = []
+    for rows in batches:
+        batch = zeros_batch(schema, rows)
+        executor.run(batch)  # warm this size
+        times = []
+        for _ in range(STARTUP_REPEATS):
+            start = time.perf_counter()
+            executor.run(batch)
+            times.append((time.perf_counter() - start) * 1e3)
+        points.append(LatencyPoint(rows, statistics.median(times), max(times), STARTUP_REPEATS))
+    return LatencyModel.from_points(points)
+
+
+def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
+    """The worker process: load, report, then score batches until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import torch
+
+    from recaccel.runtime.executor import load_executor
+
+    try:
+        start = time.perf_counter()
+        executor = load_executor(spec.artifact, spec.config)
+        latency = _startup_latency(executor, executor.schema, spec.startup_batches)
+        info = WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
+    except Exception as error:  # reported to the server, which names it in its start-up error
+        results.send(("failed", f"{type(error).__name__}: {error}"))
+        return
+    results.send(("ready", info))
+    with torch.inference_mode():
+        while True:
+            try:
+                task = tasks.get()
+            except (EOFError, OSError):
+                return  # the server is gone
+            if task is None:
+                return
+            batch_id, dense, categorical, multi_hot = task
+            start = time.perf_counter()
+            try:
+                batch = FeatureBatch(
+                    torch.from_numpy(dense),
+                    torch.from_numpy(categorical),
+                    torch.from_numpy(multi_hot),
+                )
+                outcome: tuple[str, Any] = ("ok", executor.run(batch))
+            except Exception as error:
+                outcome = ("error", f"{type(error).__name__}: {error}")
+            busy_s = time.perf_counter() - start
+            try:
+                results.send((batch_id, *outcome, busy_s))
+            except (BrokenPipeError, OSError):
+                return
+
+
+# --- the server's handle on one worker ----------------------------------------------------
+
+_ids = itertools.count()
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[np.ndarray]
+    rows: int
+
+
+@dataclass
+class WorkerStats:
+    """Counters the autoscaler and /metrics read; updated on the event loop."""
+
+    batches: int = 0
+    rows: int = 0
+    busy_s: float = 0.0
+    failures: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class WorkerProcess:
+    """One worker process, driven from the server's event loop (see the module docstring)."""
+
+    def __init__(self, spec: WorkerSpec, name: str) -> None:
+        self.spec = spec
+        self.name = name
+        self.info: WorkerInfo | None = None
+        self.stats = WorkerStats()
+        self.on_exit: Callable[[WorkerProcess], None] | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._tasks: Any = None
+        self._pending: dict[int, _Pending] = {}
+        self._ready: asyncio.Future[WorkerInfo] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: Any = None
+        self._stopping = False
+        self.alive = False
+
+    # lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        receive, send = self._context.Pipe(duplex=False)
+        self._tasks = self._context.Queue()
+        self._process = self._context.Process(
+            target=_worker_main,
+            args=(self.spec, self._tasks, send),
+            name=f"recaccel-worker-{self.name}",
+            daemon=True,
+        )
+        self._process.start()
+        send.close()  # only the worker writes; its end closing is how death shows up as EOF
+        self.alive = True
+        threading.Thread(
+            target=self._read_results, args=(receive,), name=f"results-{self.name}", daemon=True
+        ).start()
+
+    async def ready(self, timeout_s: float = READY_TIMEOUT_S) -> WorkerInfo:
+        assert self._ready is not None, "start() first"
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+        except TimeoutError:
+            self.kill()
+            raise WorkerFailedError(
+                f"worker {self.name} ({self.spec.kind}) did not load within {timeout_s:.0f} s",
+                "check the artifact loads with `recaccel inspect`, or raise the start timeout",
+            ) from None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else int(self._process.pid)
+
+    @property
+    def in_flight_rows(self) -> int:
+        return sum(p.rows for p in self._pending.values())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Finish what was sent, then end the process (killed if it does not end in time)."""
+        self._stopping = True
+        if self._pending:
+            await asyncio.wait([asyncio.ensure_future(p.future) for p in self._pending.values()])
+        if self.alive:
+            self._tasks.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout_s)
+        if self._process.is_alive():
+            self.kill()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+
+    # scoring -------------------------------------------------------------------------------
+
+    def run(self, batch: FeatureBatch) -> asyncio.Future[np.ndarray]:
+        """Send `batch`; the future resolves to its scores, or fails with WorkerDiedError
+        (the process ended) or WorkerFailedError (the executor raised)."""
+        assert self._loop is not None
+        future: asyncio.Future[np.ndarray] = self._loop.create_future()
+        if not self.alive or self._stopping:
+            future.set_exception(WorkerDiedError(f"worker {self.name} is not accepting work"))
+            return future
+        batch_id = next(_ids)
+        self._pending[batch_id] = _Pending(future, len(batch))
+        self._tasks.put(
+            (
+                batch_id,
+                batch.dense.numpy(),
+                batch.categorical.numpy(),
+                batch.multi_hot.numpy(),
+            )
+        )
+        return future
+
+    # the results thread --------------------------------------------------------------------
+
+    def _read_results(self, receive: Connection) -> None:
+        sentinel = self._process.sentinel
+        while True:
+            ready = wait([receive, sentinel])
+            if receive in ready:
+                try:
+                    message = receive.recv()
+                except (EOFError, OSError):
+                    break
+                self._call(self._deliver, message)
+                continue
+            break  # the process ended and nothing is left to read
+        self._call(self._died)
+
+    def _call(self, function: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is exiting
+            self._loop.call_soon_threadsafe(function, *args)
+
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        assert self._ready is not None
+        if message[0] == "ready":
+            self.info = message[1]
+            if not self._ready.done():
+                self._ready.set_result(message[1])
+            return
+        if message[0] == "failed":
+            if not self._ready.done():
+                self._ready.set_exception(
+                    WorkerFailedError(
+                        f"worker {self.name} could not load {self.spec.artifact} on "
+                        f"{self.spec.kind}: {message[1]}"
+                    )
+                )
+            return
+        batch_id, status, payload, busy_s = message
+        pending = self._pending.pop(batch_id, None)
+        self.stats.busy_s += busy_s
+        if pending is None or pending.future.done():
+            return
+        if status == "ok":
+            self.stats.batches += 1
+            self.stats.rows += pending.rows
+            pending.future.set_result(payload)
+        else:
+            self.stats.failures += 1
+            pending.future.set_exception(WorkerFailedError(f"worker {self.name}: {payload}"))
+
+    def _died(self) -> None:
+        was_alive, self.alive = self.alive, False
+        code = self._process.exitcode if self._process is not None else None
+        error = WorkerDiedError(f"worker {self.name} (pid {self.pid}) exited with code {code}")
+        assert self._ready is not None
+        if not self._ready.done():
+            self._ready.set_exception(error)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
+        with contextlib.suppress(OSError, ValueError):
+            self._tasks.close()
+            self._tasks.cancel_join_thread()
+        if was_alive and not self._stopping:
+            log.warning("worker %s died (exit code %s)", self.name, code)
+        if self.on_exit is not None:
+            self.on_exit(self)
