@@ -408,6 +408,34 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from recaccel.serve.config import load_serve_config
+    from recaccel.serve.server import serve
+
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"host": args.host, "port": args.port},
+        "slo": {"p99_ms": args.slo_ms},
+        "workers": {"min": args.min_workers, "max": args.max_workers},
+    }
+    if args.backend or args.precision or args.threads:
+        overrides["workers"]["executors"] = [
+            {
+                "backend": args.backend or "onnxruntime",
+                "precision": args.precision or "fp32",
+                "threads": args.threads or 1,
+            }
+        ]
+    overrides = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
+    config = load_serve_config(None if args.config is None else Path(args.config), overrides)
+    errors.print(
+        f"recaccel serving {', '.join(args.artifacts)} on http://{config.server.host}:"
+        f"{config.server.port} (Ctrl-C or SIGTERM drains and stops)",
+        highlight=False,
+    )
+    serve(args.artifacts, config, None if args.profile is None else Path(args.profile))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recaccel",
@@ -561,6 +589,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the profile and selection as JSON"
     )
     profile.set_defaults(run=_cmd_profile)
+
+    serve = verbs.add_parser(
+        "serve",
+        help="serve artifacts over HTTP: Open Inference Protocol, /v1/rank, /metrics",
+        description="Serve artifacts with SLO-aware dynamic batching in worker processes, "
+        "load-aware routing, autoscaling and admission control. Settings: --config FILE (TOML "
+        "or YAML), then RECACCEL_<SECTION>_<KEY> environment variables, then these flags.",
+    )
+    serve.add_argument("artifacts", nargs="+", help="artifact directories, each PATH or NAME=PATH")
+    serve.add_argument("--config", help="serving config file (.toml, .yaml)")
+    serve.add_argument("--profile", help="profile.json from `recaccel profile`: latency models")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--slo-ms", type=float, help="p99 target per rank request (default 50)")
+    serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
+    serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")
+    serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")
+    serve.add_argument("--precision", help="executor precision (default fp32)")
+    serve.add_argument("--threads", type=int, help="threads per worker (default 1)")
+    serve.set_defaults(run=_cmd_serve)
     return parser
 
 

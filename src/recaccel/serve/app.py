@@ -1,0 +1,343 @@
+"""The HTTP routes: Open Inference Protocol (KServe v2 REST, as Triton speaks it), the ranking
+API, health, metrics and model management. Routes only: decoding is protocol.py, features are
+features.py, batching and workers are deployment.py.
+
+Stack: FastAPI for the OpenAPI spec and the typed /v1/rank body, on Starlette's routing, served
+by uvicorn with uvloop and httptools (serve/server.py) — the fastest pure-Python ASGI path we
+can keep maintained. The inference route reads the raw body itself: OIP bodies may be binary
+(Triton's extension), and decoding 100-row JSON tensors with orjson in protocol.py is several
+times faster than letting pydantic validate nested lists.
+
+Every error is a `RequestError` raised by a route and answered here as `{"error": message}`
+with its status (and `Retry-After` for overload); anything else is logged with the request id
+and answered 500, never a stack trace to the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+import recaccel
+from recaccel.runtime.export import OUTPUT_NAME
+from recaccel.serve import protocol
+from recaccel.serve.config import ServeConfig
+from recaccel.serve.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    UnavailableError,
+)
+from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.models import ModelRepository
+
+log = logging.getLogger("recaccel.serve")
+REQUEST_ID = "X-Request-ID"
+
+
+class RankRequest(BaseModel):
+    user_id: int = Field(description="the user to rank for")
+    candidates: list[int] | None = Field(
+        default=None, description="item ids to rank; absent: the whole catalogue"
+    )
+    k: int | None = Field(default=None, ge=1, description="how many items to return")
+    features: dict[str, Any] | None = Field(
+        default=None,
+        description="raw feature values overriding the stored ones (e.g. age, gender, "
+        "occupation, zip_code, timestamp), so an unknown user can still be ranked",
+    )
+    model: str | None = Field(default=None, description="model name; absent: the default")
+    deadline_ms: float | None = Field(
+        default=None, gt=0, description="answer within this, or get a 429 at once"
+    )
+    priority: int = Field(default=0, description="higher may use the queue's reserve")
+
+
+class RankedItem(BaseModel):
+    item_id: int
+    score: float
+
+
+class RankResponse(BaseModel):
+    model: str
+    version: str
+    user_id: int
+    items: list[RankedItem]
+    candidates: int
+    server_ms: float
+
+
+def _error(error: RequestError, request_id: str) -> Response:
+    headers = {REQUEST_ID: request_id}
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
+    message = error.message + (f" ({error.hint})" if error.hint else "")
+    return Response(
+        protocol.error_body(message), error.status, headers, media_type="application/json"
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"request body of {int(declared):,} bytes exceeds the limit of {limit:,}",
+            "send fewer rows per request, or raise server.max_body_bytes",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _endpoint(path: str) -> str:
+    """A low-cardinality label for metrics."""
+    if path.endswith("/infer"):
+        return "infer"
+    if path.startswith("/v1/rank"):
+        return "rank"
+    if path.startswith("/v2/repository"):
+        return "management"
+    return "other"
+
+
+def create_app(
+    repository: ModelRepository,
+    config: ServeConfig,
+    metrics: ServerMetrics,
+) -> FastAPI:
+    """The ASGI app over `repository`'s models; its lifespan starts and drains them."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await repository.start()
+        try:
+            yield
+        finally:
+            await repository.drain()
+            log.warning("drained: every admitted request answered, workers stopped")
+
+    app = FastAPI(
+        title="recaccel",
+        version=recaccel.__version__,
+        description="Real-time ranking: Open Inference Protocol and /v1/rank.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def errors_and_metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        request.state.model = ""
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except RequestError as error:
+            response = _error(error, request_id)
+        except Exception:
+            log.exception("request %s %s failed", request_id, request.url.path)
+            response = _error(RequestError("internal error", status=500), request_id)
+        elapsed = time.perf_counter() - start
+        endpoint = _endpoint(request.url.path)
+        if endpoint != "other":
+            model = request.state.model
+            metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
+            metrics.request_latency.labels(endpoint, model).observe(elapsed)
+        response.headers[REQUEST_ID] = request_id
+        if config.server.log_requests:
+            log.info(
+                orjson.dumps(
+                    {
+                        "request_id": request_id,
+                        "method": request.method,
+                        "path": request.url.path,
+                        "status": response.status_code,
+                        "ms": round(elapsed * 1e3, 3),
+                    }
+                ).decode()
+            )
+        return response
+
+    # --- health and metadata ------------------------------------------------------------------
+
+    @app.get("/v2", summary="server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return protocol.server_metadata(recaccel.__version__, ["model_repository"])
+
+    @app.get("/v2/health/live", summary="the process is up")
+    async def live() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready", summary="every model can serve")
+    async def ready() -> Response:
+        return Response(status_code=200 if repository.ready else 503)
+
+    @app.get("/v2/models/{name}", summary="model metadata")
+    @app.get("/v2/models/{name}/versions/{version}", summary="model metadata (one version)")
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        deployment = repository.get(name, version)
+        return protocol.model_metadata(
+            name, repository.versions(name), deployment.schema, "recaccel_" + deployment.backend
+        )
+
+    @app.get("/v2/models/{name}/ready", summary="model readiness")
+    @app.get("/v2/models/{name}/versions/{version}/ready", summary="model readiness (one version)")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        deployment = repository.get(name, version)
+        return JSONResponse(
+            {"name": name, "ready": deployment.ready}, status_code=200 if deployment.ready else 503
+        )
+
+    @app.get("/v2/models/{name}/stats", summary="workers and their counters")
+    @app.get("/v2/models/{name}/versions/{version}/stats", summary="stats (one version)")
+    async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
+        return repository.get(name, version).stats()
+
+    # --- inference ----------------------------------------------------------------------------
+
+    @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol inference")
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="inference (one version)")
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        request.state.model = name
+        body = await _read_body(request, config.server.max_body_bytes)
+        # No await between choosing the version and queueing on it: a hot swap in between
+        # would leave the request on a draining version.
+        deployment = repository.get(name, version)
+        decoded = protocol.parse_infer_request(body, request.headers.get(protocol.HEADER_LENGTH))
+        protocol.check_requested_outputs(decoded, [OUTPUT_NAME])
+        batch = protocol.features_from_inputs(
+            decoded.inputs, deployment.schema, config.rank.max_candidates
+        )
+        deadline = _deadline(decoded.parameters.get("timeout"), config, time.monotonic(), 1e-6)
+        priority = _priority(decoded.parameters.get("priority"))
+        scores = await deployment.score(batch, deadline, priority)
+        body_out, headers = protocol.encode_infer_response(
+            name, deployment.version, decoded.id, {OUTPUT_NAME: scores}, decoded
+        )
+        return Response(body_out, headers=headers)
+
+    @app.post("/v1/rank", response_model=RankResponse, summary="rank items for a user")
+    async def rank(request: Request) -> Response:
+        start = time.perf_counter()
+        body = await _read_body(request, config.server.max_body_bytes)
+        try:
+            asked = RankRequest.model_validate_json(body)
+        except ValueError as error:
+            raise RequestError(f"bad rank request: {_pydantic_message(error)}") from None
+        deployment = repository.get(asked.model, None)
+        request.state.model = deployment.name
+        store = repository.features
+        if store is None:
+            raise UnavailableError(
+                "ranking needs a feature store, and this server has none",
+                "serve artifacts trained on a dataset with users and items (movielens-100k)",
+            )
+        batch, items = store.rows(asked.user_id, asked.candidates, asked.features)
+        deadline = _deadline(asked.deadline_ms, config, time.monotonic(), 1e-3)
+        scores = await deployment.score(batch, deadline, asked.priority)
+        k = min(asked.k or config.rank.default_k, len(items))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(items) else np.arange(len(items))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        answer = {
+            "model": deployment.name,
+            "version": deployment.version,
+            "user_id": asked.user_id,
+            "items": [{"item_id": int(items[i]), "score": float(scores[i])} for i in top],
+            "candidates": len(items),
+            "server_ms": round((time.perf_counter() - start) * 1e3, 3),
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    # --- metrics and management ---------------------------------------------------------------
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _authorize(request: Request) -> None:
+        if not config.server.management:
+            raise RequestError(
+                "model management is off",
+                "start the server with server.management = true and RECACCEL_TOKEN set",
+                status=403,
+            )
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {config.token}"
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise RequestError("missing or wrong bearer token", status=401)
+
+    @app.post("/v2/repository/models/{name}/load", summary="load or hot-swap a model version")
+    async def load(request: Request, name: str) -> dict[str, Any]:
+        _authorize(request)
+        body = await _read_body(request, config.server.max_body_bytes)
+        try:
+            parameters = orjson.loads(body or b"{}").get("parameters", {})
+            artifact = str(parameters["artifact"])
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            raise RequestError(
+                'load needs {"parameters": {"artifact": "<artifact directory>"}}'
+            ) from None
+        version = await repository.load(name, artifact, parameters.get("version"))
+        return {"name": name, "version": version, "ready": True}
+
+    @app.post("/v2/repository/models/{name}/unload", summary="drain and unload a model")
+    async def unload(request: Request, name: str) -> dict[str, Any]:
+        _authorize(request)
+        await repository.unload(name)
+        return {"name": name, "unloaded": True}
+
+    @app.post("/v2/repository/index", summary="the models and their versions")
+    async def index() -> list[dict[str, Any]]:
+        return repository.index()
+
+    return app
+
+
+def _deadline(value: Any, config: ServeConfig, now: float, unit_s: float) -> float:
+    """The monotonic deadline: the request's own timeout (in `unit_s`), else the SLO."""
+    if value is None:
+        return now + config.slo.p99_ms / 1e3
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise RequestError(f"timeout/deadline must be a positive number, not {value!r}")
+    return now + float(value) * unit_s
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"priority must be an integer, not {value!r}")
+    return value
+
+
+def _pydantic_message(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        parts = []
+        for item in errors()[:5]:
+            where = ".".join(str(p) for p in item.get("loc", ())) or "body"
+            parts.append(f"{where}: {item.get('msg')}")
+        return "; ".join(parts)
+    return str(error)
+
+
+__all__ = ["NotFoundError", "create_app"]

@@ -1,0 +1,107 @@
+"""`recaccel serve`: build the repository, the feature store and the app, and run uvicorn.
+
+    serve(["artifacts/best"], load_serve_config(Path("serve.toml")))
+
+uvicorn runs with uvloop and httptools (its fastest event loop and HTTP parser) in this one
+process, which decodes requests and forms batches; the models run in worker processes
+(workers.py). On SIGTERM or SIGINT uvicorn stops accepting connections and waits for the
+requests in flight; the app's lifespan then drains every model (answering all it admitted)
+and stops the workers before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from recaccel.artifact import read_manifest
+from recaccel.data.dataset import Dataset
+from recaccel.data.registry import DatasetOptions, load_dataset
+from recaccel.errors import ConfigError, RecaccelError
+from recaccel.runtime.profile import Profile, load_profile
+from recaccel.serve.app import create_app
+from recaccel.serve.config import ServeConfig
+from recaccel.serve.features import FeatureStore
+from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.models import ModelRepository
+
+log = logging.getLogger(__name__)
+DRAIN_TIMEOUT_S = 30
+CONNECTION_FLOOR = 1024
+
+
+def parse_models(specs: Sequence[str]) -> dict[str, Path]:
+    """NAME=PATH or PATH (named after its directory) -> {name: path}; names must be unique."""
+    models: dict[str, Path] = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        artifact = Path(path)
+        name = name or artifact.resolve().name
+        if name in models:
+            raise ConfigError(f"two models are named {name!r}", "name them: NAME=PATH")
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"model name {name!r} must be letters, digits, '-', '_' or '.'")
+        models[name] = artifact
+    return models
+
+
+def feature_store_for(
+    artifact: Path, max_candidates: int, dataset: Dataset | None = None
+) -> FeatureStore | None:
+    """The feature store of the dataset `artifact` was trained on; None (and /v1/rank answers
+    503) where that dataset has no users and items."""
+    manifest = read_manifest(artifact)
+    if dataset is None:
+        name = manifest.dataset.get("name")
+        if name is None:
+            return None
+        rows = manifest.dataset.get("config", {}).get("rows")
+        dataset = load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
+    try:
+        return FeatureStore.from_dataset(dataset, max_candidates=max_candidates)
+    except RecaccelError as error:
+        log.warning("no feature store, /v1/rank is off: %s", error.message)
+        return None
+
+
+def build_app(
+    models: dict[str, Path],
+    config: ServeConfig,
+    profile: Profile | None = None,
+    features: FeatureStore | None = None,
+) -> FastAPI:
+    metrics = ServerMetrics()
+    repository = ModelRepository(config, metrics, models, features=features, profile=profile)
+    return create_app(repository, config, metrics)
+
+
+def serve(
+    specs: Sequence[str],
+    config: ServeConfig,
+    profile_path: Path | None = None,
+    dataset: Dataset | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (see the module docstring). `dataset` feeds the
+    feature store; None loads the one the first artifact was trained on."""
+    models = parse_models(specs)
+    profile = load_profile(profile_path) if profile_path is not None else None
+    first = next(iter(models.values()))
+    features = feature_store_for(first, config.rank.max_candidates, dataset)
+    app = build_app(models, config, profile, features)
+    uvicorn.run(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        # A last-resort cap on open connections (uvicorn answers 503 past it); admission
+        # control refuses with 429 + Retry-After well before, per request.
+        limit_concurrency=max(CONNECTION_FLOOR, 4 * config.admission.max_queue_requests),
+    )

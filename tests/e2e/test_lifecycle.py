@@ -1,0 +1,272 @@
+"""The server under stress, on loopback: workers killed, SIGTERM mid-load, hot swap, scaling up
+and down, overload, and routing between two kinds of executor. No request may be lost: each
+one gets its answer or a clear error status, never a hang or a dropped connection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_harness import TOKEN, Server, assert_drained, write_config
+
+from recaccel.runtime.executor import ExecutorConfig
+from recaccel.runtime.latency_model import LatencyPoint
+from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
+
+MODEL = "ranker"
+Start = Callable[..., Server]
+
+
+class Load:
+    """Threads sending rank requests until stopped; every outcome is recorded."""
+
+    def __init__(self, server: Server, threads: int, body: dict[str, Any] | None = None) -> None:
+        self.server, self.body = server, body or {"user_id": 3, "k": 5}
+        self.outcomes: list[tuple[int, dict[str, Any]]] = []
+        self.errors: list[str] = []  # anything that is not an HTTP answer
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = self.server.post("/v1/rank", self.body)
+                outcome = (status, json.loads(body))
+                with self._lock:
+                    self.outcomes.append(outcome)
+            except (OSError, urllib.error.URLError) as error:
+                with self._lock:
+                    self.errors.append(repr(error))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def statuses(self) -> dict[int, int]:
+        with self._lock:
+            found: dict[int, int] = {}
+            for status, _ in self.outcomes:
+                found[status] = found.get(status, 0) + 1
+            return found
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_a_killed_worker_is_replaced_and_no_request_is_lost(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory([f"{MODEL}={served_artifact}"], {"workers": {"min": 2, "max": 2}})
+    victim = server.stats(MODEL)["workers"][0]["pid"]
+    with Load(server, threads=4) as load:
+        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: server.metric("recaccel_worker_restarts_total") >= 1, 30, "the restart")
+        wait_for(
+            lambda: len([w for w in server.stats(MODEL)["workers"] if w["alive"]]) == 2,
+            120,
+            "the replacement worker",
+        )
+        seen = len(load.outcomes)
+        wait_for(lambda: len(load.outcomes) > seen + 20, 30, "requests after the restart")
+    assert load.errors == []
+    statuses = load.statuses()
+    assert set(statuses) <= {200, 503}, statuses  # retried once, else a clear 503
+    assert statuses[200] > 40
+    pids = {w["pid"] for w in server.stats(MODEL)["workers"]}
+    assert victim not in pids
+    assert_drained(server)
+
+
+def test_sigterm_drains_every_admitted_request(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 1, "max": 1}, "slo": {"p99_ms": 5000, "max_queue_delay_ms": 50}},
+    )
+    with Load(server, threads=8) as load:
+        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) in (0, -signal.SIGTERM)
+    # After SIGTERM the listening socket closes: later connections are refused (never
+    # admitted). Every request the server accepted was answered.
+    assert all("Connection refused" in e for e in load.errors), load.errors
+    assert set(load.statuses()) <= {200, 503}, load.statuses()
+    assert "drained" in server.log.read_text()
+
+
+def test_hot_swap_under_load_fails_no_request(server_factory: Start, served_artifact: Path) -> None:
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 1, "max": 1}, "server": {"management": True}},
+        env={"RECACCEL_TOKEN": TOKEN},
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    load_path = f"/v2/repository/models/{MODEL}/load"
+    assert server.post(load_path, {"parameters": {"artifact": str(served_artifact)}})[0] == 401
+    with Load(server, threads=4) as load:
+        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
+        status, body = server.post(
+            load_path, {"parameters": {"artifact": str(served_artifact)}}, auth
+        )
+        assert status == 200, body
+        assert json.loads(body)["version"] == "2"
+        wait_for(lambda: any(o[1].get("version") == "2" for o in load.outcomes), 30, "version 2")
+    assert load.errors == []
+    assert load.statuses() == {200: len(load.outcomes)}
+    versions = [o[1]["version"] for o in load.outcomes]
+    assert versions[0] == "1" and versions[-1] == "2"
+    wait_for(
+        lambda: (
+            [m["version"] for m in json.loads(server.post("/v2/repository/index", {})[1])] == ["2"]
+        ),
+        30,
+        "version 1 to drain and unload",
+    )
+    assert_drained(server)
+
+
+def test_the_autoscaler_adds_workers_under_load_and_removes_them_after(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {
+            "workers": {"min": 1, "max": 2},
+            "autoscaler": {
+                "interval_s": 0.25,
+                "upscale_delay_s": 0.5,
+                "downscale_delay_s": 2.0,
+                "target_utilization": 0.3,
+                "target_queue_delay_ms": 2.0,
+            },
+        },
+    )
+    workers = lambda: server.metric("recaccel_workers", model=MODEL)  # noqa: E731
+    assert workers() == 1
+    with Load(server, threads=8, body={"user_id": 3, "k": 5}):
+        wait_for(lambda: workers() == 2, 120, "a second worker under load")
+    wait_for(lambda: workers() == 1, 60, "scale-down after the load")
+    assert server.metric("recaccel_autoscaler_decisions_total", direction="up") >= 1
+    assert server.metric("recaccel_autoscaler_decisions_total", direction="down") >= 1
+    assert_drained(server)
+
+
+def test_overload_is_refused_at_once_with_retry_after(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {
+            "workers": {"min": 1, "max": 1},
+            "admission": {"max_queue_requests": 2, "max_queue_rows": 100_000},
+            "slo": {"max_queue_delay_ms": 50},
+        },
+    )
+    barrier = threading.Barrier(24)
+
+    def rank(_: int) -> tuple[int, str | None]:
+        import urllib.request
+
+        barrier.wait()
+        body = json.dumps({"user_id": 3}).encode()
+        req = urllib.request.Request(server.url + "/v1/rank", body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, None
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(rank, range(24)))
+    statuses = [s for s, _ in answers]
+    assert set(statuses) == {200, 429}, statuses
+    assert all(retry is not None and int(retry) >= 1 for s, retry in answers if s == 429)
+    assert server.metric("recaccel_rejected_total", reason="overloaded") == statuses.count(429)
+    assert_drained(server)
+
+
+def _profile(artifact: Path, fast: str, slow: str) -> Profile:
+    from recaccel.artifact import read_manifest
+
+    manifest = read_manifest(artifact)
+
+    def entry(backend: str, ms_per_row: float) -> ProfileEntry:
+        points = tuple(
+            LatencyPoint(b, 0.2 + ms_per_row * b, 0.3 + ms_per_row * b, 50) for b in (1, 64, 1024)
+        )
+        return ProfileEntry(
+            str(artifact), manifest.artifact_id, manifest.model, 1, 1,
+            ExecutorConfig(backend), "ok", validation_auc=0.7, points=points, load_s=1.0,
+        )  # fmt: skip
+
+    entries = (entry(fast, 0.001), entry(slow, 0.1))
+    return Profile((1, 64, 1024), 64, entries, entries[1].key)
+
+
+def test_routing_prefers_the_executor_predicted_to_finish_first(
+    server_factory: Start, served_artifact: Path, tmp_path: Path
+) -> None:
+    # Two kinds, one worker each; the profile says onnxruntime is 100x faster per row.
+    profile = save_profile(_profile(served_artifact, "onnxruntime", "torch-eager"), tmp_path)
+    executors = [
+        {"backend": "onnxruntime", "count": 1},
+        {"backend": "torch-eager", "count": 1},
+    ]
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 1, "max": 1, "executors": executors}},
+        profile=profile,
+    )
+    for user in range(1, 21):  # one at a time: both workers free, the faster one wins
+        assert server.post("/v1/rank", {"user_id": user})[0] == 200
+    fast = server.metric("recaccel_batches_total", kind="onnxruntime/cpu/fp32/t1")
+    slow = server.metric("recaccel_batches_total", kind="torch-eager/cpu/fp32/t1")
+    assert (fast, slow) == (20, 0)
+    assert_drained(server)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"slo": {"p99_ms": -1}}, "slo.p99_ms"),
+        ({"workers": {"min": 3, "max": 2}}, "workers.max"),
+        ({"server": {"managment": True}}, "server.managment"),
+        ({"server": {"management": True}}, "RECACCEL_TOKEN"),
+    ],
+)
+def test_a_bad_config_stops_the_server_with_the_key_named(
+    sections: dict[str, Any], message: str, served_artifact: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "bad.toml", sections)
+    command = [sys.executable, "-m", "recaccel.cli", "serve", str(served_artifact)]
+    result = subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
