@@ -22,7 +22,8 @@ AFFINE = _model((1, 1.0, 2.0), (64, 2.0, 4.0), (256, 5.0, 9.0))
         (1, 1.0, 2.0),  # measured
         (64, 2.0, 4.0),
         (160, 3.5, 6.5),  # halfway between 64 and 256
-        (448, 8.0, 14.0),  # past the last point: the last segment extended
+        # Past the last point: the steeper of the last segment and the average slope.
+        (448, 5.0 + 4 / 255 * 192, 9.0 + 7 / 255 * 192),
     ],
 )
 def test_it_interpolates_linearly_in_rows(rows: int, median: float, p99: float) -> None:
@@ -36,6 +37,12 @@ def test_a_batch_never_costs_less_than_a_smaller_measured_one() -> None:
     assert predictions == sorted(predictions)
     assert noisy.predict_ms(16, "median") == 1.0  # the dip is noise, not a real speed-up
     assert noisy.predict_ms(64) >= noisy.predict_ms(64, "median")  # p99 never below median
+
+
+def test_a_flat_last_segment_does_not_make_large_batches_free() -> None:
+    flat = _model((1, 1.0, 1.0), (256, 9.0, 9.0), (1024, 9.0, 9.0))  # noise at the top
+    assert flat.predict_ms(2048) == pytest.approx(9.0 + 8 / 1023 * 1024)
+    assert flat.max_rows_within(20.0) < 3000
 
 
 def test_one_point_scales_with_rows() -> None:
@@ -82,3 +89,16 @@ def test_time_rounds_caps_rounds_by_time_but_keeps_the_minimum() -> None:
     assert len(samples["slow"]) == 4
     fast = time_rounds({"x": lambda: None}, repeats=30, warmup=1, max_seconds=10.0, min_repeats=4)
     assert len(fast["x"]) == 30  # affordable: every round asked for
+
+
+def test_time_rounds_in_blocks_skips_the_first_call_of_each_block() -> None:
+    calls: list[str] = []
+    samples = time_rounds(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=2,
+        warmup=1,
+        block=3,
+    )
+    assert calls[:6] == ["a"] * 3 + ["b"] * 3  # one block of each per round
+    assert len(calls) == 18  # 3 rounds x 2 names x 3 calls
+    assert {name: len(times) for name, times in samples.items()} == {"a": 4, "b": 4}

@@ -71,10 +71,14 @@ def test_the_fastest_accurate_configuration_wins_and_the_speedup_is_against_eage
 def test_batching_within_the_slo_is_worked_out_from_the_p99_model() -> None:
     fast = entry(SMALL, "onnxruntime", per_row_ms=0.01)
     judged = judge_entry(fast, 0.80, Requirements(slo_p99_ms=50, candidates=100, cores=2))
-    # 2 × 1.2 × (1 + 0.01 r) <= 50  →  r <= 1983 rows → 19 requests of 100 per batch.
-    assert judged.requests_per_batch == 19
+    # 2 × 1.2 × (1 + 0.01 r) <= 50 allows r <= 1983 rows, but the profile measured batches up
+    # to 1000 rows only: 10 requests of 100 per batch.
+    assert judged.requests_per_batch == 10
     assert judged.workers == 2
-    assert judged.requests_per_second == pytest.approx(2 * 19 / ((1 + 0.01 * 1900) / 1e3))
+    assert judged.requests_per_second == pytest.approx(2 * 10 / ((1 + 0.01 * 1000) / 1e3))
+    tight = judge_entry(fast, 0.80, Requirements(slo_p99_ms=12, candidates=100))
+    # 2 × 1.2 × (1 + 0.01 r) <= 12  →  r <= 400 rows → 4 requests.
+    assert tight.requests_per_batch == 4
 
 
 def test_more_threads_count_fewer_workers() -> None:

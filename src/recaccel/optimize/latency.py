@@ -80,6 +80,7 @@ def time_rounds(
     warmup: int = DEFAULT_WARMUP,
     max_seconds: float | None = None,
     min_repeats: int = 20,
+    block: int = 1,
 ) -> dict[str, list[float]]:
     """Milliseconds of each call per timed round, every call once per round, order rotating.
 
@@ -90,9 +91,13 @@ def time_rounds(
         max_seconds: when set, fewer rounds — but at least `min_repeats` — where `repeats`
             rounds would take longer (estimated from the last warm-up round): big batches of
             slow models would otherwise take minutes for a figure that is already stable.
+        block: calls of each name in a row per round. With block > 1 the first call of each
+            block is not timed: it pays for what the previous name left behind (a runtime's
+            worker threads still spinning, a changed torch thread count), which is the
+            previous name's cost, not this one's. A round then yields block − 1 samples.
     """
-    if repeats < 1 or warmup < 0:
-        raise ConfigError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
+    if repeats < 1 or warmup < 0 or block < 1:
+        raise ConfigError(f"repeats {repeats} and block {block} must be >= 1, warmup {warmup} >= 0")
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     rounds = warmup + repeats
@@ -101,11 +106,12 @@ def time_rounds(
         shift = round_ % len(names)  # rotate, so no variant always runs first
         round_start = time.perf_counter()
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            calls[name]()
-            elapsed = time.perf_counter() - start
-            if round_ >= warmup:
-                samples[name].append(elapsed * 1e3)
+            for call in range(block):
+                start = time.perf_counter()
+                calls[name]()
+                elapsed = time.perf_counter() - start
+                if round_ >= warmup and (block == 1 or call > 0):
+                    samples[name].append(elapsed * 1e3)
         if max_seconds is not None and round_ == max(warmup - 1, 0):
             per_round = time.perf_counter() - round_start
             affordable = int(max_seconds / max(per_round, 1e-9))

@@ -9,9 +9,9 @@ deadline, routing, admission — asks this model instead of timing anything itse
     model.max_rows_within(20.0)          # the largest batch whose p99 fits in 20 ms
 
 Between measured sizes it interpolates linearly in rows; past the largest it extends the last
-segment. A batch's cost is close to affine in its rows (a fixed per-call overhead plus a
-per-row cost), so the linear pieces are accurate where the points are dense and conservative
-nowhere worse than the measured segment's slope. Below the smallest measured size it returns
+segment, at no less than the average per-row cost over all points. A batch's cost is close to
+affine in its rows (a fixed per-call overhead plus a per-row cost), so the linear pieces are
+accurate where the points are dense. Below the smallest measured size it returns
 that size's time: a batch never costs less than a smaller one was measured to.
 
 Predictions are monotone in rows (measured medians are made non-decreasing first: a larger
@@ -98,7 +98,14 @@ class LatencyModel:
             if len(batches) == 1 and rows > batches[0]:
                 return times[0] * rows / batches[0]  # one point: assume cost ∝ rows
             return times[0]
-        right = min(bisect.bisect_left(batches, rows), len(batches) - 1)
+        if rows > batches[-1]:
+            # Past the last point: the last segment's per-row cost, but never less than the
+            # average over all points — a flat last segment (noise) must not predict that
+            # any batch, however large, costs the same.
+            last = (times[-1] - times[-2]) / (batches[-1] - batches[-2])
+            average = (times[-1] - times[0]) / (batches[-1] - batches[0])
+            return times[-1] + max(last, average) * (rows - batches[-1])
+        right = bisect.bisect_left(batches, rows)
         left = right - 1
         slope = (times[right] - times[left]) / (batches[right] - batches[left])
         return times[left] + slope * (rows - batches[left])

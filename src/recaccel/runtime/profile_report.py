@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
@@ -125,13 +126,15 @@ def plot_profile(profile: Profile, path: Path) -> None:
     axes = fig.subplots(len(artifacts), 2, squeeze=False)
     for row, artifact in enumerate(artifacts):
         latency_ax, throughput_ax = axes[row]
+        for ax in (latency_ax, throughput_ax):  # 20 distinct colours: configurations are many
+            ax.set_prop_cycle(color=[colormaps["tab20"](i) for i in range(20)])
         for e in (e for e in profile.entries if e.ok and artifact_label(e) == artifact):
             batches = [p.batch for p in e.points]
             median = [p.median_ms for p in e.points]
             style = "-" if e.config.threads == 1 else "--"
             (line,) = latency_ax.plot(batches, median, style, marker="o", label=_config_label(e))
             latency_ax.fill_between(
-                batches, median, [p.p99_ms for p in e.points], color=line.get_color(), alpha=0.12
+                batches, median, [p.p99_ms for p in e.points], color=line.get_color(), alpha=0.05
             )
             throughput_ax.plot(
                 batches,

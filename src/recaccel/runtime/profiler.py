@@ -6,11 +6,12 @@ A configuration is (artifact, backend, device, precision, threads). For each one
 executor (timing the load: export, compile and warm-up, which a worker pays once at start),
 scores the whole validation split with it to get the AUC of what that configuration actually
 computes, then times it at every batch size. Timing is interleaved: at each batch size every
-loaded executor runs once per round, in a rotating order, on the same validation rows, so
-machine drift falls on all configurations alike and their ratios hold (see
-optimize/latency.py). Each batch size gets warm-up rounds, then up to `repeats` timed rounds,
-fewer — never below `min_repeats` — where that would exceed `seconds_per_batch`; the repeats
-actually taken are recorded with each figure, since a p99 from 30 samples is nearly the max.
+loaded executor of one thread count runs a block of calls per round, in a rotating order, on
+the same validation rows, so machine drift falls on all configurations alike and their ratios
+hold (see optimize/latency.py and `_time_batch`). Each batch size gets warm-up rounds, then up
+to `repeats` timed calls per configuration, fewer — never below `min_repeats` — where that
+would exceed `seconds_per_batch`; the samples actually taken are recorded with each figure,
+since a p99 from 30 samples is nearly the max.
 
 What runs where (`plan_configs`, a pure function): every installed backend on every device it
 supports that is visible; every precision the backend takes, except fp16/bf16 on PyTorch and
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 import platform
 import statistics
@@ -60,6 +62,7 @@ from recaccel.train.metrics import evaluate
 
 DEFAULT_BATCHES = (1, 16, 64, 256, 1024)
 EVAL_CHUNK = 1024  # rows per call when scoring the validation split
+BLOCK = 8  # calls per executor per round; the first untimed (see _time_batch)
 # Backends that cast to fp16/bf16 only where the device computes them natively (they refuse an
 # emulated type at load); planning those configurations elsewhere would only list refusals.
 NATIVE_HALF_ONLY = ("torch-eager", "torch-compile", "openvino")
@@ -244,21 +247,39 @@ def _load(
 def _time_batch(
     executors: dict[str, Executor], batch: FeatureBatch, options: ProfileOptions
 ) -> dict[str, LatencyPoint]:
-    calls: dict[str, Callable[[], object]] = {
-        key: functools.partial(executor.run, batch) for key, executor in executors.items()
-    }
-    with torch.inference_mode():
-        samples = time_rounds(
-            calls,
-            options.repeats,
-            options.warmup,
-            max_seconds=options.seconds_per_batch,
-            min_repeats=options.min_repeats,
-        )
-    return {
-        key: LatencyPoint(len(batch), statistics.median(times), percentile(times, 99), len(times))
-        for key, times in samples.items()
-    }
+    """Each executor's latency on `batch`, interleaved within each thread count.
+
+    Configurations with different thread counts are timed in separate loops: torch's thread
+    count is per process, and switching it between every call made both sides slower (seen
+    here: heavy DLRM eager at 100 rows, 9 ms alone, 24 ms interleaved with 2-thread
+    configurations). Within a loop each executor runs a block of BLOCK calls per round and the
+    first is not timed (see `time_rounds`): multi-threaded runtimes leave their pools spinning
+    for a while after a call, a cost that belongs to them, not to whoever runs next.
+    """
+    timed = BLOCK - 1
+    rounds = math.ceil(options.repeats / timed)
+    min_rounds = math.ceil(options.min_repeats / timed)
+    points: dict[str, LatencyPoint] = {}
+    for threads in sorted({e.config.threads for e in executors.values()}):
+        calls: dict[str, Callable[[], object]] = {
+            key: functools.partial(executor.run, batch)
+            for key, executor in executors.items()
+            if executor.config.threads == threads
+        }
+        with torch.inference_mode():
+            samples = time_rounds(
+                calls,
+                rounds,
+                options.warmup,
+                max_seconds=options.seconds_per_batch / len(executors) * len(calls),
+                min_repeats=min_rounds,
+                block=BLOCK,
+            )
+        for key, times in samples.items():
+            points[key] = LatencyPoint(
+                len(batch), statistics.median(times), percentile(times, 99), len(times)
+            )
+    return points
 
 
 def run_profile(

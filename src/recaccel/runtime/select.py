@@ -11,8 +11,9 @@ and every measured configuration is judged on two things, in this order:
    optimizer's guard applies (optimize/guard.py).
 2. **Latency and throughput.** A worker merges requests of N candidates into batches of k·N
    rows. A request may arrive just as a batch starts, wait for it, then run in the next one,
-   so its worst case is two batch times: the largest k with 2 × p99(k·N) ≤ SLO is what the
-   worker can batch (k = 0: even one request alone cannot meet the SLO). Its throughput is
+   so its worst case is two batch times: the largest k with 2 × p99(k·N) ≤ SLO, and k·N no
+   more than the largest batch measured, is what the worker can batch (k = 0: even one
+   request alone cannot meet the SLO). Its throughput is
    k / median(k·N) requests per second, and the machine runs ⌊cores / threads⌋ such workers
    (serving scales by processes; see executor.py on threads).
 
@@ -131,7 +132,9 @@ def judge_entry(entry: ProfileEntry, baseline_auc: float, needs: Requirements) -
     config, latency = entry.config, entry.latency_model()
     accuracy = judge(baseline_auc, entry.validation_auc, needs.relative_budget)
     n = needs.candidates
-    per_batch = latency.max_rows_within(needs.slo_p99_ms / 2) // n
+    # Batches no larger than the profile measured: past it the model only extrapolates.
+    largest = max(entry.points[-1].batch, n)
+    per_batch = min(latency.max_rows_within(needs.slo_p99_ms / 2), largest) // n
     workers = max(1, needs.cores // config.threads)
     per_second = (
         workers * per_batch / (latency.predict_ms(per_batch * n, "median") / 1e3)
