@@ -270,3 +270,23 @@ def test_a_bad_config_stops_the_server_with_the_key_named(
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie awaiting its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_exit_when_the_server_is_killed(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory([f"{MODEL}={served_artifact}"], {"workers": {"min": 1, "max": 1}})
+    pids = [w["pid"] for w in server.stats(MODEL)["workers"]]
+    assert pids and all(_running(pid) for pid in pids)
+    server.process.kill()  # SIGKILL: no drain, no goodbye to the workers
+    server.process.wait(10)
+    wait_for(lambda: not any(_running(pid) for pid in pids), 30, "orphaned workers to exit")

@@ -14,7 +14,8 @@ Plumbing, and why each piece:
   (kill -9, out of memory, a segfault in a native kernel) is noticed at once, and every batch
   it held fails with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
 - Workers ignore SIGINT and SIGTERM: the server receives those and drains first; a worker ends
-  when told to, or when the server's end of its queue closes (the server died).
+  when told to, or as soon as the server's process ends, however it ends (a watcher thread
+  waits on the parent's process sentinel), so a killed server leaves no orphans.
 - The "spawn" start method: a forked child would inherit the server's event loop, threads and
   torch's thread pools in whatever state they were in.
 
@@ -30,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import statistics
 import threading
@@ -105,10 +107,28 @@ def _startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> La
     return LatencyModel.from_points(points)
 
 
+def _exit_with_parent() -> None:
+    """End this process when the server's process ends, however it ends (kill -9 included).
+
+    The task queue cannot tell: the worker holds a copy of its write end, so reading never
+    sees EOF. The parent's process sentinel can.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
     """The worker process: load, report, then score batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with_parent()
     import torch
 
     from recaccel.runtime.executor import load_executor
