@@ -140,6 +140,7 @@ def create_app(
         description="Real-time ranking: Open Inference Protocol and /v1/rank.",
         lifespan=lifespan,
     )
+    app.state.repository = repository  # the server's shutdown signal stops admission on it
 
     @app.middleware("http")
     async def errors_and_metrics(

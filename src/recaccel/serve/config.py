@@ -1,6 +1,6 @@
 """Serving configuration: one file (TOML or YAML), then environment variables, then CLI flags.
 
-    [server]     host, port, max_body_bytes, management, log_requests
+    [server]     host, port, max_body_bytes, management, log_requests, drain_grace_s
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
     [workers]    min, max, executors = [{backend, device, precision, threads, count}]
@@ -48,6 +48,7 @@ class ServerSection:
     max_body_bytes: int = 1 << 20
     management: bool = False  # load / unload / swap endpoints; need RECACCEL_TOKEN
     log_requests: bool = False  # one structured log line per request
+    drain_grace_s: float = 1.0  # after SIGTERM: 503s (not resets) before the listener closes
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ def _check(config: ServeConfig) -> ServeConfig:
     rules: list[tuple[bool, str]] = [
         (0 < config.server.port < 65536, f"server.port: must be 1..65535: {config.server.port}"),
         (config.server.max_body_bytes >= 1024, "server.max_body_bytes: must be >= 1024"),
+        (config.server.drain_grace_s >= 0, "server.drain_grace_s: must be >= 0"),
         (config.slo.p99_ms > 0, f"slo.p99_ms: must be > 0, got {config.slo.p99_ms}"),
         (config.slo.max_queue_delay_ms >= 0, "slo.max_queue_delay_ms: must be >= 0"),
         (config.batching.max_rows >= 1, "batching.max_rows: must be >= 1"),

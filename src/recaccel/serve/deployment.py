@@ -57,6 +57,7 @@ from recaccel.serve.workers import (
 log = logging.getLogger(__name__)
 
 RETRIES = 1  # a batch whose worker died is re-sent once
+DRAIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -172,13 +173,22 @@ class Deployment:
         ]
         self.ready = True
 
-    async def drain(self) -> None:
-        """Stop admitting, finish every queued and running batch, then stop the workers."""
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop admitting, finish every queued and running batch, then stop the workers.
+
+        Whatever is still queued after `timeout_s` (no worker left to run it) is answered 503.
+        """
         self.draining = True
         self.ready = False
         self._wakeup.set()
-        while self._queue or self._batches:
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._batches) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        while self._queue:
+            self._fail(
+                self._queue.popleft(),
+                UnavailableError(f"model {self.name} stopped before this request could run"),
+            )
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -336,7 +346,12 @@ class Deployment:
                 continue  # plan again with whatever arrived
             requests = [self._queue.popleft() for _ in range(plan.count)]
             self.metrics.queued_requests.labels(self.model.name).set(len(self._queue))
-            self._dispatch(requests)
+            try:
+                self._dispatch(requests)
+            except Exception as error:  # a bug here must fail its requests, not hang them
+                log.exception("dispatching a batch of %s failed", self.name)
+                for r in requests:
+                    self._fail(r, RequestError(f"internal error: {error}", status=500))
 
     def _dispatch(self, requests: list[_Request]) -> None:
         batch = _concat(requests)

@@ -38,6 +38,7 @@ import torch
 
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.data.movielens import AGE_BINS, MovieLensEncoding, UserTable
+from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
 
@@ -226,6 +227,9 @@ class FeatureStore:
         self._catalogue.setflags(write=False)
         self._all_items = np.arange(len(self._catalogue))
         self.now = encoding.last_timestamp
+        # The schema of the dataset the store was built from; serving checks a model's
+        # against it, so rows are never encoded for a model trained on other vocabularies.
+        self.schema: FeatureSchema | None = None
 
     @classmethod
     def from_dataset(
@@ -238,7 +242,9 @@ class FeatureStore:
                 "ranking needs a user to rank items for: serve /v1/rank with a model trained "
                 "on a dataset that has users and items (movielens-100k)",
             )
-        return cls(dataset.encoding, max_candidates=max_candidates)
+        store = cls(dataset.encoding, max_candidates=max_candidates)
+        store.schema = dataset.schema
+        return store
 
     @property
     def catalogue(self) -> np.ndarray:

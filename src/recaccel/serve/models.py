@@ -19,7 +19,7 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.deployment import Deployment, ModelVersion
-from recaccel.serve.errors import NotFoundError, RequestError
+from recaccel.serve.errors import NotFoundError, RequestError, UnavailableError
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 
@@ -37,6 +37,7 @@ class ModelRepository:
     _models: dict[str, dict[str, Deployment]] = field(default_factory=dict)
     _draining: set[asyncio.Task[None]] = field(default_factory=set)
     _lock: asyncio.Lock | None = None
+    admitting: bool = True  # False from the shutdown signal on: every request is answered 503
 
     def __post_init__(self) -> None:
         if not self.initial:
@@ -46,6 +47,13 @@ class ModelRepository:
             raise ConfigError(
                 "the artifacts were trained on different feature schemas",
                 "serve models of one dataset together (the feature store is shared)",
+            )
+        store = self.features.schema if self.features is not None else None
+        if store is not None and store.to_dict() != next(iter(schemas.values())):
+            raise ConfigError(
+                "the feature store was built from a dataset whose feature schema differs "
+                "from the models'",
+                "serve models trained on the dataset the store is built from",
             )
         self.default = self.default or next(iter(self.initial))
 
@@ -65,8 +73,10 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        return bool(self._models) and all(
-            self._latest(name).ready for name in self._models if self._models[name]
+        return (
+            self.admitting
+            and bool(self._models)
+            and all(self._latest(name).ready for name in self._models if self._models[name])
         )
 
     def versions(self, name: str) -> list[str]:
@@ -85,7 +95,17 @@ class ModelRepository:
         live = [v for v in versions if not versions[v].draining] or list(versions)
         return versions[max(live, key=_version_key)]
 
+    def stop_admitting(self) -> None:
+        """Shutdown has begun: readiness fails and new requests get 503 at once, so clients and
+        load balancers go elsewhere while what was admitted finishes."""
+        self.admitting = False
+
     def get(self, name: str | None, version: str | None) -> Deployment:
+        if not self.admitting:
+            raise UnavailableError(
+                "the server is shutting down and takes no new requests",
+                "send it to another replica",
+            )
         name = name or self.default
         assert name is not None
         if version is None:

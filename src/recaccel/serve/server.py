@@ -4,16 +4,19 @@
 
 uvicorn runs with uvloop and httptools (its fastest event loop and HTTP parser) in this one
 process, which decodes requests and forms batches; the models run in worker processes
-(workers.py). On SIGTERM or SIGINT uvicorn stops accepting connections and waits for the
-requests in flight; the app's lifespan then drains every model (answering all it admitted)
-and stops the workers before the process exits.
+(workers.py). On SIGTERM or SIGINT the server first stops admitting (503s, readiness fails)
+for `server.drain_grace_s` while admitted work finishes (see `DrainingServer`); then uvicorn
+stops accepting connections and waits for the requests in flight, and the app's lifespan
+drains every model and stops the workers before the process exits.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -92,7 +95,7 @@ def serve(
     first = next(iter(models.values()))
     features = feature_store_for(first, config.rank.max_candidates, dataset)
     app = build_app(models, config, profile, features)
-    uvicorn.run(
+    settings = uvicorn.Config(
         app,
         host=config.server.host,
         port=config.server.port,
@@ -105,3 +108,36 @@ def serve(
         # control refuses with 429 + Retry-After well before, per request.
         limit_concurrency=max(CONNECTION_FLOOR, 4 * config.admission.max_queue_requests),
     )
+    DrainingServer(settings, app.state.repository, config.server.drain_grace_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a grace period between the shutdown signal and closing the listener.
+
+    uvicorn alone closes its listening socket at once and then closes every connection that
+    has no request in progress — including one whose request is still unread in its buffer,
+    and the kernel resets those waiting to be accepted: requests that reached the machine and
+    got no answer. Here the first SIGTERM/SIGINT only stops admission (readiness 503, requests
+    503 at once, so a load balancer or client moves on) while admitted work finishes; after
+    `grace_s` uvicorn's own graceful shutdown runs. A second signal skips the wait.
+    """
+
+    def __init__(self, config: uvicorn.Config, repository: ModelRepository, grace_s: float) -> None:
+        super().__init__(config)
+        self._repository = repository
+        self._grace_s = grace_s
+        self._stopping = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._stopping or self._grace_s <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._stopping = True
+        self._repository.stop_admitting()
+        self._captured_signals.append(sig)  # re-raised by uvicorn after the shutdown, as usual
+        timer = threading.Timer(self._grace_s, self._exit_now)
+        timer.daemon = True
+        timer.start()
+
+    def _exit_now(self) -> None:
+        self.should_exit = True
