@@ -103,32 +103,37 @@ class Selection:
         }
 
 
-def _unmeasured(entry: ProfileEntry, verdict: str) -> Judgement:
+def _judgement(entry: ProfileEntry, verdict: str, **measured: Any) -> Judgement:
+    """A table row for `entry`; `measured` fills the latency and throughput columns."""
     config = entry.config
+    row: dict[str, Any] = {
+        "auc_change": None,
+        "request_p99_ms": None,
+        "requests_per_batch": 0,
+        "workers": 0,
+        "requests_per_second": 0.0,
+        "eligible": False,
+        **measured,
+    }
     return Judgement(
-        entry.key,
-        entry.model,
-        config.backend,
-        config.device,
-        config.precision,
-        config.threads,
-        entry.validation_auc,
-        None,
-        None,
-        0,
-        0,
-        0.0,
-        False,
-        verdict,
+        key=entry.key,
+        model=entry.model,
+        backend=config.backend,
+        device=config.device,
+        precision=config.precision,
+        threads=config.threads,
+        validation_auc=entry.validation_auc,
+        verdict=verdict,
+        **row,
     )
 
 
 def judge_entry(entry: ProfileEntry, baseline_auc: float, needs: Requirements) -> Judgement:
     """How `entry` fares against `needs` (see the module docstring); a pure function."""
     if not entry.ok:
-        return _unmeasured(entry, f"{entry.status}: {entry.reason}")
+        return _judgement(entry, f"{entry.status}: {entry.reason}")
     if entry.validation_auc is None:
-        return _unmeasured(entry, "no validation AUC measured")
+        return _judgement(entry, "no validation AUC measured")
     config, latency = entry.config, entry.latency_model()
     accuracy = judge(baseline_auc, entry.validation_auc, needs.relative_budget)
     n = needs.candidates
@@ -151,21 +156,15 @@ def judge_entry(entry: ProfileEntry, baseline_auc: float, needs: Requirements) -
         )
     else:
         verdict = "eligible"
-    return Judgement(
-        entry.key,
-        entry.model,
-        config.backend,
-        config.device,
-        config.precision,
-        config.threads,
-        entry.validation_auc,
-        entry.validation_auc / baseline_auc - 1,
-        request_p99,
-        per_batch,
-        workers,
-        per_second,
-        accuracy.accepted and per_batch > 0,
+    return _judgement(
+        entry,
         verdict,
+        auc_change=entry.validation_auc / baseline_auc - 1,
+        request_p99_ms=request_p99,
+        requests_per_batch=per_batch,
+        workers=workers,
+        requests_per_second=per_second,
+        eligible=accuracy.accepted and per_batch > 0,
     )
 
 
