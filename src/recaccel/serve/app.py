@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import recaccel
 from recaccel.runtime.export import OUTPUT_NAME
@@ -118,6 +119,67 @@ def _endpoint(path: str) -> str:
     return "other"
 
 
+def _request_id(scope: Scope) -> str:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        state["request_id"] = given.decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+    return str(state["request_id"])
+
+
+class RequestMetrics:
+    """Request ids, Prometheus request metrics and the optional structured log line.
+
+    A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`, which runs each
+    request's response through an extra task and memory stream: a per-request cost on the
+    path the benchmark measures. It only watches the response start go by.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, log_requests: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope["state"].setdefault("model", "")
+        header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - start, request_id)
+
+    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+        path = scope.get("path", "")
+        endpoint = _endpoint(path)
+        if endpoint != "other":
+            model = scope["state"].get("model", "")
+            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.request_latency.labels(endpoint, model).observe(elapsed)
+        if self.log_requests:
+            line = {
+                "request_id": request_id,
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "ms": round(elapsed * 1e3, 3),
+            }
+            log.info(orjson.dumps(line).decode())
+
+
 def create_app(
     repository: ModelRepository,
     config: ServeConfig,
@@ -142,41 +204,18 @@ def create_app(
     )
     app.state.repository = repository  # the server's shutdown signal stops admission on it
 
-    @app.middleware("http")
-    async def errors_and_metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        request.state.model = ""
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except RequestError as error:
-            response = _error(error, request_id)
-        except Exception:
-            log.exception("request %s %s failed", request_id, request.url.path)
-            response = _error(RequestError("internal error", status=500), request_id)
-        elapsed = time.perf_counter() - start
-        endpoint = _endpoint(request.url.path)
-        if endpoint != "other":
-            model = request.state.model
-            metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
-            metrics.request_latency.labels(endpoint, model).observe(elapsed)
-        response.headers[REQUEST_ID] = request_id
-        if config.server.log_requests:
-            log.info(
-                orjson.dumps(
-                    {
-                        "request_id": request_id,
-                        "method": request.method,
-                        "path": request.url.path,
-                        "status": response.status_code,
-                        "ms": round(elapsed * 1e3, 3),
-                    }
-                ).decode()
-            )
-        return response
+    async def request_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestError)
+        return _error(error, _request_id(request.scope))
+
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        request_id = _request_id(request.scope)
+        log.error("request %s %s failed", request_id, request.url.path, exc_info=error)
+        return _error(RequestError("internal error", status=500), request_id)
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    app.add_middleware(RequestMetrics, metrics=metrics, log_requests=config.server.log_requests)
 
     # --- health and metadata ------------------------------------------------------------------
 
