@@ -139,6 +139,9 @@ def test_torch_compile_matches_and_compiles_once_for_every_batch_size(
                 np.testing.assert_allclose(got, _reference(artifact, batch), atol=FP32_ATOL)
             for rows in (2, 64, 120):
                 assert executor.run(tiny_dataset.test.features(slice(0, rows))).shape == (rows,)
+            with torch.inference_mode():  # inference tensors: a worker process makes these
+                batch = tiny_dataset.test.features(slice(0, 9))
+            assert executor.run(batch).shape == (9,)
         assert executor.describe()["dynamic_batch"] == "unbacked"
 
 

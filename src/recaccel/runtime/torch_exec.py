@@ -203,12 +203,18 @@ class TorchCompileExecutor(TorchEagerExecutor):
         return compiled
 
     def _warm_up(self) -> None:
-        inputs = self._inputs(zeros_batch(self.schema, WARMUP_ROWS))
-        for tensor in inputs:
-            torch._dynamo.decorators.mark_unbacked(tensor, 0)
+        # Dynamo guards on whether inputs are inference tensors (made under
+        # torch.inference_mode) or not; callers make both, so compile both graphs now rather
+        # than mid-request (seen: a first request of 1,682 rows took 0.9-5 s to recompile).
+        normal = self._inputs(zeros_batch(self.schema, WARMUP_ROWS))
+        with torch.inference_mode():
+            inference = self._inputs(zeros_batch(self.schema, WARMUP_ROWS))
         try:
-            with _quiet_inductor():
-                self._score(inputs)
+            for inputs in (normal, inference):
+                for tensor in inputs:
+                    torch._dynamo.decorators.mark_unbacked(tensor, 0)
+                with _quiet_inductor():
+                    self._score(inputs)
         except Exception as exc:  # inductor fails in many types; all mean the same here
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ExecutorError(

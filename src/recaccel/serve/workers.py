@@ -142,30 +142,29 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
         results.send(("failed", f"{type(error).__name__}: {error}"))
         return
     results.send(("ready", info))
-    with torch.inference_mode():
-        while True:
-            try:
-                task = tasks.get()
-            except (EOFError, OSError):
-                return  # the server is gone
-            if task is None:
-                return
-            batch_id, dense, categorical, multi_hot = task
-            start = time.perf_counter()
-            try:
-                batch = FeatureBatch(
-                    torch.from_numpy(dense),
-                    torch.from_numpy(categorical),
-                    torch.from_numpy(multi_hot),
-                )
-                outcome: tuple[str, Any] = ("ok", executor.run(batch))
-            except Exception as error:
-                outcome = ("error", f"{type(error).__name__}: {error}")
-            busy_s = time.perf_counter() - start
-            try:
-                results.send((batch_id, *outcome, busy_s))
-            except (BrokenPipeError, OSError):
-                return
+    while True:
+        try:
+            task = tasks.get()
+        except (EOFError, OSError):
+            return  # the server is gone
+        if task is None:
+            return
+        batch_id, dense, categorical, multi_hot = task
+        start = time.perf_counter()
+        try:
+            batch = FeatureBatch(
+                torch.from_numpy(dense),
+                torch.from_numpy(categorical),
+                torch.from_numpy(multi_hot),
+            )
+            outcome: tuple[str, Any] = ("ok", executor.run(batch))
+        except Exception as error:
+            outcome = ("error", f"{type(error).__name__}: {error}")
+        busy_s = time.perf_counter() - start
+        try:
+            results.send((batch_id, *outcome, busy_s))
+        except (BrokenPipeError, OSError):
+            return
 
 
 # --- the server's handle on one worker ----------------------------------------------------
