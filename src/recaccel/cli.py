@@ -409,8 +409,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from recaccel.runtime.profile import load_profile
     from recaccel.serve.config import load_serve_config
-    from recaccel.serve.server import serve
+    from recaccel.serve.server import apply_selection, serve
 
     overrides: dict[str, dict[str, Any]] = {
         "server": {"host": args.host, "port": args.port},
@@ -427,12 +430,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ]
     overrides = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
     config = load_serve_config(None if args.config is None else Path(args.config), overrides)
+    artifacts = list(args.artifacts)
+    if args.select:
+        if args.profile is None or artifacts:
+            raise ConfigError(
+                "--select serves what a profile selects: give --profile and no artifacts",
+                "recaccel serve --profile results/profile-movielens/profile.json --select",
+            )
+        spec, config, row = apply_selection(
+            config, load_profile(Path(args.profile)), args.accuracy_budget, os.cpu_count() or 1
+        )
+        artifacts = [spec]
+        errors.print(f"selected: {row.key} (up to {row.workers} workers)", highlight=False)
+    elif not artifacts:
+        raise ConfigError("no artifacts to serve", "name artifact directories, or --select")
     errors.print(
-        f"recaccel serving {', '.join(args.artifacts)} on http://{config.server.host}:"
+        f"recaccel serving {', '.join(artifacts)} on http://{config.server.host}:"
         f"{config.server.port} (Ctrl-C or SIGTERM drains and stops)",
         highlight=False,
     )
-    serve(args.artifacts, config, None if args.profile is None else Path(args.profile))
+    serve(artifacts, config, None if args.profile is None else Path(args.profile))
     return 0
 
 
@@ -597,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
         "load-aware routing, autoscaling and admission control. Settings: --config FILE (TOML "
         "or YAML), then RECACCEL_<SECTION>_<KEY> environment variables, then these flags.",
     )
-    serve.add_argument("artifacts", nargs="+", help="artifact directories, each PATH or NAME=PATH")
+    serve.add_argument("artifacts", nargs="*", help="artifact directories, each PATH or NAME=PATH")
     serve.add_argument("--config", help="serving config file (.toml, .yaml)")
     serve.add_argument("--profile", help="profile.json from `recaccel profile`: latency models")
     serve.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
@@ -608,6 +625,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")
     serve.add_argument("--precision", help="executor precision (default fp32)")
     serve.add_argument("--threads", type=int, help="threads per worker (default 1)")
+    serve.add_argument(
+        "--select",
+        action="store_true",
+        help="serve the configuration `recaccel profile --select` picks from --profile for "
+        "--slo-ms (artifact, backend, precision, threads, workers)",
+    )
+    serve.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=0.001,
+        help="with --select: relative validation-AUC loss allowed (default: %(default)s)",
+    )
     serve.set_defaults(run=_cmd_serve)
     return parser
 

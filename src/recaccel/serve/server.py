@@ -12,6 +12,7 @@ drains every model and stops the workers before the process exits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ from recaccel.data.dataset import Dataset
 from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
+from recaccel.runtime.select import Judgement, Requirements, select
 from recaccel.serve.app import create_app
-from recaccel.serve.config import ServeConfig
+from recaccel.serve.config import ExecutorSection, ServeConfig
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
@@ -80,6 +82,39 @@ def build_app(
     metrics = ServerMetrics()
     repository = ModelRepository(config, metrics, models, features=features, profile=profile)
     return create_app(repository, config, metrics)
+
+
+def apply_selection(
+    config: ServeConfig, profile: Profile, relative_budget: float, cores: int
+) -> tuple[str, ServeConfig, Judgement]:
+    """Serve what `recaccel profile --select` picks for this config's SLO: the selected
+    artifact, on its backend, precision and threads, with up to its worker count.
+
+    Returns the artifact spec, the config with `[workers]` set, and the selection's row.
+    Raises ConfigError when nothing in the profile meets the SLO and the accuracy budget.
+    """
+    needs = Requirements(config.slo.p99_ms, profile.serving_batch, relative_budget, cores)
+    choice = select(profile, needs)
+    if choice.selected is None:
+        raise ConfigError(
+            f"no configuration in the profile meets p99 <= {config.slo.p99_ms:g} ms for "
+            f"{profile.serving_batch} candidates within the accuracy budget",
+            "see `recaccel profile --from PROFILE --select` for why, or loosen --slo-ms",
+        )
+    row = choice.selected
+    entry = profile.entry(row.key)
+    executor = ExecutorSection(row.backend, row.device, row.precision, row.threads)
+    workers = dataclasses.replace(
+        config.workers,
+        min=min(config.workers.min, row.workers),
+        max=row.workers,
+        executors=(executor,),
+    )
+    return (
+        f"{Path(entry.artifact).name}={entry.artifact}",
+        dataclasses.replace(config, workers=workers),
+        row,
+    )
 
 
 def serve(
