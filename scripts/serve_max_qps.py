@@ -1,0 +1,89 @@
+"""Highest Server-scenario QPS within a p99 bound, for one `recaccel serve` configuration.
+
+Until `recaccel bench` exists, this is the reproducible way to measure a server: it starts
+`recaccel serve` with the given arguments, builds the rank workload from the dataset
+(candidates per request lognormal, median 100, p99 about 1,000), runs MLPerf LoadGen's Server
+scenario through `recaccel.bench.loadgen.find_max_qps`, prints every run and stops the server.
+
+    .venv/bin/python scripts/serve_max_qps.py --p99-ms 50 -- \
+        artifacts/dlrm-heavy-optimized/02-prune-1 --max-workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from recaccel.bench.loadgen import ScenarioResult, find_max_qps
+from recaccel.bench.search import SearchPolicy
+from recaccel.bench.workload import RankWorkload
+from recaccel.data.registry import DatasetOptions, load_dataset
+
+PORT = 8831
+
+
+def wait_ready(process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v2/health/ready") as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not become ready")
+
+
+def show(run: ScenarioResult) -> None:
+    lg, books = run.loadgen, run.sut.books
+    print(
+        f"target {run.target_qps:7.1f} QPS  {'VALID  ' if lg.valid else 'INVALID'}"
+        f"  completed {lg.completed_qps:7.1f}  p50 {lg.latency.ms('50.00'):6.2f} ms"
+        f"  p99 {lg.latency.ms('99.00'):7.2f} ms  rejected {books.rejected}  failed {books.failed}"
+        f"  server CPU {run.server_cpu_s_per_1k:.2f} s/1k requests",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--start-qps", type=float, default=50.0)
+    parser.add_argument("--out", default="/tmp/recaccel-serve-max-qps")
+    parser.add_argument("serve_args", nargs="+", help="arguments for `recaccel serve`")
+    args = parser.parse_args()
+    dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
+    workload = RankWorkload.from_dataset(dataset, n_samples=20_000, seed=0)
+    print("candidates per request:", workload.stats(), flush=True)
+    command = [sys.executable, "-m", "recaccel.cli", "serve", *args.serve_args]
+    server = subprocess.Popen([*command, "--port", str(PORT)])
+    try:
+        wait_ready(server)
+        result = find_max_qps(
+            f"http://127.0.0.1:{PORT}",
+            workload,
+            latency_p99_ms=args.p99_ms,
+            duration_s=args.duration_s,
+            out_dir=Path(args.out),
+            policy=SearchPolicy(start_qps=args.start_qps, growth=2, rel_tol=0.1, max_runs=10),
+            server_pid=server.pid,
+            progress=show,
+        )
+        print("stopped:", result.stopped)
+        if result.best is not None:
+            print(f"highest QPS within p99 <= {args.p99_ms:g} ms: {result.best[0]:.1f}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
+if __name__ == "__main__":
+    main()
