@@ -102,19 +102,28 @@ def _run_distill(
     return Candidate.from_trained(trained)
 
 
-def _run_prune(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path) -> Candidate:
-    if "keep_fraction" not in params:
-        raise ConfigError("prune step needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
-    trained = prune(
-        parent,
-        ctx.dataset,
-        float(params["keep_fraction"]),
-        out,
-        ctx.train_config_for(params),
-        progress=ctx.progress,
-        baselines=ctx.baselines,
-    )
-    return Candidate.from_trained(trained)
+# A pruning pass that keeps a fraction of something, as `prune` and `prune_embedding_dims` do.
+KeepFractionPass = Callable[..., TrainedModel]
+
+
+def _keep_fraction_step(step: str, pass_: KeepFractionPass) -> StepRunner:
+    """The runner of a step whose one required parameter is `keep_fraction`."""
+
+    def run(ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path) -> Candidate:
+        if "keep_fraction" not in params:
+            raise ConfigError(f"{step} step needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
+        trained = pass_(
+            parent,
+            ctx.dataset,
+            float(params["keep_fraction"]),
+            out,
+            ctx.train_config_for(params),
+            progress=ctx.progress,
+            baselines=ctx.baselines,
+        )
+        return Candidate.from_trained(trained)
+
+    return run
 
 
 def _run_prune_fields(
@@ -129,23 +138,6 @@ def _run_prune_fields(
         progress=ctx.progress,
         baselines=ctx.baselines,
         **options,
-    )
-    return Candidate.from_trained(trained)
-
-
-def _run_prune_embedding_dims(
-    ctx: StepContext, parent: Artifact, params: dict[str, Any], out: Path
-) -> Candidate:
-    if "keep_fraction" not in params:
-        raise ConfigError("prune_embedding_dims needs 'keep_fraction'", "e.g. keep_fraction = 0.5")
-    trained = prune_embedding_dims(
-        parent,
-        ctx.dataset,
-        float(params["keep_fraction"]),
-        out,
-        ctx.train_config_for(params),
-        progress=ctx.progress,
-        baselines=ctx.baselines,
     )
     return Candidate.from_trained(trained)
 
@@ -206,9 +198,9 @@ def _run_search(ctx: StepContext, parent: Artifact, params: dict[str, Any], out:
 STEP_RUNNERS: dict[str, StepRunner] = {
     "distill": _run_distill,
     "search": _run_search,
-    "prune": _run_prune,
+    "prune": _keep_fraction_step("prune", prune),
     "prune_fields": _run_prune_fields,
-    "prune_embedding_dims": _run_prune_embedding_dims,
+    "prune_embedding_dims": _keep_fraction_step("prune_embedding_dims", prune_embedding_dims),
     "quantize_embeddings": _run_quantize_embeddings,
     "quantize_dense": _run_quantize_dense,
 }
