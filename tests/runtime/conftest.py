@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,18 @@ def float_onnx(
 
     out = tmp_path_factory.mktemp("onnx")
     return {name: export_onnx(art, None, out / f"{name}.onnx") for name, art in trained.items()}
+
+
+@pytest.fixture(scope="session")
+def with_onnx(trained: dict[str, Artifact], float_onnx: dict[str, Path]) -> dict[str, Artifact]:
+    """`trained`, with each float ONNX export (made by the same `export_onnx` for
+    test_onnx_export.py) placed in the executors' ONNX cache, so no family is exported twice.
+    The export through an executor is exercised by the cache test, on a copy without a cache."""
+    from recaccel.runtime.onnx_exec import cache_path
+
+    for name, artifact in trained.items():
+        cached = cache_path(artifact, "fp32")
+        if not cached.exists():
+            cached.parent.mkdir(parents=True)
+            shutil.copyfile(float_onnx[name], cached)
+    return trained

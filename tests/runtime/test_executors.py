@@ -68,21 +68,6 @@ def _restore_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def with_onnx(trained: dict[str, Artifact], float_onnx: dict[str, Path]) -> dict[str, Artifact]:
-    """`trained`, with each float ONNX export (made by the same `export_onnx` for
-    test_onnx_export.py) placed in the executor's cache, so no family is exported twice. The
-    export through the executor is exercised by the cache test, on a copy without a cache."""
-    from recaccel.runtime.onnx_exec import cache_path
-
-    for name, artifact in trained.items():
-        cached = cache_path(artifact, "fp32")
-        if not cached.exists():
-            cached.parent.mkdir(parents=True)
-            shutil.copyfile(float_onnx[name], cached)
-    return trained
-
-
 def _reference(artifact: Artifact, batch: FeatureBatch) -> np.ndarray:
     with torch.inference_mode():
         return torch.sigmoid(artifact.model(*batch.as_tuple())).numpy()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,19 +47,6 @@ pytestmark = pytest.mark.skipif(
 ROWS = (1, 37)
 MAX_PROB_DIFF = {"fp32": 1e-5, "int8-static": 0.05}
 FP16_ATOL = 5e-4
-
-
-@pytest.fixture(scope="module")
-def with_onnx(trained: dict[str, Artifact], float_onnx: dict[str, Path]) -> dict[str, Artifact]:
-    """`trained`, with each float export placed in the executors' ONNX cache (no re-export)."""
-    from recaccel.runtime.onnx_exec import cache_path
-
-    for name, artifact in trained.items():
-        cached = cache_path(artifact, "fp32")
-        if not cached.exists():
-            cached.parent.mkdir(parents=True)
-            shutil.copyfile(float_onnx[name], cached)
-    return trained
 
 
 def _reference(artifact: Artifact, batch: FeatureBatch) -> np.ndarray:
