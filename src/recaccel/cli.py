@@ -288,6 +288,8 @@ def _words(value: str | None) -> tuple[str, ...] | None:
 
 
 def _profile_table(profile: Profile) -> Table:
+    from recaccel.runtime.profile_report import batch_cells, config_cells
+
     batches = profile.batches
     table = Table(title=f"latency per batch: median ms (p99) — {profile.dataset}")
     for column in ("artifact", "backend", "device", "precision", "thr", "val AUC"):
@@ -295,27 +297,15 @@ def _profile_table(profile: Profile) -> Table:
     for batch in batches:
         table.add_column(f"@{batch}", justify="right", no_wrap=True)
     for e in profile.entries:
-        if not e.ok:
-            continue
-        cells = [
-            "—" if (p := e.point(b)) is None else f"{p.median_ms:.3f} ({p.p99_ms:.3f})"
-            for b in batches
-        ]
-        c = e.config
-        table.add_row(
-            f"{e.model}@{e.artifact_id[:8]}",
-            c.backend,
-            c.device,
-            c.precision,
-            str(c.threads),
-            f"{e.validation_auc:.4f}",
-            *cells,
-        )
+        if e.ok:
+            table.add_row(*config_cells(e), *batch_cells(e, batches))
     table.caption = "configurations timed interleaved on the same validation rows"
     return table
 
 
 def _selection_table(selection: Selection) -> Table:
+    from recaccel.runtime.profile_report import selection_cells
+
     needs = selection.requirements
     table = Table(
         title=f"selection: p99 ≤ {needs.slo_p99_ms:g} ms for {needs.candidates} candidates, "
@@ -328,18 +318,8 @@ def _selection_table(selection: Selection) -> Table:
             column, justify="left" if column in ("configuration", "verdict") else "right"
         )
     for j in selection.table:
-        if j.request_p99_ms is None:
-            continue
-        table.add_row(
-            escape(j.key),
-            f"{j.validation_auc:.4f}",
-            f"{j.auc_change:+.2%}",
-            f"{j.request_p99_ms:.3f}",
-            str(j.requests_per_batch),
-            str(j.workers),
-            f"{j.requests_per_second:,.0f}",
-            escape(j.verdict),
-        )
+        if j.request_p99_ms is not None:  # unmeasured ones are listed as not runnable
+            table.add_row(*(escape(cell) for cell in selection_cells(j)))
     return table
 
 

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
-from recaccel.runtime.select import Selection
+from recaccel.runtime.select import Judgement, Selection
 
 PLOT_FILE = "profile.png"
 MARKDOWN_FILE = "profile.md"
@@ -32,6 +32,37 @@ def _config_label(entry: ProfileEntry) -> str:
     return f"{c.backend} {c.device} {c.precision} t{c.threads}"
 
 
+def config_cells(entry: ProfileEntry) -> list[str]:
+    """Artifact, backend, device, precision, threads and val AUC: a measured entry's row head
+    in every latency table (markdown here, the terminal's in cli.py)."""
+    c = entry.config
+    auc = "—" if entry.validation_auc is None else f"{entry.validation_auc:.4f}"
+    return [artifact_label(entry), c.backend, c.device, c.precision, str(c.threads), auc]
+
+
+def batch_cells(entry: ProfileEntry, batches: tuple[int, ...]) -> list[str]:
+    """ "median (p99)" ms at each batch size, "—" where not measured."""
+    return [
+        "—" if (p := entry.point(b)) is None else f"{p.median_ms:.3f} ({p.p99_ms:.3f})"
+        for b in batches
+    ]
+
+
+def selection_cells(j: Judgement) -> list[str]:
+    """One measured row of the selection table (not for unmeasured configurations)."""
+    assert j.request_p99_ms is not None and j.auc_change is not None
+    return [
+        j.key,
+        f"{j.validation_auc:.4f}",
+        f"{j.auc_change:+.2%}",
+        f"{j.request_p99_ms:.3f}",
+        str(j.requests_per_batch),
+        str(j.workers),
+        f"{j.requests_per_second:,.0f}",
+        j.verdict,
+    ]
+
+
 def latency_markdown(profile: Profile) -> str:
     """Median / p99 ms per batch size for each measured configuration, then what failed."""
     batches = profile.batches
@@ -44,17 +75,11 @@ def latency_markdown(profile: Profile) -> str:
     for e in profile.entries:
         if not e.ok:
             continue
-        cells = []
-        for b in batches:
-            point = e.point(b)
-            cells.append("—" if point is None else f"{point.median_ms:.3f} ({point.p99_ms:.3f})")
         serving = e.point(profile.serving_batch)
         throughput = "—" if serving is None else f"{serving.rows_per_second:,.0f}"
-        c = e.config
-        lines.append(
-            f"| {artifact_label(e)} | {c.backend} | {c.device} | {c.precision} | {c.threads} | "
-            f"{e.validation_auc:.4f} | {e.load_s:.2f} | {' | '.join(cells)} | {throughput} |"
-        )
+        load = "—" if e.load_s is None else f"{e.load_s:.2f}"
+        cells = [*config_cells(e), load, *batch_cells(e, batches), throughput]
+        lines.append(f"| {' | '.join(cells)} |")
     missing = not_runnable(profile)
     if missing:
         lines += ["", "Not runnable here:", ""]
@@ -92,11 +117,7 @@ def selection_markdown(selection: Selection) -> str:
     for j in selection.table:
         if j.request_p99_ms is None:
             continue  # not measured: listed under "not runnable"
-        lines.append(
-            f"| {j.key} | {j.validation_auc:.4f} | {j.auc_change:+.2%} | "
-            f"{j.request_p99_ms:.3f} | {j.requests_per_batch} | {j.workers} | "
-            f"{j.requests_per_second:,.0f} | {j.verdict} |"
-        )
+        lines.append(f"| {' | '.join(selection_cells(j))} |")
     lines.append("")
     lines.append(selection_summary(selection))
     return "\n".join(lines)
