@@ -36,7 +36,6 @@ from recaccel.runtime.export import OUTPUT_NAME
 from recaccel.serve import protocol
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import (
-    NotFoundError,
     PayloadTooLargeError,
     RequestError,
     UnavailableError,
@@ -378,6 +377,3 @@ def _pydantic_message(error: ValueError) -> str:
             parts.append(f"{where}: {item.get('msg')}")
         return "; ".join(parts)
     return str(error)
-
-
-__all__ = ["NotFoundError", "create_app"]

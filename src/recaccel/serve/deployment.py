@@ -126,6 +126,10 @@ class Deployment:
         ]
         for kind in self.kinds:
             kind.latency = _profiled_latency(profile, self.manifest.artifact_id, kind.spec)
+        limits = config.admission
+        self._admission = admission.AdmissionConfig(
+            limits.max_queue_rows, limits.max_queue_requests, config.slo.p99_ms
+        )
         self._queue: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -298,18 +302,16 @@ class Deployment:
         latency = self.latency
         max_rows = self.config.batching.max_rows
         workers = max(1, sum(len(k.workers) for k in self.kinds))
-        backlog = self.queued_rows + sum(w.in_flight_rows for k in self.kinds for w in k.workers)
-        a = self.config.admission
+        queued = self.queued_rows
+        backlog = queued + sum(w.in_flight_rows for k in self.kinds for w in k.workers)
         verdict = admission.admit(
-            admission.AdmissionConfig(
-                a.max_queue_rows, a.max_queue_requests, self.config.slo.p99_ms
-            ),
+            self._admission,
             now=now,
             request_rows=rows,
             deadline=deadline,
             predicted_wait_s=admission.queue_wait_s(backlog, max_rows, latency, workers),
             predicted_exec_s=latency.predict_ms(min(rows, max_rows)) / 1e3,
-            queued_rows=self.queued_rows,
+            queued_rows=queued,
             queued_requests=len(self._queue),
             draining=self.draining,
             priority=priority,
