@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import recaccel
 from recaccel.runtime.export import OUTPUT_NAME
 from recaccel.serve import protocol
+from recaccel.serve.admission import deadline_for
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import (
     PayloadTooLargeError,
@@ -266,7 +267,8 @@ def create_app(
         batch = protocol.features_from_inputs(
             decoded.inputs, deployment.schema, config.rank.max_candidates
         )
-        deadline = _deadline(decoded.parameters.get("timeout"), config, time.monotonic(), 1e-6)
+        timeout_ms = _timeout_ms(decoded.parameters.get("timeout"))
+        deadline = deadline_for(time.monotonic(), timeout_ms, config.slo.p99_ms)
         priority = _priority(decoded.parameters.get("priority"))
         scores = await deployment.score(batch, deadline, priority)
         body_out, headers = protocol.encode_infer_response(
@@ -291,7 +293,7 @@ def create_app(
                 "serve artifacts trained on a dataset with users and items (movielens-100k)",
             )
         batch, items = store.rows(asked.user_id, asked.candidates, asked.features)
-        deadline = _deadline(asked.deadline_ms, config, time.monotonic(), 1e-3)
+        deadline = deadline_for(time.monotonic(), asked.deadline_ms, config.slo.p99_ms)
         scores = await deployment.score(batch, deadline, asked.priority)
         k = min(asked.k or config.rank.default_k, len(items))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(items) else np.arange(len(items))
@@ -351,13 +353,13 @@ def create_app(
     return app
 
 
-def _deadline(value: Any, config: ServeConfig, now: float, unit_s: float) -> float:
-    """The monotonic deadline: the request's own timeout (in `unit_s`), else the SLO."""
+def _timeout_ms(value: Any) -> float | None:
+    """The OIP `timeout` parameter (microseconds, as Triton's) in milliseconds; None if absent."""
     if value is None:
-        return now + config.slo.p99_ms / 1e3
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise RequestError(f"timeout/deadline must be a positive number, not {value!r}")
-    return now + float(value) * unit_s
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise RequestError(f"timeout must be a positive number of microseconds, not {value!r}")
+    return float(value) / 1e3
 
 
 def _priority(value: Any) -> int:

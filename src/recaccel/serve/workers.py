@@ -37,7 +37,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,6 @@ class WorkerStats:
     rows: int = 0
     busy_s: float = 0.0
     failures: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class WorkerProcess:
