@@ -15,17 +15,22 @@ Example (start 50, growth 2, rel_tol 0.1): 50 ok, 100 ok, 200 fail -> 150 ok -> 
 Load measurements are noisy, so the history may not be monotone (a pass above a fail). The rule
 still terminates: the bracket is (highest pass, lowest fail above it), and every step narrows
 or moves it. The runs that contradict it stay in the curve a report plots.
+
+Several searches can share one machine fairly (`search_interleaved`): each pass gives every
+unfinished search one run, in turn, so drift in the machine's speed (a neighbour's load, heat)
+falls on every configuration alike instead of on whichever happened to run last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from recaccel.errors import ConfigError
 
 R = TypeVar("R")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -80,24 +85,62 @@ class SearchResult(Generic[R]):
     stopped: str  # "converged", "run cap", "nothing passes above min_qps"
 
 
-def search(
-    run: Callable[[float], R], meets: Callable[[R], bool], policy: SearchPolicy
-) -> SearchResult[R]:
-    """Run targets chosen by `next_qps` until it is done or `policy.max_runs` runs are made."""
-    runs: list[tuple[float, R, bool]] = []
-    while True:
-        history = [(qps, ok) for qps, _, ok in runs]
-        target = next_qps(history, policy)
-        if target is None or len(runs) >= policy.max_runs:
-            break
-        result = run(target)
-        runs.append((target, result, meets(result)))
+def next_target(runs: Sequence[tuple[float, R, bool]], policy: SearchPolicy) -> float | None:
+    """The next target QPS after `runs`, or None when the search is done or at its run cap."""
+    if len(runs) >= policy.max_runs:
+        return None
+    return next_qps([(qps, ok) for qps, _, ok in runs], policy)
+
+
+def search_result(runs: Sequence[tuple[float, R, bool]], policy: SearchPolicy) -> SearchResult[R]:
+    """The runs of a finished search, its best passing run and why it stopped."""
     passing = [(qps, result) for qps, result, ok in runs if ok]
     best = max(passing, key=lambda pair: pair[0], default=None)
-    if target is not None:
+    if next_qps([(qps, ok) for qps, _, ok in runs], policy) is not None:
         stopped = "run cap"
     elif best is None:
         stopped = "nothing passes above min_qps"
     else:
         stopped = "converged"
     return SearchResult(tuple(runs), best, stopped)
+
+
+def search(
+    run: Callable[[float], R], meets: Callable[[R], bool], policy: SearchPolicy
+) -> SearchResult[R]:
+    """Run targets chosen by `next_qps` until it is done or `policy.max_runs` runs are made."""
+    runs: list[tuple[float, R, bool]] = []
+    while (target := next_target(runs, policy)) is not None:
+        result = run(target)
+        runs.append((target, result, meets(result)))
+    return search_result(runs, policy)
+
+
+def search_interleaved(
+    names: Sequence[K],
+    run: Callable[[K, float], R],
+    meets: Callable[[R], bool],
+    policies: Mapping[K, SearchPolicy],
+) -> dict[K, SearchResult[R]]:
+    """One search per name, advanced in round robin: each pass makes one run of every search
+    not yet done, in `names` order, until all are done.
+
+    Example (two searches, A passing up to 150 and B up to 60, both starting at 50 with
+    growth 2): A 50, B 50, A 100, B 100 (fails), A 200 (fails), B 75 (fails), A 150, ...
+    """
+    if len(set(names)) != len(names):
+        raise ConfigError(f"search names must be unique: {list(names)}")
+    missing = [name for name in names if name not in policies]
+    if missing:
+        raise ConfigError(f"no search policy for {missing}")
+    runs: dict[K, list[tuple[float, R, bool]]] = {name: [] for name in names}
+    active = list(names)
+    while active:
+        for name in list(active):
+            target = next_target(runs[name], policies[name])
+            if target is None:
+                active.remove(name)
+                continue
+            result = run(name, target)
+            runs[name].append((target, result, meets(result)))
+    return {name: search_result(runs[name], policies[name]) for name in names}
