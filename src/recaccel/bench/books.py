@@ -147,6 +147,12 @@ class Books:
                 if outcome.ranked is not None:
                     self.rankings.setdefault(index, outcome.ranked)
 
+    def latencies_ms(self) -> np.ndarray:
+        """(completed,) float64 every completed sample's client latency, in completion order:
+        what a latency CDF is drawn from."""
+        with self._lock:
+            return np.asarray(self._latencies_ms, dtype=np.float64)
+
     def report(self) -> BookReport:
         with self._lock:
             return BookReport(

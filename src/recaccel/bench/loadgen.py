@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import mlperf_loadgen as lg
+import numpy as np
 
 from recaccel.bench.books import Ranked
 from recaccel.bench.cpu import process_tree_cpu_s
@@ -67,10 +68,18 @@ class ScenarioResult:
     out_dir: Path
     max_shed_fraction: float = 0.0
     rankings: Mapping[int, Ranked] = field(default_factory=dict, repr=False, compare=False)
+    # Every completed sample's client latency (ms): for CDFs; not in `to_dict`.
+    latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
     @property
     def requests(self) -> int:
         return self.sut.books.completed
+
+    @property
+    def ok_qps(self) -> float:
+        """Answered (200) requests per second of the run: LoadGen's QPS counts a refusal as a
+        fast completion, so an Offline run against a server that sheds reads this instead."""
+        return self.sut.books.ok / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def server_cpu_s_per_1k(self) -> float | None:
@@ -105,6 +114,7 @@ class ScenarioResult:
                 "server_cpu_s",
                 "max_shed_fraction",
                 "requests",
+                "ok_qps",
                 "server_cpu_s_per_1k",
                 "client_cpu_s_per_1k",
                 "meets_bound",
@@ -117,11 +127,26 @@ class ScenarioResult:
 
 
 def server_settings(
-    target_qps: float, latency_p99_ms: float, duration_s: float, min_query_count: int
+    target_qps: float,
+    latency_p99_ms: float,
+    duration_s: float,
+    min_query_count: int,
+    max_duration_s: float | None = None,
 ) -> lg.TestSettings:
-    """LoadGen's Server scenario, performance only, at `target_qps` Poisson arrivals."""
+    """LoadGen's Server scenario, performance only, at `target_qps` Poisson arrivals.
+
+    `max_duration_s` caps the run: LoadGen stops issuing then, even short of `min_query_count`
+    (and calls the run INVALID for it), so a low target QPS cannot make a run last minutes.
+    """
     _check_positive(target_qps=target_qps, latency_p99_ms=latency_p99_ms)
     settings = _settings(lg.TestScenario.Server, duration_s, min_query_count)
+    if max_duration_s is not None:
+        if max_duration_s < duration_s:
+            raise ConfigError(
+                f"max_duration_s={max_duration_s} is below duration_s={duration_s}",
+                "let a run last at least its minimum duration",
+            )
+        settings.max_duration_ms = math.ceil(max_duration_s * 1000)
     settings.server_target_qps = float(target_qps)
     settings.server_target_latency_ns = round(latency_p99_ms * 1e6)
     settings.server_target_latency_percentile = LATENCY_PERCENTILE
@@ -151,6 +176,7 @@ def run_server_scenario(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_shed_fraction: float = 0.0,
+    max_duration_s: float | None = None,
 ) -> ScenarioResult:
     """One Server-scenario run at `target_qps` with p99 <= `latency_p99_ms` as the bound.
 
@@ -163,8 +189,11 @@ def run_server_scenario(
         concurrency: connections in the client's pool.
         timeout_s: a request unanswered by then fails.
         max_shed_fraction: refusals and failures `meets_bound` tolerates, as a fraction.
+        max_duration_s: stop issuing after this long (see `server_settings`); None: no cap.
     """
-    settings = server_settings(target_qps, latency_p99_ms, duration_s, min_query_count)
+    settings = server_settings(
+        target_qps, latency_p99_ms, duration_s, min_query_count, max_duration_s
+    )
     return _run(
         settings,
         "Server",
@@ -344,4 +373,5 @@ def _run(
         out_dir=out_dir,
         max_shed_fraction=max_shed_fraction,
         rankings=sut.books.rankings,
+        latencies_ms=sut.books.latencies_ms(),
     )
