@@ -1,0 +1,94 @@
+"""`recaccel bench`'s whole run against real servers on loopback: four `recaccel serve`
+processes on the tiny fixture dataset (tiny_serve_cli.py), short LoadGen runs, the served
+accuracy and the report. A correctness test at easy loads under a generous SLO: how fast
+anything is belongs to the benchmark, never to an assertion here."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from recaccel.bench.report import write_report
+from recaccel.bench.run import BenchOptions, run_bench
+from recaccel.data.dataset import Dataset
+from recaccel.runtime.profiler import ProfileOptions, run_profile
+from recaccel.train.pipeline import train_models
+from recaccel.train.trainer import TrainConfig
+
+TINY_SERVE = (sys.executable, str(Path(__file__).with_name("tiny_serve_cli.py")))
+
+
+@pytest.fixture(scope="module")
+def candidate(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller model than the baseline's, trained briefly on the tiny dataset."""
+    out = tmp_path_factory.mktemp("bench-candidate") / "deepfm-small"
+    config = TrainConfig(max_epochs=1, batch_size=128, learning_rate=3e-3)
+    train_models(
+        tiny_dataset, [("deepfm", "small")], out, config, with_baselines=False, progress=False
+    )
+    return out
+
+
+def test_bench_runs_four_servers_and_reports(
+    bench_artifact: Path,
+    candidate: Path,
+    tiny_dataset: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PyTorch eager only: it starts fastest (no export, no compile).
+    options = ProfileOptions(
+        backends=("torch-eager",), threads=(1,), batches=(1, 8), serving_batch=20,
+        repeats=5, min_repeats=2, warmup=1, seconds_per_batch=0.5,
+    )  # fmt: skip
+    profile = run_profile([bench_artifact, candidate], tiny_dataset, options, progress=False)
+    pickled = tmp_path / "dataset.pkl"
+    pickled.write_bytes(pickle.dumps(tiny_dataset))
+    monkeypatch.setenv("BENCH_TINY_DATASET", str(pickled))
+    monkeypatch.setenv("RECACCEL_BATCHING_MAX_ROWS", "3")  # must not reach the servers
+    bench = BenchOptions(
+        slo_ms=5000,  # a bound no request nears: nothing is refused
+        duration_s=0.5,
+        min_query_count=40,
+        offline_queries=40,
+        max_runs=1,
+        relative_budget=0.99,  # the tiny models' AUCs are noise; any may be selected
+        n_samples=100,
+        median_candidates=20,  # the tiny catalogue has 60 items
+        p99_candidates=50,
+        warmup_requests=2,
+    )
+    out = tmp_path / "bench"
+    lines: list[str] = []
+    result = run_bench(
+        bench_artifact, [candidate], tiny_dataset, out, bench, profile,
+        server_command=TINY_SERVE, say=lines.append,
+    )  # fmt: skip
+    written = write_report(result, out)
+
+    assert [c.name for c in result.configs] == ["baseline", "model-only", "system-only", "recaccel"]
+    for c in result.configs:
+        runs = [c.offline, *c.search, c.at_reference]
+        assert len(c.search) == 1 and c.search_stopped == "run cap"
+        for run in runs:
+            assert run is not None and run.consistent
+            assert run.ok == run.samples and run.rejected == run.failed == 0, c.name
+        # The served AUC is the artifact's recorded one: the same rows, the same computation.
+        assert c.served_auc == pytest.approx(c.artifact_test_auc, abs=1e-6), c.name
+        assert c.reference_cdf_ms and c.at_reference is not None
+        assert c.at_reference.target_qps == result.reference_qps
+        assert "drained" in (out / "servers" / f"{c.name}.log").read_text(), c.name
+    baseline, model_only, system_only, recaccel = result.configs
+    assert baseline.command.startswith("RECACCEL_BATCHING_MAX_ROWS=1 ")
+    assert model_only.artifact == recaccel.artifact
+    assert system_only.artifact == baseline.artifact == str(bench_artifact.resolve())
+    assert recaccel.auc_change is not None and model_only.auc_change is not None
+    assert recaccel.auc_change.relative == pytest.approx(model_only.auc_change.relative)
+    assert any("reference load" in line for line in lines)
+    assert {p.name for p in written} >= {"report.md", "report.json", "latency_cdf.png"}
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["headline"]["bars"]) == 3
