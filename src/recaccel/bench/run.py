@@ -78,7 +78,7 @@ class BenchOptions:
     min_query_count: int = DEFAULT_MIN_QUERY_COUNT  # ...and sends at least this many queries
     offline_queries: int = 1000
     offline_concurrency: int = 32  # enough to keep any server here busy, few refusals
-    max_runs: int = 6  # Server runs per configuration's search
+    max_runs: int = 7  # Server runs per configuration's search
     growth: float = 1.5  # the search's step while runs pass
     rel_tol: float = 0.1  # ...and its precision
     start_fraction: float = 0.5  # the first target, as a fraction of the Offline throughput
@@ -101,7 +101,7 @@ class BenchOptions:
         if self.offline_queries < 1 or self.max_runs < 1 or self.warmup_requests < 0:
             raise ConfigError(
                 "offline_queries and max_runs must be >= 1, warmup_requests >= 0",
-                "the defaults are 1000, 6 and 32",
+                "the defaults are 1000, 7 and 32",
             )
         if not 0 <= self.relative_budget < 1:
             raise ConfigError(
@@ -130,7 +130,9 @@ class BenchOptions:
 
     @property
     def min_qps(self) -> float:
-        return self.min_query_count / self.max_run_s
+        """Below this a run cannot send `min_query_count` Poisson arrivals within `max_run_s`
+        (with a 25% margin: their count varies)."""
+        return 1.25 * self.min_query_count / self.max_run_s
 
     def policy(self, offline_qps: float) -> SearchPolicy:
         """The search for a configuration whose Offline throughput was `offline_qps`."""
