@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 
+import recaccel.bench.run as run_module
 from recaccel.bench.report import write_report
-from recaccel.bench.run import BenchOptions, run_bench
+from recaccel.bench.run import BenchOptions, bench_profile_options, measure_profile, run_bench
 from recaccel.data.dataset import Dataset
+from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import ProfileOptions, run_profile
 from recaccel.train.pipeline import train_models
 from recaccel.train.trainer import TrainConfig
 
 TINY_SERVE = (sys.executable, str(Path(__file__).with_name("tiny_serve_cli.py")))
+# PyTorch eager only: it starts fastest (no export, no compile).
+TINY_PROFILE = ProfileOptions(
+    backends=("torch-eager",), threads=(1,), batches=(1, 8), serving_batch=20,
+    repeats=5, min_repeats=2, warmup=1, seconds_per_batch=0.5,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +47,7 @@ def test_bench_runs_four_servers_and_reports(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # PyTorch eager only: it starts fastest (no export, no compile).
-    options = ProfileOptions(
-        backends=("torch-eager",), threads=(1,), batches=(1, 8), serving_batch=20,
-        repeats=5, min_repeats=2, warmup=1, seconds_per_batch=0.5,
-    )  # fmt: skip
-    profile = run_profile([bench_artifact, candidate], tiny_dataset, options, progress=False)
+    profile = run_profile([bench_artifact, candidate], tiny_dataset, TINY_PROFILE, progress=False)
     pickled = tmp_path / "dataset.pkl"
     pickled.write_bytes(pickle.dumps(tiny_dataset))
     monkeypatch.setenv("BENCH_TINY_DATASET", str(pickled))
@@ -92,3 +94,21 @@ def test_bench_runs_four_servers_and_reports(
     assert {p.name for p in written} >= {"report.md", "report.json", "latency_cdf.png"}
     data = json.loads((out / "report.json").read_text())
     assert len(data["headline"]["bars"]) == 3
+
+
+def test_a_measured_profile_is_saved_where_the_report_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bench_artifact: Path, tiny_dataset: Dataset
+) -> None:
+    made: list[ProfileOptions] = []
+
+    def fake_profile(
+        artifacts: object, dataset: object, options: ProfileOptions, **_: object
+    ) -> Profile:
+        made.append(options)
+        return run_profile([bench_artifact], tiny_dataset, TINY_PROFILE, progress=False)
+
+    monkeypatch.setattr(run_module, "run_profile", fake_profile)
+    path = tmp_path / "bench" / "profile" / "profile.json"
+    profile = measure_profile([bench_artifact], tiny_dataset, path, quick=True, progress=False)
+    assert load_profile(path) == profile
+    assert made == [bench_profile_options(quick=True)]

@@ -58,7 +58,7 @@ from recaccel.bench.search import SearchPolicy, SearchResult, search_interleaved
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
-from recaccel.runtime.profile import Profile, save_profile
+from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
 from recaccel.runtime.profiler import (
     ProfileOptions,
     describe_machine,
@@ -187,10 +187,11 @@ def default_candidates(heavy: Path) -> list[Path]:
 
 
 def measure_profile(
-    artifacts: Sequence[Path], dataset: Dataset, out: Path, quick: bool, progress: bool
+    artifacts: Sequence[Path], dataset: Dataset, path: Path, quick: bool, progress: bool
 ) -> Profile:
+    """Profile `artifacts` with the bench's reduced settings and save it to the file `path`."""
     profile = run_profile(artifacts, dataset, bench_profile_options(quick), progress=progress)
-    save_profile(profile, out)
+    save_profile(profile, path)
     return profile
 
 
@@ -283,8 +284,9 @@ def run_bench(
     if profile is None:
         say("profiling the artifacts (reduced settings; pass --profile to reuse one)")
         paths = [heavy_ref.path, *(r.path for r in refs)]
-        profile = measure_profile(paths, dataset, out / "profile", options.quick, False)
-        profile_source = f"measured in this run, {out / 'profile' / 'profile.json'}"
+        saved = out / "profile" / PROFILE_FILE
+        profile = measure_profile(paths, dataset, saved, options.quick, False)
+        profile_source = f"measured in this run, {saved}"
     plan = plan_bench(
         heavy_ref, refs, profile, options.slo_ms, options.relative_budget, cores, out / "profiles"
     )
