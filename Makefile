@@ -18,6 +18,8 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/recaccel train --dataset movielens-100k --model dlrm --preset heavy --out $(OUT)
 	$(BIN)/recaccel optimize $(OUT) --recipe default --out $(OUT)-optimized
+# Baseline, ablations and recaccel under MLPerf LoadGen, interleaved: results/bench/report.md
+	$(BIN)/recaccel bench --baseline $(OUT)
 
 check: setup
 	$(BIN)/ruff check src tests
