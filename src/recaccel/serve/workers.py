@@ -6,13 +6,14 @@ is started with `WorkerProcess.start`, answers `await worker.ready()` with what 
 startup latency model, then scores `await worker.run(batch)` calls in the order sent.
 
 Plumbing, and why each piece:
-- Batches go to the worker through a `multiprocessing` Queue: its feeder thread writes the
-  pickled arrays, so a 1,000-row batch larger than the pipe buffer never blocks the event loop
-  while the worker is still busy with the previous one.
-- Results come back on a one-way Pipe read by one thread per worker that waits on the pipe
-  *and* the process sentinel together (`multiprocessing.connection.wait`): a worker that dies
-  (kill -9, out of memory, a segfault in a native kernel) is noticed at once, and every batch
-  it held fails with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
+- Batches go to the worker, and scores come back, as length-prefixed pickles over two pipes
+  (ipc.py). The event loop writes a task itself without ever blocking (a 1,000-row batch larger
+  than the pipe buffer waits in a buffer the loop flushes as the worker reads) and reads results
+  when their pipe is readable: no feeder or reader thread, so no GIL hand-off and no
+  `call_soon_threadsafe` on the request path (ipc.py says what that cost).
+- The loop also watches the worker's process sentinel: a worker that dies (kill -9, out of
+  memory, a segfault in a native kernel) is noticed at once, and every batch it held fails
+  with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
 - Workers ignore SIGINT and SIGTERM: the server receives those and drains first; a worker ends
   when told to, or as soon as the server's process ends, however it ends (a watcher thread
   waits on the parent's process sentinel), so a killed server leaves no orphans.
@@ -48,6 +49,7 @@ from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import RecaccelError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
+from recaccel.serve import ipc
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
+def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> None:
     """The worker process: load, report, then score batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -133,18 +135,19 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
 
     from recaccel.runtime.executor import load_executor
 
+    tasks_fd, results_fd = tasks.fileno(), results.fileno()
     try:
         start = time.perf_counter()
         executor = load_executor(spec.artifact, spec.config)
         latency = _startup_latency(executor, executor.schema, spec.startup_batches)
         info = WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
     except Exception as error:  # reported to the server, which names it in its start-up error
-        results.send(("failed", f"{type(error).__name__}: {error}"))
+        ipc.send(results_fd, ("failed", f"{type(error).__name__}: {error}"))
         return
-    results.send(("ready", info))
+    ipc.send(results_fd, ("ready", info))
     while True:
         try:
-            task = tasks.get()
+            task = ipc.receive(tasks_fd)
         except (EOFError, OSError):
             return  # the server is gone
         if task is None:
@@ -162,8 +165,8 @@ def _worker_main(spec: WorkerSpec, tasks: Any, results: Connection) -> None:
             outcome = ("error", f"{type(error).__name__}: {error}")
         busy_s = time.perf_counter() - start
         try:
-            results.send((batch_id, *outcome, busy_s))
-        except (BrokenPipeError, OSError):
+            ipc.send(results_fd, (batch_id, *outcome, busy_s))
+        except OSError:
             return
 
 
@@ -198,7 +201,9 @@ class WorkerProcess:
         self.stats = WorkerStats()
         self.on_exit: Callable[[WorkerProcess], None] | None = None
         self._context = multiprocessing.get_context("spawn")
-        self._tasks: Any = None
+        self._tasks: ipc.NonBlockingWriter | None = None
+        self._results_fd: int | None = None
+        self._decoder = ipc.FrameDecoder()
         self._pending: dict[int, _Pending] = {}
         self._ready: asyncio.Future[WorkerInfo] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,20 +216,25 @@ class WorkerProcess:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
-        receive, send = self._context.Pipe(duplex=False)
-        self._tasks = self._context.Queue()
+        task_reader, task_writer = self._context.Pipe(duplex=False)
+        result_reader, result_writer = self._context.Pipe(duplex=False)
         self._process = self._context.Process(
             target=_worker_main,
-            args=(self.spec, self._tasks, send),
+            args=(self.spec, task_reader, result_writer),
             name=f"recaccel-worker-{self.name}",
             daemon=True,
         )
         self._process.start()
-        send.close()  # only the worker writes; its end closing is how death shows up as EOF
+        # Only the worker reads tasks and writes results: closing our copies of its ends is
+        # what lets its death show up as EOF. Our ends become plain fds the loop watches.
+        task_reader.close()
+        result_writer.close()
+        self._tasks = ipc.NonBlockingWriter(_take_fd(task_writer), self._loop)
+        self._results_fd = _take_fd(result_reader)
+        os.set_blocking(self._results_fd, False)
+        self._loop.add_reader(self._results_fd, self._on_results)
+        self._loop.add_reader(self._process.sentinel, self._on_exit)
         self.alive = True
-        threading.Thread(
-            target=self._read_results, args=(receive,), name=f"results-{self.name}", daemon=True
-        ).start()
 
     async def ready(self, timeout_s: float = READY_TIMEOUT_S) -> WorkerInfo:
         assert self._ready is not None, "start() first"
@@ -255,7 +265,7 @@ class WorkerProcess:
         if self._pending:
             await asyncio.wait([asyncio.ensure_future(p.future) for p in self._pending.values()])
         if self.alive:
-            self._tasks.put(None)
+            self._send(None)
         await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout_s)
         if self._process.is_alive():
             self.kill()
@@ -276,36 +286,51 @@ class WorkerProcess:
             return future
         batch_id = next(_ids)
         self._pending[batch_id] = _Pending(future, len(batch))
-        self._tasks.put(
-            (
-                batch_id,
-                batch.dense.numpy(),
-                batch.categorical.numpy(),
-                batch.multi_hot.numpy(),
-            )
+        self._send(
+            (batch_id, batch.dense.numpy(), batch.categorical.numpy(), batch.multi_hot.numpy())
         )
         return future
 
-    # the results thread --------------------------------------------------------------------
+    def _send(self, message: Any) -> None:
+        assert self._tasks is not None
+        with contextlib.suppress(OSError):  # the worker is gone: its sentinel fails the batch
+            self._tasks.write(ipc.frame(message))
 
-    def _read_results(self, receive: Connection) -> None:
-        sentinel = self._process.sentinel
-        while True:
-            ready = wait([receive, sentinel])
-            if receive in ready:
-                try:
-                    message = receive.recv()
-                except (EOFError, OSError):
-                    break
-                self._call(self._deliver, message)
-                continue
-            break  # the process ended and nothing is left to read
-        self._call(self._died)
+    # results, read on the event loop ----------------------------------------------------
 
-    def _call(self, function: Callable[..., None], *args: Any) -> None:
+    def _on_results(self) -> None:
+        """The results pipe is readable: deliver every message that is complete."""
+        assert self._results_fd is not None
+        try:
+            chunk = os.read(self._results_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # EOF: the worker closed its end, so it is ending
+            self._loop_remove_reader(self._results_fd)
+            return
+        for message in self._decoder.feed(chunk):
+            self._deliver(message)
+
+    def _on_exit(self) -> None:
+        """The process ended: read what it sent before it did, then fail what it held."""
+        assert self._process is not None and self._results_fd is not None
+        self._loop_remove_reader(self._process.sentinel)
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self._results_fd, 1 << 20):
+                for message in self._decoder.feed(chunk):
+                    self._deliver(message)
+        self._loop_remove_reader(self._results_fd)
+        os.close(self._results_fd)
+        if self._tasks is not None:
+            self._tasks.close()
+        self._died()
+
+    def _loop_remove_reader(self, fd: int) -> None:
         assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is exiting
-            self._loop.call_soon_threadsafe(function, *args)
+        with contextlib.suppress(RuntimeError, ValueError, OSError):  # a closed loop or fd
+            self._loop.remove_reader(fd)
 
     def _deliver(self, message: tuple[Any, ...]) -> None:
         assert self._ready is not None
@@ -347,10 +372,14 @@ class WorkerProcess:
             if not pending.future.done():
                 pending.future.set_exception(error)
         self._pending.clear()
-        with contextlib.suppress(OSError, ValueError):
-            self._tasks.close()
-            self._tasks.cancel_join_thread()
         if was_alive and not self._stopping:
             log.warning("worker %s died (exit code %s)", self.name, code)
         if self.on_exit is not None:
             self.on_exit(self)
+
+
+def _take_fd(connection: Connection) -> int:
+    """The fd of `connection` as our own (a duplicate), the Connection closed."""
+    fd = os.dup(connection.fileno())
+    connection.close()
+    return fd
