@@ -54,10 +54,14 @@ class ServerSection:
 @dataclass(frozen=True)
 class SloSection:
     p99_ms: float = 50.0  # per rank request, unless the request carries its own deadline
-    # No request waits longer than this for its batch to fill. Measured on the optimized DeepFM
-    # (scripts/serve_max_qps.py): 10 ms cost 7 ms of p50 at 150 QPS and failed p99 <= 50 ms at
-    # 300 QPS; 2 ms met it. Triton defaults to 0.
-    max_queue_delay_ms: float = 2.0
+    # No request waits longer than this for its batch to fill. 0 (Triton's default too): a
+    # batch goes as soon as a worker is free, and under load batches grow by themselves while
+    # every worker is busy. Measured on the pruned DeepFM, one worker
+    # (scripts/serve_max_qps.py --p99-ms 50 -- artifacts/dlrm-heavy-optimized/02-prune-1
+    # --max-workers 1, env RECACCEL_SLO_MAX_QUEUE_DELAY_MS): 10 ms cost 7 ms of p50 at 150
+    # QPS; 2 ms held p99 <= 50 ms up to 175 QPS (p50 7.8 ms); 0 up to 281 QPS (p50 2.8 ms at
+    # 150). Waiting only pays where a worker's per-call cost dwarfs its per-row cost.
+    max_queue_delay_ms: float = 0.0
 
 
 @dataclass(frozen=True)
