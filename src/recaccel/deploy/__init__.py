@@ -1,0 +1,1 @@
+"""Scale out on existing engines: a Triton model repository, and a Ray Serve application."""
