@@ -166,18 +166,22 @@ MODEL = LatencyModel.from_points(
 
 
 @pytest.mark.parametrize(
-    ("queued_rows", "max_rows", "workers", "seconds"),
+    ("backlog", "max_rows", "workers", "seconds"),
     [
-        (0, 1000, 1, 0.0),
-        (300, 1000, 1, 0.003),  # median 0.01 ms per row
-        (2500, 1000, 1, 0.025),  # 10 + 10 + 5 ms
-        (2500, 1000, 2, 0.0125),
+        ([], 1000, 1, 0.0),
+        ([300], 1000, 1, 0.003),  # median 0.01 ms per row
+        ([1000, 1000, 500], 1000, 1, 0.025),  # 10 + 10 + 5 ms
+        ([1000, 1000, 500], 1000, 2, 0.0125),
+        ([400, 400, 400], 1000, 1, 0.012),  # 800 together (8 ms), then 400 (4 ms)
+        # One request per batch: a request is never split, however small max_rows is.
+        ([100, 100, 100], 1, 1, 0.003),
+        ([2500], 1000, 1, 0.025),  # larger than max_rows: it runs alone, whole
     ],
 )
-def test_queue_wait_s(queued_rows: int, max_rows: int, workers: int, seconds: float) -> None:
-    assert queue_wait_s(queued_rows, max_rows, MODEL, workers) == pytest.approx(seconds)
+def test_queue_wait_s(backlog: list[int], max_rows: int, workers: int, seconds: float) -> None:
+    assert queue_wait_s(backlog, max_rows, MODEL, workers) == pytest.approx(seconds)
 
 
 def test_queue_wait_s_needs_a_worker() -> None:
     with pytest.raises(ConfigError, match="workers"):
-        queue_wait_s(100, 1000, MODEL, 0)
+        queue_wait_s([100], 1000, MODEL, 0)

@@ -28,11 +28,12 @@ priorities the other way, 1 the highest; here larger is more important, as in Ku
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from recaccel.errors import ConfigError
 from recaccel.runtime.latency_model import LatencyModel
-from recaccel.serve.batcher_policy import work_ms
+from recaccel.serve.batcher_policy import batches_ms
 from recaccel.serve.errors import OverloadedError, RequestError
 
 # The default rank-request SLO, as runtime/select.py's DEFAULT_SLO_P99_MS (not imported: that
@@ -92,12 +93,15 @@ def retry_after(predicted_drain_s: float) -> float:
     return float(max(1, math.ceil(predicted_drain_s)))
 
 
-def queue_wait_s(queued_rows: int, max_rows: int, latency: LatencyModel, workers: int = 1) -> float:
-    """Predicted time for `workers` executors to work off `queued_rows` in batches of
-    `max_rows` (median per batch, as the router prices a backlog)."""
+def queue_wait_s(
+    backlog_rows: Sequence[int], max_rows: int, latency: LatencyModel, workers: int = 1
+) -> float:
+    """Predicted time for `workers` executors to work off a backlog: each entry one queued
+    request's rows or one batch in flight, run as the batcher groups them (`batches_ms`,
+    median per batch, as the router prices a backlog)."""
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, not {workers}")
-    return work_ms(queued_rows, max_rows, latency, "median") / 1e3 / workers
+    return batches_ms(backlog_rows, max_rows, latency, "median") / 1e3 / workers
 
 
 def admit(

@@ -161,6 +161,34 @@ def work_ms(
     return total + (latency.predict_ms(rest, statistic) if rest else 0.0)
 
 
+def batches_ms(
+    request_rows: Sequence[int],
+    max_rows: int,
+    latency: LatencyModel,
+    statistic: Statistic = "median",
+) -> float:
+    """Predicted time to run queued requests as the batcher groups them: in order, each batch
+    the longest run of requests whose rows fit in `max_rows` (`take`), a request larger than
+    `max_rows` alone. 0 for none.
+
+    Unlike `work_ms`, requests are never split: with `max_rows` 1 (one request per batch) ten
+    100-row requests cost ten 100-row batches, not a thousand 1-row ones.
+
+    >>> from recaccel.runtime.latency_model import LatencyPoint
+    >>> m = LatencyModel.from_points([LatencyPoint(1, 1.0, 1.0, 5), LatencyPoint(101, 2.0, 2.0, 5)])
+    >>> batches_ms([100, 100], 1, m), batches_ms([50, 50], 100, m), batches_ms([], 1, m)
+    (3.98, 1.99, 0.0)
+    """
+    total = 0.0
+    batch = 0
+    for rows in request_rows:
+        if batch and batch + rows > max_rows:
+            total += latency.predict_ms(batch, statistic)
+            batch = 0
+        batch += rows
+    return total + (latency.predict_ms(batch, statistic) if batch else 0.0)
+
+
 def _prefix_deadlines(
     queue: Sequence[Pending], count: int, now: float, latency: LatencyModel, safety_s: float
 ) -> tuple[list[int], list[float]]:

@@ -277,10 +277,6 @@ class Deployment:
 
     # the request path ------------------------------------------------------------------------
 
-    @property
-    def queued_rows(self) -> int:
-        return sum(r.rows for r in self._queue)
-
     async def score(self, batch: FeatureBatch, deadline: float, priority: int = 0) -> np.ndarray:
         """Click probabilities for `batch`'s rows, by `deadline` (time.monotonic()) or a 429."""
         now = time.monotonic()
@@ -302,16 +298,17 @@ class Deployment:
         latency = self.latency
         max_rows = self.config.batching.max_rows
         workers = max(1, sum(len(k.workers) for k in self.kinds))
-        queued = self.queued_rows
-        backlog = queued + sum(w.in_flight_rows for k in self.kinds for w in k.workers)
+        queued = [r.rows for r in self._queue]
+        in_flight = [w.in_flight_rows for k in self.kinds for w in k.workers if w.in_flight]
         verdict = admission.admit(
             self._admission,
             now=now,
             request_rows=rows,
             deadline=deadline,
-            predicted_wait_s=admission.queue_wait_s(backlog, max_rows, latency, workers),
-            predicted_exec_s=latency.predict_ms(min(rows, max_rows)) / 1e3,
-            queued_rows=queued,
+            predicted_wait_s=admission.queue_wait_s(in_flight + queued, max_rows, latency, workers),
+            # Alone or with others, a request's batch holds at least its own rows.
+            predicted_exec_s=latency.predict_ms(rows) / 1e3,
+            queued_rows=sum(queued),
             queued_requests=len(self._queue),
             draining=self.draining,
             priority=priority,
