@@ -7,6 +7,10 @@ scenario through `recaccel.bench.loadgen.find_max_qps`, prints every run and sto
 
     .venv/bin/python scripts/serve_max_qps.py --p99-ms 50 -- \
         artifacts/dlrm-heavy-optimized/02-prune-1 --max-workers 1
+
+`--overload 2` then offers twice the highest QPS found and prints how the answers split:
+admission control should refuse the excess at once (429) while the answered requests keep
+their p99 within the bound.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from recaccel.bench.loadgen import ScenarioResult, find_max_qps
+from recaccel.bench.loadgen import (
+    DEFAULT_MIN_QUERY_COUNT,
+    ScenarioResult,
+    find_max_qps,
+    run_server_scenario,
+)
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.registry import DatasetOptions, load_dataset
@@ -58,6 +67,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--start-qps", type=float, default=50.0)
     parser.add_argument("--out", default="/tmp/recaccel-serve-max-qps")
+    parser.add_argument(
+        "--overload", type=float, default=0.0, help="then offer this multiple of the best QPS"
+    )
     parser.add_argument("serve_args", nargs="+", help="arguments for `recaccel serve`")
     args = parser.parse_args()
     dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
@@ -80,9 +92,33 @@ def main() -> None:
         print("stopped:", result.stopped)
         if result.best is not None:
             print(f"highest QPS within p99 <= {args.p99_ms:g} ms: {result.best[0]:.1f}")
+        if result.best is not None and args.overload > 0:
+            overload(args, workload, result.best[0] * args.overload, server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+
+
+def overload(args: argparse.Namespace, workload: RankWorkload, qps: float, pid: int) -> None:
+    run = run_server_scenario(
+        f"http://127.0.0.1:{PORT}",
+        workload,
+        target_qps=qps,
+        latency_p99_ms=args.p99_ms,
+        duration_s=args.duration_s,
+        min_query_count=DEFAULT_MIN_QUERY_COUNT,
+        out_dir=Path(args.out) / "overload",
+        server_pid=pid,
+    )
+    books = run.sut.books
+    ok, refused = books.ok_latency, books.rejected_latency
+    print(
+        f"overload: offered {qps:.1f} QPS, completed {run.loadgen.completed_qps:.1f}/s;"
+        f" answered {books.ok} (p50 {ok.p50_ms:.2f} ms, p99 {ok.p99_ms:.2f} ms),"
+        f" refused {books.rejected} (p50 {refused.p50_ms:.2f} ms, p99 {refused.p99_ms:.2f} ms),"
+        f" failed {books.failed}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

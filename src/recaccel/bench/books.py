@@ -91,6 +91,10 @@ class BookReport:
     violation_count: int
     client_latency: Percentiles  # every completed sample, issue to answer
     server_latency: Percentiles  # `server_ms` of the ok samples
+    # By outcome: under overload LoadGen's percentiles mix fast refusals with answers; what
+    # admission control promises is the answered requests' latency, and a refusal's speed.
+    ok_latency: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
+    rejected_latency: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
 
     @property
     def consistent(self) -> bool:
@@ -117,6 +121,7 @@ class Books:
         self._violations: list[str] = []
         self._violation_count = 0
         self._latencies_ms: list[float] = []
+        self._kind_latencies_ms: dict[str, list[float]] = {"ok": [], "rejected": []}
         self._server_ms: list[float] = []
         self.rankings: dict[int, Ranked] = {}
 
@@ -141,6 +146,8 @@ class Books:
             if kind == "failed" and outcome.error is not None:
                 self._errors[outcome.error] += 1
             self._latencies_ms.append(outcome.latency_s * 1e3)
+            if kind in self._kind_latencies_ms:
+                self._kind_latencies_ms[kind].append(outcome.latency_s * 1e3)
             if kind == "ok":
                 if outcome.server_ms is not None:
                     self._server_ms.append(outcome.server_ms)
@@ -168,6 +175,8 @@ class Books:
                 violation_count=self._violation_count,
                 client_latency=Percentiles.of_ms(self._latencies_ms),
                 server_latency=Percentiles.of_ms(self._server_ms),
+                ok_latency=Percentiles.of_ms(self._kind_latencies_ms["ok"]),
+                rejected_latency=Percentiles.of_ms(self._kind_latencies_ms["rejected"]),
             )
 
     def _violate(self, what: str) -> None:
