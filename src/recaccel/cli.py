@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import recaccel
+from recaccel.deploy.commands import add_deploy_parser
 from recaccel.errors import ConfigError, RecaccelError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -774,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print report.json")
     bench.set_defaults(run=_cmd_bench)
+    add_deploy_parser(verbs)
     return parser
 
 
