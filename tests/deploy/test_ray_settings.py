@@ -60,6 +60,7 @@ def test_a_model_too_slow_for_the_slo_is_refused() -> None:
         requests_per_batch(_config(slo={"p99_ms": 1.5}), FAST)
 
 
+@pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")
 def test_the_options_are_ray_serve_s() -> None:
     """Ray validates them: every key is a `serve.deployment` option, the autoscaling config
     and the 429 back-pressure answer included."""
