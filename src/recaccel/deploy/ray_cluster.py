@@ -4,10 +4,14 @@
         deploy_ray(artifact, config, RayOptions(address=cluster.address))
         ...
 
-It is `ray start --head --block` in a session of its own, every port its daemons open chosen
-free (GCS, client server, dashboard and its agents, metrics, object and node managers) so two
-clusters on one machine never meet, and its files in a temporary directory of its own. Worker
-processes take ports from Ray's default range (10002-19999), below the ephemeral ports.
+It is `ray start --head --block` in a session of its own. Every port its daemons open is
+chosen free (GCS, client server, dashboard and its agents, metrics, object and node managers,
+HAProxy's metrics and stats where Serve's HAProxy ingress is on), and its files are in a
+temporary directory of its own (HAProxy's in /tmp/haproxy-serve/<node id>, where Serve puts
+them), so two clusters on one machine never meet. Worker processes take ports from Ray's
+default range (10002-19999), below the ephemeral ports; replicas serving HTTP themselves
+(HAProxy ingress) take the next free port of 30000-31000.
+
 Stopping it sends SIGTERM to every process in that session — Ray's daemons, Serve's controller,
 proxy and replicas, the replicas' worker processes — waits, then SIGKILLs whatever is left, and
 removes the directory. `ray stop` is not used: it stops every Ray on the machine, a
@@ -111,6 +115,17 @@ def stop_session(session: int, grace_s: float = STOP_GRACE_S) -> None:
     _signal_all(session_pids(session), signal.SIGKILL)
 
 
+def _own_haproxy_ports() -> dict[str, str]:
+    """Serve's HAProxy ingress keeps its files per node (its paths carry the node id), but serves
+    its metrics and stats on fixed ports (9101, 8404) unless told otherwise; these give this
+    cluster ports of its own."""
+    metrics, stats = free_ports(2)
+    return {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+    }
+
+
 def start_ray_head(
     num_cpus: int, env: Mapping[str, str] | None = None, timeout_s: float = START_TIMEOUT_S
 ) -> LocalRayCluster:
@@ -126,7 +141,7 @@ def start_ray_head(
         *(str(x) for flag, port in ports.items() for x in (flag, port)),
     ]  # fmt: skip
     log = temp_dir / "ray-start.log"
-    environ = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    environ = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **_own_haproxy_ports(), **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env=environ, start_new_session=True
