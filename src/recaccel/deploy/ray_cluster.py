@@ -36,10 +36,10 @@ from pathlib import Path
 from recaccel.errors import RecaccelError
 
 # Ray 2.55+ can put HAProxy in front of replicas that take HTTP themselves, in place of Serve's
-# Python proxy. Measured here (scripts/compare_ray.py, 2 cores): the Python proxy held p99 <= 50
-# ms only up to 28 QPS, HAProxy up to 275-500 (recaccel serve alone: 325-600, same runs). A
-# replica it stops is held open RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s) so HAProxy
-# can drop it first.
+# Python proxy. Measured here (scripts/compare_ray.py, pruned DeepFM, 2 cores, p99 <= 50 ms):
+# behind the Python proxy a deployment held the SLO up to 16-28 QPS, behind HAProxy 200-500
+# (recaccel serve alone, same runs: 325-600). A replica it stops is held open
+# RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s) so HAProxy can drop it first.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
