@@ -50,6 +50,7 @@ from recaccel.errors import RecaccelError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.serve import ipc
+from recaccel.serve.heap import freeze_long_lived_heap
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
     except Exception as error:  # reported to the server, which names it in its start-up error
         ipc.send(results_fd, ("failed", f"{type(error).__name__}: {error}"))
         return
+    freeze_long_lived_heap()  # the model and torch's state: off every full collection
     ipc.send(results_fd, ("ready", info))
     while True:
         try:
