@@ -202,7 +202,13 @@ def test_overload_is_refused_at_once_with_retry_after(
         [f"{MODEL}={served_artifact}"],
         {
             "workers": {"min": 1, "max": 1},
-            "admission": {"max_queue_requests": 2, "max_queue_rows": 100_000},
+            # The worker's queue is the bottleneck here; the limit on requests in flight is
+            # the next test's.
+            "admission": {
+                "max_queue_requests": 2,
+                "max_queue_rows": 100_000,
+                "overload_target_ms": 0,
+            },
             "slo": {"max_queue_delay_ms": 50},
         },
     )
@@ -226,6 +232,31 @@ def test_overload_is_refused_at_once_with_retry_after(
     assert set(statuses) == {200, 429}, statuses
     assert all(retry is not None and int(retry) >= 1 for s, retry in answers if s == 429)
     assert server.metric("recaccel_rejected_total", reason="overloaded") == statuses.count(429)
+    assert_drained(server)
+
+
+def test_past_the_in_flight_limit_inference_is_refused_at_once_and_probes_still_answer(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    # A target of 10 µs: every answered request takes longer, so each interval with enough
+    # answers reads as a standing queue and the limit falls to its floor of 2, as it does
+    # when a saturated server's requests really do wait 10 ms.
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 1, "max": 1}, "admission": {"overload_target_ms": 0.01}},
+    )
+    shed = lambda: server.metric("recaccel_rejected_total", reason="server_overloaded")  # noqa: E731
+    with Load(server, threads=12) as load:
+        wait_for(lambda: server.metric("recaccel_in_flight_limit") == 2, 120, "the limit's floor")
+        wait_for(lambda: shed() >= 5, 60, "refusals past the limit")
+        assert server.get("/v2/health/ready")[0] == 200  # probes are never limited
+    assert load.errors == []
+    statuses = load.statuses()
+    assert set(statuses) == {200, 429}, statuses
+    refused = [body["error"] for status, body in load.outcomes if status == 429]
+    past_limit = [error for error in refused if "in flight, its limit now" in error]
+    assert shed() == len(past_limit) >= 5, refused[:3]
+    assert server.metric("recaccel_standing_delay_seconds") > 0
     assert_drained(server)
 
 

@@ -60,6 +60,7 @@ def test_yaml_works_too(tmp_path: Path) -> None:
         ("[workers]\nexecutors = [{threads = 0}]\n", {}, "threads"),
         ("token = 'abc'\n", {}, "RECACCEL_TOKEN only"),
         ("[slo\n", {}, "not valid TOML"),
+        ("[admission]\noverload_target_ms = -5\n", {}, "admission.overload_target_ms"),
     ],
 )
 def test_a_bad_setting_is_named(

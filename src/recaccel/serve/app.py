@@ -41,8 +41,10 @@ from recaccel.serve.errors import (
     RequestError,
     UnavailableError,
 )
+from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
+from recaccel.serve.overload import OverloadGuard, OverloadPolicy, overload_target_s
 
 log = logging.getLogger("recaccel.serve")
 REQUEST_ID = "X-Request-ID"
@@ -135,10 +137,17 @@ class RequestMetrics:
     path the benchmark measures. It only watches the response start go by.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, log_requests: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServerMetrics,
+        log_requests: bool,
+        overload: OverloadGuard | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self.overload = overload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,6 +158,11 @@ class RequestMetrics:
         header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
         status = 500
         start = time.perf_counter()
+        guard = self.overload if _endpoint(scope.get("path", "")) in ("infer", "rank") else None
+        if guard is not None and not guard.enter():
+            await self._refuse(guard, send, header)
+            self._record(scope, 429, time.perf_counter() - start, request_id)
+            return
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -160,7 +174,30 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self._record(scope, status, time.perf_counter() - start, request_id)
+            elapsed = time.perf_counter() - start
+            if guard is not None:
+                guard.leave(elapsed, answered=status == 200)
+            self._record(scope, status, elapsed, request_id)
+
+    async def _refuse(
+        self, guard: OverloadGuard, send: Send, request_id: tuple[bytes, bytes]
+    ) -> None:
+        """429 without reading the body or routing: the cheapest answer the loop can give."""
+        body = protocol.error_body(
+            f"server overloaded: {guard.in_flight} inference requests in flight, its limit "
+            f"now (requests waited at least {guard.standing_s * 1e3:.0f} ms in it and its "
+            f"event loop runs {guard.lag_s * 1e3:.0f} ms late; target "
+            f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After"
+        )
+        self.metrics.rejected.labels("", "server_overloaded").inc()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+            request_id,
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
         path = scope.get("path", "")
@@ -186,13 +223,24 @@ def create_app(
     metrics: ServerMetrics,
 ) -> FastAPI:
     """The ASGI app over `repository`'s models; its lifespan starts and drains them."""
+    target_s = overload_target_s(config.admission.overload_target_ms, config.slo.p99_ms)
+
+    def export(guard: OverloadGuard) -> None:
+        metrics.in_flight_limit.set(guard.limit)
+        metrics.standing_delay.set(guard.standing_s)
+        metrics.loop_lag.set(guard.lag_s)
+
+    overload = OverloadGuard(OverloadPolicy(target_s), on_interval=export)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await repository.start()
+        freeze_long_lived_heap()  # features, models, imports: off every full collection
+        overload.start()
         try:
             yield
         finally:
+            await overload.stop()
             await repository.drain()
             log.warning("drained: every admitted request answered, workers stopped")
 
@@ -215,7 +263,12 @@ def create_app(
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(Exception, unexpected_error)
-    app.add_middleware(RequestMetrics, metrics=metrics, log_requests=config.server.log_requests)
+    app.add_middleware(
+        RequestMetrics,
+        metrics=metrics,
+        log_requests=config.server.log_requests,
+        overload=overload,
+    )
 
     # --- health and metadata ------------------------------------------------------------------
 

@@ -6,7 +6,7 @@
     [workers]    min, max, executors = [{backend, device, precision, threads, count}]
     [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
                  interval_s
-    [admission]  max_queue_rows, max_queue_requests
+    [admission]  max_queue_rows, max_queue_requests, overload_target_ms
     [rank]       default_k, max_candidates
 
 Later sources override earlier ones key by key. An environment variable is
@@ -101,6 +101,9 @@ class AutoscalerSection:
 class AdmissionSection:
     max_queue_rows: int = 50_000
     max_queue_requests: int = 2_000
+    # The delay an adaptive limit on inference requests in flight aims under; past the limit
+    # they are refused at once (serve/overload.py). None: a fifth of slo.p99_ms; 0: no limit.
+    overload_target_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ def _check(config: ServeConfig) -> ServeConfig:
         (config.autoscaler.interval_s > 0, "autoscaler.interval_s: must be > 0"),
         (config.admission.max_queue_requests >= 1, "admission.max_queue_requests: must be >= 1"),
         (config.admission.max_queue_rows >= 1, "admission.max_queue_rows: must be >= 1"),
+        (config.admission.overload_target_ms is None or config.admission.overload_target_ms >= 0,
+         "admission.overload_target_ms: must be >= 0 (0 turns overload shedding off)"),
         (config.rank.default_k >= 1, "rank.default_k: must be >= 1"),
         (config.rank.max_candidates >= 1, "rank.max_candidates: must be >= 1"),
         (not config.server.management or bool(config.token),

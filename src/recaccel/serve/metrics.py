@@ -78,6 +78,21 @@ class ServerMetrics:
             "recaccel_worker_restarts", "Workers replaced after dying", ["model", "kind"],
             registry=r,
         )  # fmt: skip
+        self.in_flight_limit = Gauge(
+            "recaccel_in_flight_limit",
+            "Inference requests the server takes at once before refusing more (adaptive)",
+            registry=r,
+        )
+        self.standing_delay = Gauge(
+            "recaccel_standing_delay_seconds",
+            "Shortest server time of the inference requests answered in the last interval",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "recaccel_event_loop_lag_seconds",
+            "How late the HTTP process's event loop runs (moving average)",
+            registry=r,
+        )
         self.queued_requests = Gauge(
             "recaccel_queued_requests", "Requests waiting for a batch", ["model"], registry=r
         )

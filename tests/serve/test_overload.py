@@ -1,0 +1,211 @@
+"""The adaptive limit on inference requests in flight: its target, its signals (standing delay,
+event-loop lag), how it moves, the guard on a real loop made late on purpose, and the
+middleware refusing past it without reading the request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from recaccel.errors import ConfigError
+from recaccel.serve.app import RequestMetrics
+from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.overload import (
+    OverloadGuard,
+    OverloadPolicy,
+    next_limit,
+    overload_target_s,
+    smoothed_lag_s,
+    standing_delay_s,
+)
+
+
+@pytest.mark.parametrize(
+    ("configured_ms", "slo_ms", "target_s"),
+    [(None, 50.0, 0.010), (None, 200.0, 0.040), (3.0, 50.0, 0.003), (0.0, 50.0, 0.0)],
+)
+def test_the_target_is_a_fifth_of_the_slo_unless_set(
+    configured_ms: float | None, slo_ms: float, target_s: float
+) -> None:
+    assert overload_target_s(configured_ms, slo_ms) == pytest.approx(target_s)
+
+
+def test_one_late_timer_moves_the_lag_average_by_half() -> None:
+    lag = smoothed_lag_s(0.0, 0.016, 0.5)
+    assert lag == pytest.approx(0.008)
+    assert smoothed_lag_s(lag, 0.016, 0.5) == pytest.approx(0.012)
+    assert smoothed_lag_s(0.0, -0.001, 0.5) == 0.0  # a timer fired early is no lag
+
+
+def test_a_standing_delay_needs_enough_requests_to_tell_a_queue_from_one_large_request() -> None:
+    policy = OverloadPolicy(target_s=0.010, min_requests=8)
+    assert standing_delay_s(0.030, 7, policy) == 0.0
+    assert standing_delay_s(0.030, 8, policy) == 0.030
+
+
+POLICY = OverloadPolicy(target_s=0.010, min_limit=2, initial_limit=64, max_limit=100)
+
+
+@pytest.mark.parametrize(
+    ("limit", "standing_s", "lag_s", "reached", "expected"),
+    [
+        (64, 0.015, 0.0, True, 51),  # a standing queue: cut by a fifth
+        (64, 0.0, 0.015, False, 51),  # a late loop: cut too, reached or not
+        (2, 0.5, 0.5, True, 2),  # never below the floor
+        (20, 0.005, 0.002, True, 21),  # under target and binding: one more
+        (20, 0.005, 0.002, False, 20),  # under target, not binding: no evidence, no change
+        (100, 0.0, 0.0, True, 100),  # capped
+        (20, 0.010, 0.010, True, 21),  # at the target is not over it
+    ],
+)
+def test_the_limit_decreases_multiplicatively_and_increases_additively(
+    limit: int, standing_s: float, lag_s: float, reached: bool, expected: int
+) -> None:
+    assert next_limit(limit, standing_s, lag_s, reached, POLICY) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_s": -0.001},
+        {"target_s": float("nan")},
+        {"target_s": 0.01, "lag_weight": 0.0},
+        {"target_s": 0.01, "min_requests": 0},
+        {"target_s": 0.01, "min_limit": 8, "initial_limit": 4},
+        {"target_s": 0.01, "backoff": 1.0},
+        {"target_s": 0.01, "interval_s": 0.0},
+    ],
+)
+def test_a_bad_policy_is_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        OverloadPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_guard_refuses_past_its_limit_and_learns_from_answered_requests() -> None:
+    guard = OverloadGuard(OverloadPolicy(target_s=0.010, initial_limit=4, min_requests=3))
+    assert [guard.enter() for _ in range(5)] == [True, True, True, True, False]
+    for _ in range(4):
+        guard.leave(0.020, answered=True)  # every one of them waited 20 ms: a queue
+    assert guard.in_flight == 0
+    guard.close_interval()
+    assert guard.standing_s == 0.020 and guard.limit == 3
+    guard.leave(0.001, answered=True)  # one quick answer is too few for a verdict
+    guard.close_interval()
+    assert guard.standing_s == 0.0 and guard.limit == 3  # and the limit did not bind
+
+
+def test_a_zero_target_never_refuses_and_starts_no_sampler() -> None:
+    async def scenario() -> OverloadGuard:
+        guard = OverloadGuard(OverloadPolicy(target_s=0.0, initial_limit=1, min_limit=1))
+        guard.start()
+        admitted = [guard.enter() for _ in range(10)]
+        assert admitted == [True] * 10
+        time.sleep(0.05)
+        await asyncio.sleep(0.01)
+        await guard.stop()
+        return guard
+
+    assert asyncio.run(scenario()).lag_s == 0.0
+
+
+def test_a_blocked_loop_cuts_the_limit() -> None:
+    seen: list[tuple[int, float]] = []
+
+    async def scenario() -> OverloadGuard:
+        policy = OverloadPolicy(target_s=0.010, interval_s=0.02, initial_limit=64)
+        guard = OverloadGuard(
+            policy, lambda g: seen.append((g.limit, g.lag_s)), sample_interval_s=0.002
+        )
+        guard.start()
+        await asyncio.sleep(0.03)
+        for _ in range(4):  # the loop busy for 60 ms at a stretch, four times over
+            time.sleep(0.06)
+            await asyncio.sleep(0.005)  # the sampler runs after the stall
+        await guard.stop()
+        return guard
+
+    guard = asyncio.run(scenario())
+    assert guard.limit < 64, seen
+    assert max(lag for _, lag in seen) > 0.010, seen
+
+
+def full_guard() -> OverloadGuard:
+    guard = OverloadGuard(OverloadPolicy(target_s=0.010, initial_limit=2, min_limit=2))
+    guard.standing_s, guard.lag_s = 0.025, 0.004
+    assert guard.enter() and guard.enter()
+    return guard
+
+
+@pytest.mark.parametrize(
+    ("path", "shed_it"),
+    [
+        ("/v1/rank", True),
+        ("/v2/models/ranker/infer", True),
+        ("/v2/models/ranker/versions/2/infer", True),
+        ("/v2/health/ready", False),
+        ("/metrics", False),
+        ("/v2/repository/models/ranker/load", False),
+    ],
+)
+def test_an_overloaded_loop_refuses_inference_before_reading_it(path: str, shed_it: bool) -> None:
+    metrics = ServerMetrics()
+    called: list[str] = []
+    sent: list[Message] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> Message:
+        raise AssertionError("the body was read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    guard = full_guard()
+    middleware = RequestMetrics(inner, metrics, log_requests=False, overload=guard)
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "state": {}}
+    asyncio.run(middleware(scope, receive, send))
+
+    status = sent[0]["status"]
+    headers = dict(sent[0]["headers"])
+    rejected = metrics.registry.get_sample_value(
+        "recaccel_rejected_total", {"model": "", "reason": "server_overloaded"}
+    )
+    if shed_it:
+        assert called == [] and status == 429
+        assert headers[b"retry-after"] == b"1" and b"x-request-id" in headers
+        message = json.loads(sent[1]["body"])["error"]
+        assert "2 inference requests in flight" in message and "10 ms" in message
+        assert rejected == 1 and guard.in_flight == 2
+    else:
+        assert called == [path] and status == 200
+        assert rejected is None and guard.in_flight == 2  # probes are not counted
+
+
+def test_an_admitted_request_is_counted_while_in_flight_and_timed_when_answered() -> None:
+    guard = OverloadGuard(OverloadPolicy(target_s=0.010, min_requests=1))
+    during: list[int] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        during.append(guard.in_flight)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    middleware = RequestMetrics(inner, ServerMetrics(), log_requests=False, overload=guard)
+    scope = {"type": "http", "method": "POST", "path": "/v1/rank", "headers": [], "state": {}}
+    asyncio.run(middleware(scope, receive, send))
+    assert during == [1] and guard.in_flight == 0
+    guard.close_interval()
+    assert 0 < guard.standing_s < 1
