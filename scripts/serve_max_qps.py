@@ -10,12 +10,15 @@ scenario through `recaccel.bench.loadgen.find_max_qps`, prints every run and sto
 
 `--overload 2` then offers twice the highest QPS found and prints how the answers split:
 admission control should refuse the excess at once (429) while the answered requests keep
-their p99 within the bound.
+their p99 within the bound. `--at-qps 300 650` skips the search and does that at each load.
+The load generator costs about 0.8 ms of CPU per request: on 2 cores it saturates the machine
+before an overload reaches the server, unless `--server-cpus 1` gives each its own core.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -61,6 +64,15 @@ def show(run: ScenarioResult) -> None:
     )
 
 
+def cpu_list(text: str) -> set[int]:
+    """A taskset CPU list ("1", "0,2", "2-3") as a set."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--p99-ms", type=float, default=50.0)
@@ -70,15 +82,38 @@ def main() -> None:
     parser.add_argument(
         "--overload", type=float, default=0.0, help="then offer this multiple of the best QPS"
     )
+    parser.add_argument(
+        "--at-qps",
+        type=float,
+        nargs="*",
+        default=[],
+        help="skip the search: offer each of these QPS and print how the answers split",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        help="pin the server and its workers to these CPUs (taskset list, e.g. 1) and this "
+        "load generator to the others, so that overload tests the server, not the client",
+    )
     parser.add_argument("serve_args", nargs="+", help="arguments for `recaccel serve`")
     args = parser.parse_args()
     dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
     workload = RankWorkload.from_dataset(dataset, n_samples=20_000, seed=0)
     print("candidates per request:", workload.stats(), flush=True)
     command = [sys.executable, "-m", "recaccel.cli", "serve", *args.serve_args]
+    if args.server_cpus:
+        server_cpus = cpu_list(args.server_cpus)
+        client_cpus = os.sched_getaffinity(0) - server_cpus
+        if not client_cpus:
+            raise SystemExit(f"--server-cpus {args.server_cpus} leaves no CPU for the client")
+        os.sched_setaffinity(0, client_cpus)
+        command = ["taskset", "--cpu-list", args.server_cpus, *command]
     server = subprocess.Popen([*command, "--port", str(PORT)])
     try:
         wait_ready(server)
+        if args.at_qps:
+            for qps in args.at_qps:
+                overload(args, workload, qps, server.pid)
+            return
         result = find_max_qps(
             f"http://127.0.0.1:{PORT}",
             workload,
@@ -107,16 +142,16 @@ def overload(args: argparse.Namespace, workload: RankWorkload, qps: float, pid: 
         latency_p99_ms=args.p99_ms,
         duration_s=args.duration_s,
         min_query_count=DEFAULT_MIN_QUERY_COUNT,
-        out_dir=Path(args.out) / "overload",
+        out_dir=Path(args.out) / f"at-{qps:g}",
         server_pid=pid,
     )
     books = run.sut.books
     ok, refused = books.ok_latency, books.rejected_latency
     print(
-        f"overload: offered {qps:.1f} QPS, completed {run.loadgen.completed_qps:.1f}/s;"
+        f"offered {qps:.1f} QPS, completed {run.loadgen.completed_qps:.1f}/s;"
         f" answered {books.ok} (p50 {ok.p50_ms:.2f} ms, p99 {ok.p99_ms:.2f} ms),"
         f" refused {books.rejected} (p50 {refused.p50_ms:.2f} ms, p99 {refused.p99_ms:.2f} ms),"
-        f" failed {books.failed}",
+        f" failed {books.failed}; client loop lag p99 {run.sut.overhead.loop_lag.p99_ms:.1f} ms",
         flush=True,
     )
 
