@@ -17,6 +17,7 @@ from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.overload import (
     OverloadGuard,
     OverloadPolicy,
+    congestion_s,
     next_limit,
     overload_target_s,
     smoothed_lag_s,
@@ -51,21 +52,28 @@ POLICY = OverloadPolicy(target_s=0.010, min_limit=2, initial_limit=64, max_limit
 
 
 @pytest.mark.parametrize(
-    ("limit", "standing_s", "lag_s", "reached", "expected"),
+    ("limit", "congestion_s", "streak", "reached", "expected"),
     [
-        (64, 0.015, 0.0, True, 51),  # a standing queue: cut by a fifth
-        (64, 0.0, 0.015, False, 51),  # a late loop: cut too, reached or not
-        (2, 0.5, 0.5, True, 2),  # never below the floor
-        (20, 0.005, 0.002, True, 21),  # under target and binding: one more
-        (20, 0.005, 0.002, False, 20),  # under target, not binding: no evidence, no change
-        (100, 0.0, 0.0, True, 100),  # capped
-        (20, 0.010, 0.010, True, 21),  # at the target is not over it
+        (64, 0.011, 1, True, 64),  # one interval just over target: a burst, not overload
+        (64, 0.011, 2, True, 57),  # two: cut gently, 10% at least (0.9 > 10/11)
+        (64, 0.0125, 2, False, 51),  # in proportion to the overshoot: × 10/12.5
+        (64, 0.100, 3, True, 32),  # far over: halved at most
+        (2, 0.5, 9, True, 2),  # never below the floor
+        (20, 0.005, 0, True, 21),  # under target and binding: one more
+        (20, 0.005, 0, False, 20),  # under target, not binding: no evidence, no change
+        (100, 0.0, 0, True, 100),  # capped
+        (20, 0.010, 0, True, 21),  # at the target is not over it
     ],
 )
-def test_the_limit_decreases_multiplicatively_and_increases_additively(
-    limit: int, standing_s: float, lag_s: float, reached: bool, expected: int
+def test_the_limit_is_cut_in_proportion_to_a_lasting_overshoot_and_grows_by_one(
+    limit: int, congestion_s: float, streak: int, reached: bool, expected: int
 ) -> None:
-    assert next_limit(limit, standing_s, lag_s, reached, POLICY) == expected
+    assert next_limit(limit, congestion_s, streak, reached, POLICY) == expected
+
+
+def test_the_congestion_signal_is_the_worse_of_standing_delay_and_loop_lag() -> None:
+    assert congestion_s(0.012, 0.003) == 0.012
+    assert congestion_s(0.002, 0.015) == 0.015
 
 
 @pytest.mark.parametrize(
@@ -76,7 +84,9 @@ def test_the_limit_decreases_multiplicatively_and_increases_additively(
         {"target_s": 0.01, "lag_weight": 0.0},
         {"target_s": 0.01, "min_requests": 0},
         {"target_s": 0.01, "min_limit": 8, "initial_limit": 4},
-        {"target_s": 0.01, "backoff": 1.0},
+        {"target_s": 0.01, "backoff": 0.95},
+        {"target_s": 0.01, "gentlest_cut": 1.0},
+        {"target_s": 0.01, "patience": 0},
         {"target_s": 0.01, "interval_s": 0.0},
     ],
 )
@@ -86,16 +96,16 @@ def test_a_bad_policy_is_refused(kwargs: dict[str, float]) -> None:
 
 
 def test_the_guard_refuses_past_its_limit_and_learns_from_answered_requests() -> None:
-    guard = OverloadGuard(OverloadPolicy(target_s=0.010, initial_limit=4, min_requests=3))
-    assert [guard.enter() for _ in range(5)] == [True, True, True, True, False]
-    for _ in range(4):
-        guard.leave(0.020, answered=True)  # every one of them waited 20 ms: a queue
-    assert guard.in_flight == 0
-    guard.close_interval()
-    assert guard.standing_s == 0.020 and guard.limit == 3
+    guard = OverloadGuard(OverloadPolicy(target_s=0.010, initial_limit=10, min_requests=3))
+    assert [guard.enter() for _ in range(11)] == [True] * 10 + [False]
+    for interval, limit in enumerate((10, 5)):  # every one waited 20 ms: a standing queue
+        for _ in range(3):
+            guard.leave(0.020, answered=True)
+        guard.close_interval()
+        assert guard.standing_s == 0.020 and guard.limit == limit, interval
     guard.leave(0.001, answered=True)  # one quick answer is too few for a verdict
     guard.close_interval()
-    assert guard.standing_s == 0.0 and guard.limit == 3  # and the limit did not bind
+    assert guard.standing_s == 0.0 and guard.limit == 5  # 3 in flight: the limit bound nothing
 
 
 def test_a_zero_target_never_refuses_and_starts_no_sampler() -> None:

@@ -12,8 +12,9 @@ The guard is an adaptive limit on inference requests in flight in the server, as
 concurrency-limits and Envoy's adaptive-concurrency filter keep one: a request that arrives
 with the limit reached is answered 429 with `Retry-After` at once, before its body is read or
 routed, which costs the loop a small fraction of serving it. Every interval (100 ms) the limit
-moves by additive increase, multiplicative decrease (`next_limit`) on one congestion signal
-compared with a target delay (`admission.overload_target_ms`, by default a fifth of the SLO,
+moves by additive increase, multiplicative decrease (`next_limit`: a cut in proportion to the
+overshoot, after two congested intervals in a row) on one congestion signal compared with a
+target delay (`admission.overload_target_ms`, by default a fifth of the SLO,
 which leaves the rest of it to the request's own batch):
 
 - **Standing delay**, as CoDel (Nichols and Jacobson, 2012) and Facebook's server queues
@@ -54,7 +55,9 @@ class OverloadPolicy:
     initial_limit: int = 64  # requests in flight
     min_limit: int = 2  # a server refusing everything could not learn it had recovered
     max_limit: int = 2_000
-    backoff: float = 0.8  # the limit's factor after a congested interval
+    patience: int = 2  # congested intervals in a row before the limit is cut
+    backoff: float = 0.5  # the deepest cut: the limit's least factor after a congested interval
+    gentlest_cut: float = 0.9  # and its greatest
 
     def __post_init__(self) -> None:
         if not (self.target_s >= 0 and math.isfinite(self.target_s)):
@@ -73,8 +76,13 @@ class OverloadPolicy:
                 "overload limits must satisfy 1 <= min_limit <= initial_limit <= max_limit, "
                 f"not {self.min_limit}, {self.initial_limit}, {self.max_limit}"
             )
-        if not 0 < self.backoff < 1:
-            raise ConfigError(f"overload backoff must be in (0, 1), not {self.backoff}")
+        if not 0 < self.backoff <= self.gentlest_cut < 1:
+            raise ConfigError(
+                "overload cuts must satisfy 0 < backoff <= gentlest_cut < 1, not "
+                f"{self.backoff}, {self.gentlest_cut}"
+            )
+        if self.patience < 1:
+            raise ConfigError(f"overload patience must be >= 1, not {self.patience}")
 
     @property
     def enabled(self) -> bool:
@@ -100,14 +108,29 @@ def standing_delay_s(shortest_s: float, answered: int, policy: OverloadPolicy) -
     return shortest_s if answered >= policy.min_requests else 0.0
 
 
+def congestion_s(standing_s: float, lag_s: float) -> float:
+    """The one signal the limit follows: the worse of the two delays."""
+    return max(standing_s, lag_s)
+
+
 def next_limit(
-    limit: int, standing_s: float, lag_s: float, reached: bool, policy: OverloadPolicy
+    limit: int, congestion: float, streak: int, reached: bool, policy: OverloadPolicy
 ) -> int:
-    """The limit for the next interval. Congested (either signal over the target): cut by
-    `backoff`. Otherwise grow by one, but only if the limit was reached in the interval:
-    a limit that binds nothing says nothing about the server's capacity."""
-    if max(standing_s, lag_s) > policy.target_s:
-        return max(policy.min_limit, math.floor(limit * policy.backoff))
+    """The limit for the next interval; `streak` counts the congested intervals in a row, this
+    one included.
+
+    Congested for `patience` intervals: cut in proportion to the overshoot (the limit times
+    target / congestion, as Netflix's gradient limit scales by the ratio of no-load to current
+    latency), between `backoff` and `gentlest_cut`. So a Poisson burst near capacity, one
+    interval just over target, costs nothing, while a real overload halves the limit per
+    interval. Under target: grow by one, but only if the limit was reached in the interval:
+    a limit that binds nothing says nothing about the server's capacity.
+    """
+    if congestion > policy.target_s:
+        if streak < policy.patience:
+            return limit
+        factor = min(policy.gentlest_cut, max(policy.backoff, policy.target_s / congestion))
+        return max(policy.min_limit, math.floor(limit * factor))
     if reached:
         return min(policy.max_limit, limit + 1)
     return limit
@@ -131,6 +154,7 @@ class OverloadGuard:
         self._shortest_s = math.inf
         self._answered = 0
         self._reached = False
+        self._streak = 0
         self._on_interval = on_interval  # e.g. to gauges
         self._sample_interval_s = sample_interval_s
         self._task: asyncio.Task[None] | None = None
@@ -163,7 +187,9 @@ class OverloadGuard:
     def close_interval(self) -> None:
         self.standing_s = standing_delay_s(self._shortest_s, self._answered, self.policy)
         reached = self._reached or self.in_flight >= self.limit
-        self.limit = next_limit(self.limit, self.standing_s, self.lag_s, reached, self.policy)
+        congestion = congestion_s(self.standing_s, self.lag_s)
+        self._streak = self._streak + 1 if congestion > self.policy.target_s else 0
+        self.limit = next_limit(self.limit, congestion, self._streak, reached, self.policy)
         self._shortest_s, self._answered, self._reached = math.inf, 0, False
         if self._on_interval is not None:
             self._on_interval(self)
