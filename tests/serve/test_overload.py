@@ -27,9 +27,9 @@ from recaccel.serve.overload import (
 
 @pytest.mark.parametrize(
     ("configured_ms", "slo_ms", "target_s"),
-    [(None, 50.0, 0.010), (None, 200.0, 0.040), (3.0, 50.0, 0.003), (0.0, 50.0, 0.0)],
+    [(None, 50.0, 0.005), (None, 200.0, 0.020), (3.0, 50.0, 0.003), (0.0, 50.0, 0.0)],
 )
-def test_the_target_is_a_fifth_of_the_slo_unless_set(
+def test_the_target_is_a_tenth_of_the_slo_unless_set(
     configured_ms: float | None, slo_ms: float, target_s: float
 ) -> None:
     assert overload_target_s(configured_ms, slo_ms) == pytest.approx(target_s)

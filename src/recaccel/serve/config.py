@@ -102,7 +102,7 @@ class AdmissionSection:
     max_queue_rows: int = 50_000
     max_queue_requests: int = 2_000
     # The delay an adaptive limit on inference requests in flight aims under; past the limit
-    # they are refused at once (serve/overload.py). None: a fifth of slo.p99_ms; 0: no limit.
+    # they are refused at once (serve/overload.py). None: a tenth of slo.p99_ms; 0: no limit.
     overload_target_ms: float | None = None
 
 
