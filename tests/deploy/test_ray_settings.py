@@ -78,3 +78,11 @@ def test_the_options_are_ray_serve_s() -> None:
 
 def _noop() -> None:
     """A deployment body for `serve.deployment` to validate options on."""
+
+
+def test_a_replica_runs_one_worker_and_leaves_overload_to_rays_queue() -> None:
+    from recaccel.deploy.ray_serve import replica_config
+
+    config = replica_config(_config(workers={"min": 2, "max": 4}))
+    assert (config.workers.min, config.workers.max) == (1, 1)
+    assert config.admission.overload_target_ms == 0

@@ -67,8 +67,16 @@ def import_serve() -> Any:
 
 
 def replica_config(config: ServeConfig) -> ServeConfig:
-    """`config` for one replica: exactly one worker, since Ray scales replicas instead."""
-    return dataclasses.replace(config, workers=dataclasses.replace(config.workers, min=1, max=1))
+    """`config` for one replica: exactly one worker, since Ray scales replicas instead; and no
+    in-flight limit of its own (serve/overload.py). Ray's autoscaler scales on the requests a
+    replica holds, so a replica refusing them early would hide the demand that should add a
+    replica (the Ray scaling test saw replicas started and stopped, never two running);
+    overload is Ray's queue bound to refuse, `max_queued_requests` from [admission]."""
+    return dataclasses.replace(
+        config,
+        workers=dataclasses.replace(config.workers, min=1, max=1),
+        admission=dataclasses.replace(config.admission, overload_target_ms=0.0),
+    )
 
 
 class Replica:
