@@ -26,6 +26,10 @@ from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
 
 MODEL = "ranker"
 Start = Callable[..., Server]
+# For the tests of losing nothing (kill -9, SIGTERM, hot swap): on a CPU-starved machine (a
+# fresh-clone `make check` beside `make demo`) the in-flight limit rightly refused 8 of 3,295
+# requests during a swap, as overload; that is its own test's subject, not theirs.
+NO_IN_FLIGHT_LIMIT = {"admission": {"overload_target_ms": 0}}
 
 
 class Load:
@@ -89,7 +93,9 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 def test_a_killed_worker_is_replaced_and_no_request_is_lost(
     server_factory: Start, served_artifact: Path
 ) -> None:
-    server = server_factory([f"{MODEL}={served_artifact}"], {"workers": {"min": 2, "max": 2}})
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"], {"workers": {"min": 2, "max": 2}, **NO_IN_FLIGHT_LIMIT}
+    )
     victim = server.stats(MODEL)["workers"][0]["pid"]
     with Load(server, threads=4) as load:
         wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
@@ -120,6 +126,7 @@ def test_sigterm_drains_every_admitted_request(
             "workers": {"min": 1, "max": 1},
             "slo": {"p99_ms": 5000, "max_queue_delay_ms": 50},
             "server": {"drain_grace_s": 2.0},
+            **NO_IN_FLIGHT_LIMIT,
         },
     )
     with Load(server, threads=8, stop_on_503=True) as load:
@@ -138,7 +145,7 @@ def test_sigterm_drains_every_admitted_request(
 def test_hot_swap_under_load_fails_no_request(server_factory: Start, served_artifact: Path) -> None:
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {"workers": {"min": 1, "max": 1}, "server": {"management": True}},
+        {"workers": {"min": 1, "max": 1}, "server": {"management": True}, **NO_IN_FLIGHT_LIMIT},
         env={"RECACCEL_TOKEN": TOKEN},
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
