@@ -40,9 +40,9 @@ Installation. LitServe coexists with the project's pins: `pip install -e '.[comp
 MLServer 1.7.1 pins fastapi<0.116 and starlette<0.47 (the project runs fastapi 0.165), so it is
 never installed into the project's venv: on first use this script creates a clean venv at
 ~/.cache/recaccel/compare-venvs/mlserver (`python -m venv`, no system site-packages) with
-mlserver, the project's torch/pyarrow/safetensors/onnx/pyyaml/tqdm at the project venv's
-versions, and `pip install --no-deps -e` this checkout, then reuses it while those stay the
-same. The MLServer server runs as a subprocess from that venv.
+mlserver and uvloop 0.21.0 (see MLSERVER_UVLOOP_PIN), the project's torch/pyarrow/safetensors/
+onnx/pyyaml/tqdm at the project venv's versions, and `pip install --no-deps -e` this checkout,
+then reuses it while those stay the same. The MLServer server runs as a subprocess from that venv.
 
 Every server runs in its own process group and is stopped with SIGTERM, then SIGKILL, on errors
 and Ctrl-C too. With --rounds 2 the stacks run A B C A B C, so drift shows as the spread.
@@ -73,6 +73,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MLSERVER_VENV = Path.home() / ".cache" / "recaccel" / "compare-venvs" / "mlserver"
 MLSERVER_PIN = "mlserver==1.7.1"
+# uvloop 0.22+ no longer makes a loop in `asyncio.get_event_loop()`, which MLServer 1.7.1's
+# worker processes call before their loop exists (`Worker._ignore_signals`): they die at start
+# with "There is no current event loop". 0.21.0 is the last release that behaves as it expects.
+MLSERVER_UVLOOP_PIN = "uvloop==0.21.0"
 # What recaccel's feature store and executor import, beyond what mlserver brings.
 MLSERVER_EXTRA = ("torch", "pyarrow", "safetensors", "onnx", "pyyaml", "tqdm")
 MODEL_NAME = "ranker"
@@ -296,7 +300,7 @@ def run_mlserver(spec: dict[str, Any]) -> None:
 
 def mlserver_python() -> Path:
     """The MLServer venv's python, created (or brought up to date) first; see the docstring."""
-    pins = [MLSERVER_PIN]
+    pins = [MLSERVER_PIN, MLSERVER_UVLOOP_PIN]
     for name in MLSERVER_EXTRA:
         version = importlib.metadata.version(name).partition("+")[0]
         pins.append(f"{name}=={version}")
