@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import functools
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import os
@@ -375,6 +376,8 @@ def stack_command(name: str, args: argparse.Namespace, spec: dict[str, Any]) -> 
                    "--select", "--slo-ms", str(args.p99_ms), "--port", str(spec["port"]),
                    "--accuracy-budget", str(args.accuracy_budget)]  # fmt: skip
         return command + (["--config", str(args.config)] if args.config is not None else [])
+    if name == "litserve" and importlib.util.find_spec("litserve") is None:
+        raise SystemExit("LitServe is not installed: pip install -e '.[compare]'")
     python = sys.executable if name == "litserve" else str(mlserver_python())
     code = f"import json, compare_stacks as m; m.run_{name}(json.loads({json.dumps(spec)!r}))"
     return [python, "-c", code]

@@ -82,6 +82,21 @@ def test_admit(
 
 
 @pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({}, "admitted"),
+        ({"draining": True, "queued_requests": 10}, "draining"),
+        ({"queued_requests": 9, "queued_rows": 100}, "queue_full"),
+        ({"queued_requests": 3, "queued_rows": 850}, "queue_full"),
+        ({"predicted_wait_s": 0.375, "predicted_exec_s": 0.25}, "deadline"),
+        ({"predicted_wait_s": 0.0, "predicted_exec_s": 0.625}, "deadline"),
+    ],
+)
+def test_each_verdict_names_the_rule_that_decided_it(changes: dict[str, Any], code: str) -> None:
+    assert admit(CONFIG, **{**BASE, **changes}).code == code
+
+
+@pytest.mark.parametrize(
     ("drain_s", "seconds"),
     [(0.0, 1.0), (0.001, 1.0), (1.0, 1.0), (1.2, 2.0), (2.0, 2.0), (59.9, 60.0)],
 )
@@ -92,11 +107,12 @@ def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one(
 
 
 def test_a_refusal_raises_the_error_the_app_answers_with() -> None:
-    Admission(True, 200, 0.0, "admitted").raise_if_refused()
+    Admission(True, 200, 0.0, "admitted", "admitted").raise_if_refused()
     refused = admit(CONFIG, **{**BASE, "draining": True, "predicted_wait_s": 4.2})
     with pytest.raises(OverloadedError, match="draining") as raised:
         refused.raise_if_refused()
     assert (raised.value.status, raised.value.retry_after_s) == (503, 5.0)
+    assert raised.value.code == "draining"
 
 
 @pytest.mark.parametrize(

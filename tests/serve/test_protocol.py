@@ -244,6 +244,7 @@ def test_metadata_and_error_bodies() -> None:
         "extensions": [BINARY_EXTENSION, "model_repository"],
     }
     assert orjson.loads(error_body('bad "x"')) == {"error": 'bad "x"'}
+    assert orjson.loads(error_body("x", "deadline")) == {"error": "x", "reason": "deadline"}
     model = model_metadata("dlrm", ["1", "2"], SCHEMA)
     assert model == {
         "name": "dlrm",

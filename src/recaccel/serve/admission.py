@@ -15,6 +15,10 @@ route handler calls `admit` before queueing, with the predicted wait (the backlo
 3. **Predicted completion past the deadline → 429.** `now + wait + exec > deadline`: refused
    now rather than answered late.
 
+Each refusal names its rule in `code` ("draining", "queue_full", "deadline"): the error body's
+`reason` and the `recaccel_rejected_total` metric's label, so a client or a dashboard can tell
+a full queue from a missed deadline without parsing the message.
+
 `Retry-After` is the predicted time for the queue to drain, in whole seconds rounded up and at
 least 1 (the header takes integer seconds, and 0 would invite an immediate retry).
 
@@ -80,12 +84,15 @@ class Admission:
     accepted: bool
     status: int  # 200 accepted, 429 overloaded, 503 draining
     retry_after_s: float  # whole seconds, >= 1 when refused; 0 when accepted
-    reason: str
+    reason: str  # what a person reads
+    code: str  # which rule decided: "admitted", "draining", "queue_full" or "deadline"
 
     def raise_if_refused(self) -> None:
         """Raise the error the app answers with (status and Retry-After) if refused."""
         if not self.accepted:
-            raise OverloadedError(self.reason, self.retry_after_s, status=self.status)
+            raise OverloadedError(
+                self.reason, self.retry_after_s, status=self.status, code=self.code
+            )
 
 
 def retry_after(predicted_drain_s: float) -> float:
@@ -123,7 +130,9 @@ def admit(
     """
     drain = retry_after(predicted_wait_s)
     if draining:
-        return Admission(False, 503, drain, "the server is draining and takes no new requests")
+        return Admission(
+            False, 503, drain, "the server is draining and takes no new requests", "draining"
+        )
     max_rows, max_requests = config.bounds(priority)
     kind = "high-priority" if priority > 0 else "normal-priority"
     if queued_requests > 0 and queued_requests + 1 > max_requests:
@@ -133,6 +142,7 @@ def admit(
             drain,
             f"queue full: {queued_requests} requests queued, {kind} requests may fill "
             f"{max_requests}",
+            "queue_full",
         )
     if queued_rows > 0 and queued_rows + request_rows > max_rows:
         return Admission(
@@ -141,6 +151,7 @@ def admit(
             drain,
             f"queue full: {queued_rows} rows queued, and {request_rows} more would pass the "
             f"{max_rows} rows {kind} requests may fill",
+            "queue_full",
         )
     finish = now + predicted_wait_s + predicted_exec_s
     if finish > deadline:
@@ -156,8 +167,8 @@ def admit(
                 f"({predicted_wait_s * 1e3:.1f} ms queued + {predicted_exec_s * 1e3:.1f} ms "
                 f"to run > {budget_ms:.1f} ms)"
             )
-        return Admission(False, 429, drain, why)
-    return Admission(True, 200, 0.0, "admitted")
+        return Admission(False, 429, drain, why, "deadline")
+    return Admission(True, 200, 0.0, "admitted", "admitted")
 
 
 def deadline_for(now: float, request_deadline_ms: float | None, default_slo_ms: float) -> float:

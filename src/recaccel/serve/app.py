@@ -48,6 +48,8 @@ from recaccel.serve.overload import OverloadGuard, OverloadPolicy, overload_targ
 
 log = logging.getLogger("recaccel.serve")
 REQUEST_ID = "X-Request-ID"
+# The refusal code of the in-flight limit (overload.py), beside admission.py's codes.
+SERVER_OVERLOADED = "server_overloaded"
 
 
 class RankRequest(BaseModel):
@@ -88,9 +90,8 @@ def _error(error: RequestError, request_id: str) -> Response:
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
     message = error.message + (f" ({error.hint})" if error.hint else "")
-    return Response(
-        protocol.error_body(message), error.status, headers, media_type="application/json"
-    )
+    body = protocol.error_body(message, getattr(error, "code", None))
+    return Response(body, error.status, headers, media_type="application/json")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -187,9 +188,10 @@ class RequestMetrics:
             f"server overloaded: {guard.in_flight} inference requests in flight, its limit "
             f"now (requests waited at least {guard.standing_s * 1e3:.0f} ms in it and its "
             f"event loop runs {guard.lag_s * 1e3:.0f} ms late; target "
-            f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After"
+            f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After",
+            SERVER_OVERLOADED,
         )
-        self.metrics.rejected.labels("", "server_overloaded").inc()
+        self.metrics.rejected.labels("", SERVER_OVERLOADED).inc()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -314,7 +314,7 @@ class Deployment:
             priority=priority,
         )
         if not verdict.accepted:
-            self.metrics.rejected.labels(self.model.name, _reason_label(verdict.status)).inc()
+            self.metrics.rejected.labels(self.model.name, verdict.code).inc()
             verdict.raise_if_refused()
 
     # batching --------------------------------------------------------------------------------
@@ -480,10 +480,6 @@ class Deployment:
             kind.workers.remove(idle)
             self._update_worker_gauges()
             await idle.stop()
-
-
-def _reason_label(status: int) -> str:
-    return "overloaded" if status == 429 else "unavailable"
 
 
 def _log_failure(task: asyncio.Future[WorkerProcess]) -> None:

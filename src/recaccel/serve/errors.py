@@ -2,7 +2,8 @@
 
 Routes never build error responses by hand: they raise one of these and the app's handler
 answers `{"error": message}` (the Open Inference Protocol's error body) with the status, plus
-`Retry-After` where set. Anything else that escapes a route is a bug, answered 500 and logged.
+`Retry-After` where set, and a refusal's `reason` code beside `error`. Anything else that
+escapes a route is a bug, answered 500 and logged.
 """
 
 from __future__ import annotations
@@ -32,13 +33,17 @@ class PayloadTooLargeError(RequestError):
 
 
 class OverloadedError(RequestError):
-    """Admission control refused the request: it would miss its deadline if queued."""
+    """Admission control refused the request: it would miss its deadline if queued. `code`
+    names the rule that refused it (admission.py), answered as the body's `reason`."""
 
     status = 429
 
-    def __init__(self, message: str, retry_after_s: float, *, status: int = 429) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float, *, status: int = 429, code: str = "overloaded"
+    ) -> None:
         super().__init__(message, "retry after the delay in Retry-After", status=status)
         self.retry_after_s = retry_after_s
+        self.code = code
 
 
 class UnavailableError(RequestError):

@@ -439,9 +439,12 @@ def encode_infer_response(
     return b"".join([header, *blobs]), headers
 
 
-def error_body(message: str) -> bytes:
-    """The protocol's error body, `{"error": message}`."""
-    return orjson.dumps({"error": message})
+def error_body(message: str, reason: str | None = None) -> bytes:
+    """The protocol's error body, `{"error": message}`; a refusal adds `"reason": code`, which
+    clients that read only `error` (tritonclient) ignore."""
+    return orjson.dumps(
+        {"error": message} if reason is None else {"error": message, "reason": reason}
+    )
 
 
 def server_metadata(version: str, extensions: Sequence[str] = ()) -> dict[str, Any]:
