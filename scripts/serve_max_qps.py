@@ -58,7 +58,8 @@ def show(run: ScenarioResult) -> None:
     print(
         f"target {run.target_qps:7.1f} QPS  {'VALID  ' if lg.valid else 'INVALID'}"
         f"  completed {lg.completed_qps:7.1f}  p50 {lg.latency.ms('50.00'):6.2f} ms"
-        f"  p99 {lg.latency.ms('99.00'):7.2f} ms  rejected {books.rejected}  failed {books.failed}"
+        f"  p99 {lg.latency.ms('99.00'):7.2f} ms  rejected {books.rejected}"
+        f" {dict(books.rejected_by_reason) or ''}  failed {books.failed}"
         f"  server CPU {run.server_cpu_s_per_1k:.2f} s/1k requests",
         flush=True,
     )
@@ -150,7 +151,8 @@ def overload(args: argparse.Namespace, workload: RankWorkload, qps: float, pid: 
     print(
         f"offered {qps:.1f} QPS, completed {run.loadgen.completed_qps:.1f}/s;"
         f" answered {books.ok} (p50 {ok.p50_ms:.2f} ms, p99 {ok.p99_ms:.2f} ms),"
-        f" refused {books.rejected} (p50 {refused.p50_ms:.2f} ms, p99 {refused.p99_ms:.2f} ms),"
+        f" refused {books.rejected} (p50 {refused.p50_ms:.2f} ms, p99 {refused.p99_ms:.2f} ms;"
+        f" {dict(books.rejected_by_reason)}),"
         f" failed {books.failed}; client loop lag p99 {run.sut.overhead.loop_lag.p99_ms:.1f} ms",
         flush=True,
     )

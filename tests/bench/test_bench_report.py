@@ -28,6 +28,7 @@ def run(
     completed: float | None = None,
     rejected: int = 0,
     scenario: str = "Server",
+    refusals: dict[str, int] | None = None,
 ) -> RunSummary:
     return RunSummary(
         scenario=scenario,
@@ -52,6 +53,7 @@ def run(
         client_loop_lag_p99_ms=0.2,
         wall_s=10.0,
         log_dir="runs/x",
+        rejected_by_reason=refusals or {},
     )
 
 
@@ -88,7 +90,12 @@ BASELINE_RUNS = (run(20, 45, True), run(30, 48, True), run(45, 300, False), run(
 BASELINE = config("baseline", BASELINE_RUNS, run(30, 47.0, True))
 RECACCEL = config(
     "recaccel",
-    (run(200, 8, True), run(300, 9, True), run(450, 80, False, rejected=3), run(375, 10, True)),
+    (
+        run(200, 8, True),
+        run(300, 9, True),
+        run(450, 80, False, rejected=3, refusals={"deadline": 2, "server_overloaded": 1}),
+        run(375, 10, True),
+    ),
     run(30, 4.0, True),
     auc=0.7905,
 )
@@ -185,7 +192,9 @@ def test_the_markdown_report_states_the_headline_machine_command_and_verdicts() 
         assert f"| **{name}** |" in text
         assert f"### {name} (stopped: converged)" in text
         assert f"`recaccel serve {name} --port 8000`" in text
-    assert "| 450.0 | 450.0 | 20.00 | 80.00 | 120.00 | INVALID | no | 3 / 0 |" in text
+    # Refusals are named by the rule that refused them, where the server said.
+    row = "| 450.0 | 450.0 | 20.00 | 80.00 | 120.00 | INVALID | no "
+    assert f"{row}| 3 (deadline 2, server_overloaded 1) / 0 |" in text
 
 
 def test_the_report_files(tmp_path: Path) -> None:

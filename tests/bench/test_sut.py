@@ -55,6 +55,8 @@ class ScriptedTransport:
             raise ConnectionResetError("peer went away")
         if body == b"slow":
             await asyncio.Event().wait()
+        if body == b"429":  # recaccel's server names the rule that refused
+            return 429, b'{"error": "no", "reason": "deadline"}'
         return int(body), b'{"error": "no"}'
 
     async def close(self) -> None:
@@ -99,6 +101,7 @@ def test_every_sample_is_completed_once_whatever_the_transport_does() -> None:
     assert report.issued == report.completed == 105
     assert report.ok == 15
     assert report.rejected == 30  # 429 and 503
+    assert report.rejected_by_reason == {"deadline": 15, "unstated": 15}
     assert report.failed == 60  # 500, 404, a raised error, an unparseable 200
     assert report.ok + report.rejected + report.failed == report.completed
     assert report.by_status == {
@@ -174,6 +177,23 @@ def test_books_record_twice_completed_and_never_issued_samples_as_violations() -
     assert report.outstanding == 1
     assert not report.consistent
     assert report.completed == 1 and report.ok == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"error": "queue full: 9 requests queued", "reason": "queue_full"}', "queue_full"),
+        (b'{"error": "no reason given"}', None),
+        (b'{"error": "x", "reason": 3}', None),
+        (b'{"error": "x", "reason": ""}', None),
+        (b"[1, 2]", None),
+        (b"<html>proxy says 503</html>", None),
+        (b"", None),
+    ],
+)
+def test_a_refusal_keeps_the_reason_its_body_states(body: bytes, reason: str | None) -> None:
+    outcome = outcome_of(429, body, 0.001)
+    assert outcome.kind == "rejected" and outcome.reason == reason
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@ never corrupts its statistics (or hangs the run), and a sample answered 429 look
 like a fast success: LoadGen has no notion of a failed query. So the books count outcomes by
 kind — ok (a 200 that parsed), rejected (429/503: the server shed it), failed (any other status,
 a transport error, a timeout, a 200 that did not parse) — and the report must show rejected and
-failed beside LoadGen's latencies, which include those samples' quick answers.
+failed beside LoadGen's latencies, which include those samples' quick answers. Refusals are
+also counted by the `reason` code recaccel's server puts in the body (a full queue, a missed
+deadline, the in-flight limit, draining; "unstated" when the body names none), since near
+capacity a handful of them decide whether a run is within the bound.
 
 Thread safety: samples are issued on LoadGen's thread and completed on the client's event-loop
 thread, so every mutation holds one lock. Percentiles are computed only in `report`.
@@ -17,11 +20,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 REJECTED_STATUSES = frozenset({429, 503})  # overload: admission control or draining
+UNSTATED_REASON = "unstated"  # a refusal whose body names no reason (not recaccel's server)
 MAX_VIOLATIONS_KEPT = 20  # a broken run could produce one per sample; the first few say enough
 
 
@@ -42,6 +46,7 @@ class Outcome:
     server_ms: float | None = None  # the server's own time for a 200
     ranked: Ranked | None = None  # a 200's ranking
     error: str | None = None  # exception type, or what was wrong with a 200's body
+    reason: str | None = None  # a refusal's reason code, as its body states it
 
     @property
     def kind(self) -> str:
@@ -95,6 +100,7 @@ class BookReport:
     # admission control promises is the answered requests' latency, and a refusal's speed.
     ok_latency: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
     rejected_latency: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
+    rejected_by_reason: Mapping[str, int] = field(default_factory=dict)  # most first
 
     @property
     def consistent(self) -> bool:
@@ -118,6 +124,7 @@ class Books:
         self._kinds: Counter[str] = Counter()
         self._statuses: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()
         self._violations: list[str] = []
         self._violation_count = 0
         self._latencies_ms: list[float] = []
@@ -145,6 +152,8 @@ class Books:
             self._statuses["error" if outcome.status is None else str(outcome.status)] += 1
             if kind == "failed" and outcome.error is not None:
                 self._errors[outcome.error] += 1
+            if kind == "rejected":
+                self._refusals[outcome.reason or UNSTATED_REASON] += 1
             self._latencies_ms.append(outcome.latency_s * 1e3)
             if kind in self._kind_latencies_ms:
                 self._kind_latencies_ms[kind].append(outcome.latency_s * 1e3)
@@ -177,6 +186,7 @@ class Books:
                 server_latency=Percentiles.of_ms(self._server_ms),
                 ok_latency=Percentiles.of_ms(self._kind_latencies_ms["ok"]),
                 rejected_latency=Percentiles.of_ms(self._kind_latencies_ms["rejected"]),
+                rejected_by_reason=dict(self._refusals.most_common()),
             )
 
     def _violate(self, what: str) -> None:

@@ -20,7 +20,7 @@ and this project's aim:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,6 +64,7 @@ class RunSummary:
     client_loop_lag_p99_ms: float
     wall_s: float
     log_dir: str
+    rejected_by_reason: Mapping[str, int] = field(default_factory=dict)  # reason code -> count
 
     @classmethod
     def of(cls, result: ScenarioResult) -> RunSummary:
@@ -96,6 +97,7 @@ class RunSummary:
             client_loop_lag_p99_ms=result.sut.overhead.loop_lag.p99_ms,
             wall_s=result.wall_s,
             log_dir=str(result.out_dir),
+            rejected_by_reason=dict(books.rejected_by_reason),
         )
 
     @property

@@ -38,7 +38,14 @@ import mlperf_loadgen as lg
 import numpy as np
 import orjson
 
-from recaccel.bench.books import BookReport, Books, Outcome, Percentiles, Ranked
+from recaccel.bench.books import (
+    REJECTED_STATUSES,
+    BookReport,
+    Books,
+    Outcome,
+    Percentiles,
+    Ranked,
+)
 from recaccel.errors import ConfigError
 from recaccel.serve.heap import freeze_long_lived_heap
 
@@ -92,6 +99,8 @@ class AiohttpTransport:
 def outcome_of(status: int, body: bytes, latency_s: float) -> Outcome:
     """A sample's outcome from its HTTP answer: a 200 must carry a ranking and `server_ms`
     (a 200 that does not is counted as failed, not dropped)."""
+    if status in REJECTED_STATUSES:
+        return Outcome(status, latency_s, reason=refusal_reason(body))
     if status != 200:
         return Outcome(status, latency_s)
     try:
@@ -104,6 +113,15 @@ def outcome_of(status: int, body: bytes, latency_s: float) -> Outcome:
         return Outcome(200, latency_s, float(answer["server_ms"]), ranked)
     except Exception as error:  # any malformed body; never lose the sample over it
         return Outcome(200, latency_s, error=f"bad 200 body: {type(error).__name__}")
+
+
+def refusal_reason(body: bytes) -> str | None:
+    """The `reason` code of a refusal's body (recaccel's server states one), else None."""
+    try:
+        reason = orjson.loads(body).get("reason")
+    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+        return None
+    return reason if isinstance(reason, str) and reason else None
 
 
 def loadgen_complete(sample_id: int) -> None:
