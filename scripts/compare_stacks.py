@@ -61,6 +61,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -251,6 +252,8 @@ def run_mlserver(spec: dict[str, Any]) -> None:
         metrics_port=metrics_port,
         parallel_workers=spec["workers"],
         debug=False,
+        # Its Prometheus multiprocess files, out of the checkout (default: ./.metrics).
+        metrics_dir=tempfile.mkdtemp(prefix="mlserver-metrics-"),
     )
     model = ModelSettings(
         name=MODEL_NAME,
@@ -285,6 +288,11 @@ def run_mlserver(spec: dict[str, Any]) -> None:
             "server_ms": round((time.perf_counter() - start) * 1e3, 3),
         }  # fmt: skip
         return Response(orjson.dumps(body), media_type="application/json")
+
+    # FastAPI reads the handler's annotations to know `request` is the request; postponed
+    # ones name a class imported here, not in the module, so it would take it for a query
+    # parameter and answer 422.
+    rank.__annotations__ = {"request": Request, "return": Response}
 
     async def serve() -> None:  # MLServer starts its worker pool on a running loop
         nonlocal data_plane
