@@ -240,9 +240,11 @@ def _notes(options: BenchOptions, cores: int) -> tuple[str, ...]:
         f"×{options.growth:g} while runs pass, then bisection to {options.rel_tol:.0%}; at most "
         f"{options.max_runs} runs. A run is within the bound only if LoadGen says VALID and no "
         "request was refused or failed (LoadGen alone counts a refusal as a fast answer).",
-        "Baseline and model-only have no deadlines: a plain first-in, first-out server that "
-        "answers every request, however late. The selected configurations run recaccel's "
-        "admission control, which refuses (429) a request predicted to miss the SLO.",
+        "Baseline and model-only have no deadlines and no limit on requests in flight: a "
+        "plain first-in, first-out server that answers every request, however late. The "
+        "selected configurations run recaccel's admission control, which refuses (429) a "
+        "request predicted to miss the SLO, and its limit on requests in flight, which "
+        "refuses past it while requests wait longer than a tenth of the SLO.",
         f"Offline: LoadGen's Offline scenario, {options.offline_queries} requests issued at "
         f"once, {options.offline_concurrency} in flight; throughput counts answered requests.",
         "Served AUC: each server scored the whole test split through the Open Inference "
