@@ -60,12 +60,16 @@ POLICY = OverloadPolicy(target_s=0.010, min_limit=2, initial_limit=64, max_limit
         (64, 0.100, 3, True, 32),  # far over: halved at most
         (2, 0.5, 9, True, 2),  # never below the floor
         (20, 0.005, 0, True, 21),  # under target and binding: one more
-        (20, 0.005, 0, False, 20),  # under target, not binding: no evidence, no change
+        (12, 0.005, 0, False, 18),  # under target, not binding, below initial: × 1.5 back
+        (60, 0.0, 0, False, 64),  # but not past the initial limit
+        (64, 0.005, 0, False, 64),  # at it, not binding: no evidence, no change
+        (80, 0.005, 0, False, 80),  # above it too
+        (12, 0.011, 1, False, 12),  # over target, not yet lasting: no return either
         (100, 0.0, 0, True, 100),  # capped
         (20, 0.010, 0, True, 21),  # at the target is not over it
     ],
 )
-def test_the_limit_is_cut_in_proportion_to_a_lasting_overshoot_and_grows_by_one(
+def test_the_limit_is_cut_in_proportion_to_a_lasting_overshoot_and_recovers_once_calm(
     limit: int, congestion_s: float, streak: int, reached: bool, expected: int
 ) -> None:
     assert next_limit(limit, congestion_s, streak, reached, POLICY) == expected
@@ -87,6 +91,7 @@ def test_the_congestion_signal_is_the_worse_of_standing_delay_and_loop_lag() -> 
         {"target_s": 0.01, "backoff": 0.95},
         {"target_s": 0.01, "gentlest_cut": 1.0},
         {"target_s": 0.01, "patience": 0},
+        {"target_s": 0.01, "recovery": 1.0},
         {"target_s": 0.01, "interval_s": 0.0},
     ],
 )
@@ -105,7 +110,8 @@ def test_the_guard_refuses_past_its_limit_and_learns_from_answered_requests() ->
         assert guard.standing_s == 0.020 and guard.limit == limit, interval
     guard.leave(0.001, answered=True)  # one quick answer is too few for a verdict
     guard.close_interval()
-    assert guard.standing_s == 0.0 and guard.limit == 5  # 3 in flight: the limit bound nothing
+    # 3 in flight bind nothing and nothing is congested: the cut returns toward the initial 10.
+    assert guard.standing_s == 0.0 and guard.limit == 8
 
 
 def test_a_zero_target_never_refuses_and_starts_no_sampler() -> None:
