@@ -85,7 +85,10 @@ def test_bench_runs_four_servers_and_reports(
         assert c.at_reference.target_qps == result.reference_qps
         assert "drained" in (out / "servers" / f"{c.name}.log").read_text(), c.name
     baseline, model_only, system_only, recaccel = result.configs
-    assert baseline.command.startswith("RECACCEL_BATCHING_MAX_ROWS=1 ")
+    # The plain FIFO deployment: no batching, no in-flight limit, as its command shows.
+    assert baseline.command.startswith(
+        "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS=0 RECACCEL_BATCHING_MAX_ROWS=1 "
+    )
     assert model_only.artifact == recaccel.artifact
     assert system_only.artifact == baseline.artifact == str(bench_artifact.resolve())
     assert recaccel.auc_change is not None and model_only.auc_change is not None
