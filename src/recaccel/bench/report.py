@@ -74,10 +74,7 @@ def _auc_change(config: ConfigResult) -> str:
 
 def _shed(run: RunSummary | None) -> str:
     """Rejected / failed, the refusals' reasons named: "5 (deadline 3, queue_full 2) / 0"."""
-    if run is None:
-        return "—"
-    reasons = ", ".join(f"{reason} {n}" for reason, n in run.rejected_by_reason.items())
-    return f"{run.rejected}{f' ({reasons})' if reasons else ''} / {run.failed}"
+    return "—" if run is None else f"{run.rejected_with_reasons} / {run.failed}"
 
 
 def configs_table(result: BenchResult) -> str:

@@ -105,6 +105,13 @@ class RunSummary:
         return "VALID" if self.valid else "INVALID"
 
     @property
+    def rejected_with_reasons(self) -> str:
+        """The refusals, their reasons named where the server gave them: "5 (deadline 3,
+        queue_full 2)", or "0"."""
+        reasons = ", ".join(f"{reason} {n}" for reason, n in self.rejected_by_reason.items())
+        return f"{self.rejected}{f' ({reasons})' if reasons else ''}"
+
+    @property
     def kept_up(self) -> bool:
         """The server answered everything at about the rate it was sent (a Server run)."""
         return (

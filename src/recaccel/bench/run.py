@@ -219,12 +219,11 @@ def _auc_change(dataset: Dataset, served: ServedAccuracy, base: ServedAccuracy) 
 
 def _line(name: str, run: RunSummary) -> str:
     within = "within bound" if run.meets_bound else "not within bound"
-    reasons = ", ".join(f"{reason} {n}" for reason, n in run.rejected_by_reason.items())
     return (
         f"{name:>11} {run.scenario:7} {run.target_qps:8.1f} QPS: {run.verdict:7} {within:16} "
         f"completed {run.completed_qps:7.1f} (answered {run.ok_qps:7.1f}/s)  p50 "
-        f"{run.p50_ms:7.2f}  p99 {run.p99_ms:8.2f} ms  rejected {run.rejected}"
-        f"{f' ({reasons})' if reasons else ''} failed {run.failed}"
+        f"{run.p50_ms:7.2f}  p99 {run.p99_ms:8.2f} ms  rejected {run.rejected_with_reasons} "
+        f"failed {run.failed}"
     )
 
 

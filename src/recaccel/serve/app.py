@@ -44,12 +44,15 @@ from recaccel.serve.errors import (
 from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
-from recaccel.serve.overload import OverloadGuard, OverloadPolicy, overload_target_s
+from recaccel.serve.overload import (
+    SERVER_OVERLOADED,
+    OverloadGuard,
+    OverloadPolicy,
+    overload_target_s,
+)
 
 log = logging.getLogger("recaccel.serve")
 REQUEST_ID = "X-Request-ID"
-# The refusal code of the in-flight limit (overload.py), beside admission.py's codes.
-SERVER_OVERLOADED = "server_overloaded"
 
 
 class RankRequest(BaseModel):

@@ -38,9 +38,7 @@ class OverloadedError(RequestError):
 
     status = 429
 
-    def __init__(
-        self, message: str, retry_after_s: float, *, status: int = 429, code: str = "overloaded"
-    ) -> None:
+    def __init__(self, message: str, retry_after_s: float, *, code: str, status: int = 429) -> None:
         super().__init__(message, "retry after the delay in Retry-After", status=status)
         self.retry_after_s = retry_after_s
         self.code = code

@@ -49,6 +49,8 @@ from recaccel.errors import ConfigError
 
 SAMPLE_INTERVAL_S = 0.005  # 200 timer wake-ups a second: microseconds of CPU
 TARGET_FRACTION_OF_SLO = 0.1
+# A refusal past the limit names this rule, beside admission.py's codes.
+SERVER_OVERLOADED = "server_overloaded"
 
 
 @dataclass(frozen=True)
