@@ -169,6 +169,11 @@ class Books:
         with self._lock:
             return np.asarray(self._latencies_ms, dtype=np.float64)
 
+    def answered_over(self, bound_ms: float) -> int:
+        """How many answered (200) samples took longer than `bound_ms`, issue to answer."""
+        with self._lock:
+            return sum(1 for ms in self._kind_latencies_ms["ok"] if ms > bound_ms)
+
     def report(self) -> BookReport:
         with self._lock:
             return BookReport(

@@ -121,7 +121,7 @@ def _runs_table(config: ConfigResult) -> str:
             "yes" if r.meets_bound else "no",
             _shed(r),
             _num(r.server_cpu_s_per_1k, ".2f"),
-            "; ".join(r.reasons) or ("shed or lost requests" if not r.meets_bound else ""),
+            "; ".join((*r.reasons, *r.misses)),
         ]
         for r in config.search
     ]

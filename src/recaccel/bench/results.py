@@ -45,7 +45,7 @@ class RunSummary:
     scenario: str  # "Server" or "Offline"
     target_qps: float
     valid: bool  # LoadGen's verdict
-    meets_bound: bool  # VALID, every sample completed once, nothing refused or failed
+    meets_bound: bool  # VALID, and no `misses`
     reasons: tuple[str, ...]  # why INVALID
     scheduled_qps: float | None  # Server only
     completed_qps: float  # LoadGen's; counts a refusal as a completion
@@ -65,6 +65,8 @@ class RunSummary:
     wall_s: float
     log_dir: str
     rejected_by_reason: Mapping[str, int] = field(default_factory=dict)  # reason code -> count
+    # What our books found wrong beyond LoadGen's verdict (ScenarioResult.bound_misses).
+    misses: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, result: ScenarioResult) -> RunSummary:
@@ -98,6 +100,7 @@ class RunSummary:
             wall_s=result.wall_s,
             log_dir=str(result.out_dir),
             rejected_by_reason=dict(books.rejected_by_reason),
+            misses=result.bound_misses,
         )
 
     @property
