@@ -139,3 +139,24 @@ def test_a_file_that_is_not_a_profile_gets_a_message(tmp_path: Path) -> None:
         load_profile(tmp_path)
     with pytest.raises(ConfigError, match="no profile"):
         load_profile(tmp_path / "missing.json")
+
+
+def test_a_lower_precision_must_beat_fp32_clearly_to_be_selected() -> None:
+    fp32 = entry(SMALL, "torch-compile", per_row_ms=0.010)
+    bf16_near = entry(SMALL, "torch-compile", per_row_ms=0.009, precision="bf16")  # ~1.1×
+    choice = select(profile(fp32, bf16_near), Requirements(slo_p99_ms=50, cores=2))
+    assert choice.selected is not None and choice.selected.key == fp32.key
+    passed_over = choice.table[1]
+    assert passed_over.key == bf16_near.key and passed_over.eligible
+    assert passed_over.requests_per_second > choice.selected.requests_per_second
+    assert "fp32 kept" in passed_over.verdict
+
+    bf16_clear = entry(SMALL, "torch-compile", per_row_ms=0.005, precision="bf16")  # ~1.8×
+    choice = select(profile(fp32, bf16_clear), Requirements(slo_p99_ms=50, cores=2))
+    assert choice.selected is not None and choice.selected.key == bf16_clear.key
+
+
+def test_a_lower_precision_is_selected_when_no_fp32_configuration_is_eligible() -> None:
+    bf16 = entry(SMALL, "torch-compile", per_row_ms=0.009, precision="bf16")
+    choice = select(profile(bf16), Requirements(slo_p99_ms=20, candidates=100))  # baseline misses
+    assert choice.selected is not None and choice.selected.key == bf16.key
