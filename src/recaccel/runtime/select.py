@@ -31,7 +31,7 @@ make optimistic. The serving benchmark measures the real figure; this picks the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from recaccel.errors import ConfigError
@@ -229,15 +229,13 @@ def select(profile: Profile, needs: Requirements) -> Selection:
     best = _prefer_full_precision(table)
     if best is not None:
         index = table.index(best)
-        if index > 0 and table[0].eligible:
-            table[0] = Judgement(
-                **{
-                    **table[0].to_dict(),
-                    "verdict": f"eligible, but less than {LOWER_PRECISION_MARGIN:g}× the best "
-                    f"{FULL_PRECISION} estimate: {FULL_PRECISION} kept",
-                }
+        if index > 0:  # the faster-looking lower precision ranked first; say why it lost
+            table[0] = replace(
+                table[0],
+                verdict=f"eligible, but less than {LOWER_PRECISION_MARGIN:g}× the best "
+                f"{FULL_PRECISION} estimate: {FULL_PRECISION} kept",
             )
-        best = Judgement(**{**best.to_dict(), "verdict": "selected"})
+        best = replace(best, verdict="selected")
         table = [best, *table[:index], *table[index + 1 :]]
     speedup_median = speedup_p99 = None
     compared_with = None
