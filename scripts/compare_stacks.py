@@ -70,7 +70,10 @@ from typing import Any
 
 import numpy as np
 
-STACKS = ("serve", "litserve", "mlserver")
+STACKS = ("serve", "litserve", "mlserver", "handwritten", "canned")
+# The peer to beat and the wire's ceiling (scripts/peers/): uvicorn apps, `--peer-processes`
+# processes accepting on one socket.
+PEERS = {"handwritten": "handwritten_server:app", "canned": "canned_server:app"}
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MLSERVER_VENV = Path.home() / ".cache" / "recaccel" / "compare-venvs" / "mlserver"
@@ -82,7 +85,13 @@ MLSERVER_UVLOOP_PIN = "uvloop==0.21.0"
 # What recaccel's feature store and executor import, beyond what mlserver brings.
 MLSERVER_EXTRA = ("torch", "pyarrow", "safetensors", "onnx", "pyyaml", "tqdm")
 MODEL_NAME = "ranker"
-HEALTH = {"serve": "/v2/health/ready", "litserve": "/health", "mlserver": "/v2/models/ranker/ready"}
+HEALTH = {
+    "serve": "/v2/health/ready",
+    "litserve": "/health",
+    "mlserver": "/v2/models/ranker/ready",
+    "handwritten": "/ready",
+    "canned": "/ready",
+}
 
 
 def top_k(items: np.ndarray, scores: np.ndarray, k: int) -> list[dict[str, float | int]]:
@@ -327,6 +336,15 @@ def mlserver_python() -> Path:
     return python
 
 
+def peer_onnx(artifact: Path) -> Path:
+    """The artifact's fp32 ONNX file, exported first if need be: what the hand-written peer
+    loads into ONNX Runtime."""
+    from recaccel.artifact import load_artifact
+    from recaccel.runtime.onnx_exec import cached_onnx
+
+    return cached_onnx(load_artifact(artifact), "fp32").resolve()
+
+
 def wait_ready(
     url: str, path: str, process: subprocess.Popen[bytes], timeout_s: float = 300
 ) -> None:
@@ -364,10 +382,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def server_process(name: str, command: list[str], port: int) -> Iterator[tuple[str, int]]:
+def server_process(
+    name: str, command: list[str], port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
     }
     server = subprocess.Popen(command, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -378,12 +399,35 @@ def server_process(name: str, command: list[str], port: int) -> Iterator[tuple[s
         stop(server)
 
 
+def stack_variants(names: list[str], serve_args: list[str] | None) -> list[tuple[str, str]]:
+    """(label, stack) pairs: "serve" once per --serve-args given (label `serve[ARGS]`), and
+    `handwritten:N` / `canned:N` as that peer on N processes."""
+    variants = []
+    for name in names:
+        stack, _, option = name.partition(":")
+        if stack == "serve" and serve_args:
+            variants += [(f"serve[{one}]", f"serve[{one}]") for one in serve_args]
+        else:
+            variants.append((name, name if option else stack))
+    return variants
+
+
 def stack_command(name: str, args: argparse.Namespace, spec: dict[str, Any]) -> list[str]:
-    if name == "serve":
-        command = [sys.executable, "-m", "recaccel.cli", "serve", "--profile", str(args.profile),
-                   "--select", "--slo-ms", str(args.p99_ms), "--port", str(spec["port"]),
-                   "--accuracy-budget", str(args.accuracy_budget)]  # fmt: skip
+    stack, _, option = name.partition(":")
+    if name.startswith("serve"):
+        command = [sys.executable, "-m", "recaccel.cli", "serve", "--port", str(spec["port"])]
+        if name.startswith("serve["):
+            command += [str(args.artifact), *name[len("serve[") : -1].split()]
+        else:
+            command += ["--profile", str(args.profile), "--select", "--slo-ms", str(args.p99_ms),
+                        "--accuracy-budget", str(args.accuracy_budget)]  # fmt: skip
         return command + (["--config", str(args.config)] if args.config is not None else [])
+    if stack in PEERS:
+        processes = option or str(args.peer_processes)
+        uvicorn = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE / "peers")]
+        return [*uvicorn, PEERS[stack], "--workers", processes, "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                "--port", str(spec["port"])]  # fmt: skip
     if name == "litserve" and importlib.util.find_spec("litserve") is None:
         raise SystemExit("LitServe is not installed: pip install -e '.[compare]'")
     python = sys.executable if name == "litserve" else str(mlserver_python())
@@ -430,26 +474,39 @@ def main() -> None:
     )
     parser.add_argument("--batch-timeout-ms", type=float, help="default: slo.max_queue_delay_ms")
     parser.add_argument("--config", type=Path, help="serving config for every stack")
+    parser.add_argument(
+        "--serve-args",
+        action="append",
+        help="serve the artifact with these `recaccel serve` arguments instead of --select; "
+        "repeat it to compare several",
+    )
+    parser.add_argument(
+        "--peer-processes", type=int, default=2, help="uvicorn processes of handwritten, canned"
+    )
     parser.add_argument("--out", type=Path, default=Path("/tmp/recaccel-compare-stacks"))
     args = parser.parse_args()
     # SIGTERM (`timeout`, a job runner) unwinds like Ctrl-C, so every server is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.stacks.split(",") if n.strip()]
-    unknown = set(names) - set(STACKS)
+    unknown = {n.partition(":")[0] for n in names} - set(STACKS)
     if unknown:
         raise SystemExit(f"unknown stacks {sorted(unknown)}; choose from {STACKS}")
 
     config = load_serve_config(args.config, {"slo": {"p99_ms": args.p99_ms}})
-    profile = load_profile(args.profile)
-    spec_text, config, row = apply_selection(
-        config, profile, args.accuracy_budget, os.cpu_count() or 1
-    )
-    artifact = Path(spec_text.partition("=")[2])
-    if artifact.resolve() != args.artifact.resolve():
-        raise SystemExit(f"the profile selects {artifact}, not {args.artifact}: compare that one")
-    executor = config.workers.executors[0]
-    executor_config = executor.executor_config()
-    print(f"selected: {row.key}, {executor_config}, up to {row.workers} workers", flush=True)
+    artifact, workers = args.artifact, 1
+    executor_config = config.workers.executors[0].executor_config()
+    if {"litserve", "mlserver"} & set(names) or ("serve" in names and not args.serve_args):
+        profile = load_profile(args.profile)
+        spec_text, config, row = apply_selection(
+            config, profile, args.accuracy_budget, os.cpu_count() or 1
+        )
+        artifact, workers = Path(spec_text.partition("=")[2]), row.workers
+        if artifact.resolve() != args.artifact.resolve():
+            raise SystemExit(
+                f"the profile selects {artifact}, not {args.artifact}: compare that one"
+            )
+        executor_config = config.workers.executors[0].executor_config()
+        print(f"selected: {row.key}, {executor_config}, up to {workers} workers", flush=True)
 
     dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
     workload = RankWorkload.from_dataset(dataset, n_samples=20_000, seed=0)
@@ -461,10 +518,12 @@ def main() -> None:
     )
     print("serving config:", json.dumps(config.to_dict()), flush=True)
     print(f"LitServe/MLServer batching: {max_batch} requests, {timeout_ms:g} ms", flush=True)
+    peer_env = {"PEER_ONNX": str(peer_onnx(artifact))}
     policy = SearchPolicy(start_qps=args.start_qps, growth=2, rel_tol=0.1, max_runs=args.max_runs)
-    results: dict[str, list[float | None]] = {name: [] for name in names}
+    variants = stack_variants(names, args.serve_args)
+    results: dict[str, list[float | None]] = {label: [] for label, _ in variants}
     for round_ in range(args.rounds):
-        for name in names:
+        for label, name in variants:
             port, grpc_port, metrics_port = free_ports(3)
             spec = {
                 "artifact": str(artifact.resolve()),
@@ -474,7 +533,7 @@ def main() -> None:
                     "threads": executor_config.threads,
                     "precision": executor_config.precision,
                 },
-                "workers": row.workers,
+                "workers": workers,
                 "max_batch_size": max_batch,
                 "batch_timeout_s": timeout_ms / 1000,
                 "max_candidates": config.rank.max_candidates,
@@ -483,21 +542,23 @@ def main() -> None:
                 "grpc_port": grpc_port,
                 "metrics_port": metrics_port,
             }
-            with server_process(name, stack_command(name, args, spec), port) as (url, pid):
+            command = stack_command(name, args, spec)
+            stack = name.partition(":")[0].partition("[")[0]
+            with server_process(stack, command, port, peer_env) as (url, pid):
                 warm_up(url, list(workload.bodies))
                 found = find_max_qps(
                     url,
                     workload,
                     latency_p99_ms=args.p99_ms,
                     duration_s=args.duration_s,
-                    out_dir=args.out / f"round-{round_}" / name,
+                    out_dir=args.out / f"round-{round_}" / "".join(c for c in label if c.isalnum()),
                     policy=policy,
                     server_pid=pid,
-                    progress=lambda run, name=name: show(name, run),
+                    progress=lambda run, label=label: show(label, run),
                 )
             best = None if found.best is None else found.best[0]
-            results[name].append(best)
-            print(f"{name}: highest QPS within p99 <= {args.p99_ms:g} ms: {best}", flush=True)
+            results[label].append(best)
+            print(f"{label}: highest QPS within p99 <= {args.p99_ms:g} ms: {best}", flush=True)
     print(json.dumps({"p99_ms": args.p99_ms, "max_qps": results}, indent=2))
 
 
