@@ -401,6 +401,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "server": {"host": args.host, "port": args.port},
         "slo": {"p99_ms": args.slo_ms},
         "workers": {"min": args.min_workers, "max": args.max_workers},
+        "plane": {"processes": args.processes, "execution": args.execution},
     }
     if args.backend or args.precision or args.threads:
         overrides["workers"]["executors"] = [
@@ -431,8 +432,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"{config.server.port} (Ctrl-C or SIGTERM drains and stops)",
         highlight=False,
     )
-    serve(artifacts, config, None if args.profile is None else Path(args.profile))
-    return 0
+    return serve(artifacts, config, None if args.profile is None else Path(args.profile))
 
 
 def _bench_command(args: argparse.Namespace) -> str:
@@ -700,6 +700,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--slo-ms", type=float, help="p99 target per rank request (default 50)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="front processes on the one port (default 0: one per core; docs/serving-plane.md)",
+    )
+    serve.add_argument(
+        "--execution",
+        choices=["in-process", "workers"],
+        help="run executors in each front process (default) or in worker processes",
+    )
     serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
     serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")

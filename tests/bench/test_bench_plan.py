@@ -94,14 +94,14 @@ def test_four_configurations_in_order_with_what_each_serves() -> None:
         (
             BASELINE,
             ("dlrm-heavy=/art/dlrm-heavy", "--backend", "torch-eager", "--precision", "fp32",
-             "--threads", "1", "--min-workers", "1", "--max-workers", "1"),
+             "--threads", "1", "--processes", "1", "--execution", "in-process"),
             {"RECACCEL_BATCHING_MAX_ROWS": "1", "RECACCEL_SLO_P99_MS": "600000",
              "RECACCEL_SLO_MAX_QUEUE_DELAY_MS": "0", "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS": "0"},
         ),
         (
             MODEL_ONLY,
             ("02-prune-1=/art/opt/02-prune-1", "--backend", "torch-eager", "--precision",
-             "fp32", "--threads", "1", "--min-workers", "1", "--max-workers", "1"),
+             "fp32", "--threads", "1", "--processes", "1", "--execution", "in-process"),
             {"RECACCEL_BATCHING_MAX_ROWS": "1", "RECACCEL_SLO_P99_MS": "600000",
              "RECACCEL_SLO_MAX_QUEUE_DELAY_MS": "0", "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS": "0"},
         ),
@@ -158,7 +158,7 @@ def test_the_command_shows_environment_and_port() -> None:
         "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS=0 RECACCEL_BATCHING_MAX_ROWS=1 "
         "RECACCEL_SLO_MAX_QUEUE_DELAY_MS=0 RECACCEL_SLO_P99_MS=600000 recaccel serve "
         "dlrm-heavy=/art/dlrm-heavy --backend torch-eager --precision fp32 --threads 1 "
-        "--min-workers 1 --max-workers 1 --port 8101"
+        "--processes 1 --execution in-process --port 8101"
     )
     assert "--select" in plan([SMALL]).server(RECACCEL).command()
 

@@ -71,7 +71,7 @@ def config(
         command=f"recaccel serve {name} --port 8000",
         artifact=f"/art/{name}",
         model="dlrm@aaaaaaaa",
-        runtime="torch-eager/cpu/fp32/t1 × 1 worker, 1 request per batch",
+        runtime="torch-eager/cpu/fp32/t1 in 1 process, 1 request per batch",
         artifact_test_auc=0.791,
         served_auc=auc,
         auc_change=None

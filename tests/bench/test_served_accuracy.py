@@ -80,7 +80,7 @@ def test_the_request_is_the_test_rows_exactly_as_the_server_decodes_them(
     assert [o.name for o in decoded.outputs] == ["score"] and decoded.outputs[0].binary
     served = protocol.features_from_inputs(decoded.inputs, tiny_dataset.schema, 10_000)
     for sent, got in zip(batch.as_tuple(), served.as_tuple(), strict=True):
-        np.testing.assert_array_equal(sent.numpy(), got.numpy())
+        np.testing.assert_array_equal(sent.numpy(), got)
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -31,6 +31,10 @@ Start = Callable[..., Server]
 # fresh-clone `make check` beside `make demo`) the in-flight limit rightly refused 8 of 3,295
 # requests during a swap, as overload; that is its own test's subject, not theirs.
 NO_IN_FLIGHT_LIMIT = {"admission": {"overload_target_ms": 0}}
+# Worker processes behind one front: the plane where a worker can die and be replaced, and
+# where the autoscaler adds and removes workers.
+WORKER_PLANE = {"plane": {"processes": 1, "execution": "workers"}}
+ONE_FRONT = {"plane": {"processes": 1}}  # in-process, as served by default, one front
 
 
 class Load:
@@ -95,7 +99,8 @@ def test_a_killed_worker_is_replaced_and_no_request_is_lost(
     server_factory: Start, served_artifact: Path
 ) -> None:
     server = server_factory(
-        [f"{MODEL}={served_artifact}"], {"workers": {"min": 2, "max": 2}, **NO_IN_FLIGHT_LIMIT}
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 2, "max": 2}, **WORKER_PLANE, **NO_IN_FLIGHT_LIMIT},
     )
     victim = server.stats(MODEL)["workers"][0]["pid"]
     with Load(server, threads=4) as load:
@@ -127,6 +132,7 @@ def test_sigterm_drains_every_admitted_request(
             "workers": {"min": 1, "max": 1},
             "slo": {"p99_ms": 5000, "max_queue_delay_ms": 50},
             "server": {"drain_grace_s": 2.0},
+            **WORKER_PLANE,
             **NO_IN_FLIGHT_LIMIT,
         },
     )
@@ -146,7 +152,12 @@ def test_sigterm_drains_every_admitted_request(
 def test_hot_swap_under_load_fails_no_request(server_factory: Start, served_artifact: Path) -> None:
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {"workers": {"min": 1, "max": 1}, "server": {"management": True}, **NO_IN_FLIGHT_LIMIT},
+        {
+            "workers": {"min": 1, "max": 1},
+            "server": {"management": True},
+            **WORKER_PLANE,
+            **NO_IN_FLIGHT_LIMIT,
+        },
         env={"RECACCEL_TOKEN": TOKEN},
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -180,6 +191,7 @@ def test_the_autoscaler_adds_workers_under_load_and_removes_them_after(
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
         {
+            **WORKER_PLANE,
             "workers": {"min": 1, "max": 2},
             "autoscaler": {
                 "interval_s": 0.25,
@@ -209,6 +221,7 @@ def test_overload_is_refused_at_once_with_retry_after(
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
         {
+            **ONE_FRONT,
             "workers": {"min": 1, "max": 1},
             # The worker's queue is the bottleneck here; the limit on requests in flight is
             # the next test's.
@@ -257,7 +270,7 @@ def test_past_the_in_flight_limit_inference_is_refused_at_once_and_probes_still_
     # when a saturated server's requests really do wait 10 ms.
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {"workers": {"min": 1, "max": 1}, "admission": {"overload_target_ms": 0.01}},
+        {**ONE_FRONT, "admission": {"overload_target_ms": 0.01}},
     )
     shed = lambda: server.metric("recaccel_rejected_total", reason="server_overloaded")  # noqa: E731
     with Load(server, threads=12) as load:
@@ -304,7 +317,7 @@ def test_routing_prefers_the_executor_predicted_to_finish_first(
     ]
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {"workers": {"min": 1, "max": 1, "executors": executors}},
+        {**ONE_FRONT, "workers": {"executors": executors}},
         profile=profile,
     )
     for user in range(1, 21):  # one at a time: both workers free, the faster one wins
@@ -348,9 +361,11 @@ def _running(pid: int) -> bool:
 def test_workers_exit_when_the_server_is_killed(
     server_factory: Start, served_artifact: Path
 ) -> None:
-    server = server_factory([f"{MODEL}={served_artifact}"], {"workers": {"min": 1, "max": 1}})
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"], {"workers": {"min": 1, "max": 1}, **WORKER_PLANE}
+    )
     pids = [w["pid"] for w in server.stats(MODEL)["workers"]]
     assert pids and all(_running(pid) for pid in pids)
-    server.process.kill()  # SIGKILL: no drain, no goodbye to the workers
+    server.process.kill()  # SIGKILL to the supervisor: no drain, no goodbye to the fronts
     server.process.wait(10)
-    wait_for(lambda: not any(_running(pid) for pid in pids), 30, "orphaned workers to exit")
+    wait_for(lambda: not any(_running(pid) for pid in pids), 60, "orphaned workers to exit")

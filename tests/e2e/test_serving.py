@@ -38,7 +38,8 @@ def server(served_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def _reference(artifact: Path, batch: object) -> np.ndarray:
     model = load_artifact(artifact).model
     with torch.inference_mode():
-        return torch.sigmoid(model(*batch.as_tuple())).numpy()  # type: ignore[attr-defined]
+        inputs = [torch.as_tensor(t) for t in batch.as_tuple()]  # type: ignore[attr-defined]
+        return torch.sigmoid(model(*inputs)).numpy()
 
 
 @pytest.mark.parametrize("binary", [True, False])

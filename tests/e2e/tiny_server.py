@@ -29,4 +29,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     config = load_serve_config(Path(args.config))
     dataset = build_movielens_dataset(make_tables())
-    serve(args.artifacts, config, Path(args.profile) if args.profile else None, dataset)
+    sys.exit(serve(args.artifacts, config, Path(args.profile) if args.profile else None, dataset))

@@ -14,7 +14,7 @@ import pytest
 
 import recaccel.serve
 from recaccel.errors import ConfigError
-from recaccel.runtime.latency_model import LatencyModel, LatencyPoint, Statistic
+from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.serve.batcher_policy import (
     BatchPlan,
     BatchPolicy,
@@ -23,7 +23,6 @@ from recaccel.serve.batcher_policy import (
     latest_start,
     plan_batch,
     take,
-    work_ms,
 )
 
 MODEL = LatencyModel.from_points(
@@ -77,22 +76,6 @@ def test_dispatch_at_is_the_earlier_of_deadline_and_queue_delay(
 def test_a_bigger_batch_must_leave_earlier() -> None:
     times = [dispatch_at(0.0, 0.050, rows, MODEL, 1.0, 0.0) for rows in range(1, 2000, 50)]
     assert times == sorted(times, reverse=True)
-
-
-@pytest.mark.parametrize(
-    ("rows", "max_rows", "statistic", "expected_ms"),
-    [
-        (0, 1000, "median", 0.0),
-        (300, 1000, "median", 3.0),
-        (2000, 1000, "p99", 22.0),  # two full batches of 11 ms
-        (2500, 1000, "p99", 28.0),  # 11 + 11 + 6: each batch pays the 1 ms overhead
-        (2500, 2500, "p99", 26.0),  # one batch of all: the overhead counted once
-    ],
-)
-def test_work_is_priced_as_the_batches_that_will_run(
-    rows: int, max_rows: int, statistic: Statistic, expected_ms: float
-) -> None:
-    assert work_ms(rows, max_rows, MODEL, statistic) == pytest.approx(expected_ms)
 
 
 Q = tuple[int, float, float]  # rows, arrival, deadline

@@ -12,13 +12,7 @@ import pytest
 from recaccel.errors import ConfigError
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.serve.errors import UnavailableError
-from recaccel.serve.router import (
-    ExecutorLoad,
-    predicted_finish,
-    predicted_start,
-    route,
-    size_threshold,
-)
+from recaccel.serve.router import ExecutorLoad, route, size_threshold
 
 
 def _model(*points: tuple[int, float, float]) -> LatencyModel:
@@ -27,18 +21,10 @@ def _model(*points: tuple[int, float, float]) -> LatencyModel:
 
 CPU = _model((1, 0.5, 1.0), (101, 5.5, 11.0))
 GPU = _model((1, 2.0, 4.0), (101, 2.5, 5.0))
-NOW = 10.0
 
 
-def _load(
-    name: str,
-    latency: LatencyModel,
-    busy_ms: float = 0.0,
-    queued_rows: int = 0,
-    max_rows: int | None = 1000,
-    healthy: bool = True,
-) -> ExecutorLoad:
-    return ExecutorLoad(name, NOW + busy_ms / 1e3, queued_rows, latency, max_rows, healthy)
+def _load(name: str, latency: LatencyModel, healthy: bool = True) -> ExecutorLoad:
+    return ExecutorLoad(name, latency, healthy)
 
 
 @pytest.mark.parametrize(
@@ -48,54 +34,24 @@ def _load(
         (100, {}, {}, "gpu"),  # 10.9 ms vs 4.99 ms
         (34, {}, {}, "cpu"),  # the last size the CPU wins
         (35, {}, {}, "gpu"),  # the first the GPU wins
-        # The GPU is busy 20 ms: 20 + 4.99 = 24.99 ms against the idle CPU's 10.9 ms.
-        (100, {}, {"busy_ms": 20.0}, "cpu"),
-        # ...busy only 5 ms: 9.99 ms, still sooner than the CPU.
-        (100, {}, {"busy_ms": 5.0}, "gpu"),
-        # busy_until in the past is idle.
-        (100, {}, {"busy_ms": -1000.0}, "gpu"),
-        # 101 rows queued on the CPU (median 5.5 ms) + 30 rows (3.9 ms) = 9.4 > GPU 4.29 ms.
-        (30, {"queued_rows": 101}, {}, "gpu"),
-        # A 1000-row GPU backlog (median 7.0 ms) + 4.99 = 11.99 > CPU 10.9 ms.
-        (100, {}, {"queued_rows": 1000}, "cpu"),
         # An unhealthy executor is never chosen, however fast.
         (100, {}, {"healthy": False}, "cpu"),
-        (10, {"healthy": False}, {"busy_ms": 1000.0}, "gpu"),
+        (10, {"healthy": False}, {}, "gpu"),
     ],
 )
 def test_route_picks_the_earliest_predicted_finish(
     rows: int, cpu: dict[str, float], gpu: dict[str, float], chosen: str
 ) -> None:
     executors = [_load("cpu", CPU, **cpu), _load("gpu", GPU, **gpu)]  # type: ignore[arg-type]
-    index = route(rows, executors, NOW)
+    index = route(rows, executors)
     assert executors[index].name == chosen
-    finishes = [predicted_finish(rows, e, NOW) for e in executors if e.healthy]
-    assert predicted_finish(rows, executors[index], NOW) == min(finishes)
-
-
-def test_predicted_times_worked_by_hand() -> None:
-    gpu = _load("gpu", GPU, busy_ms=20.0, queued_rows=101)
-    assert predicted_start(gpu, NOW) == pytest.approx(NOW + 0.020 + 0.0025)  # + median(101)
-    assert predicted_finish(100, gpu, NOW) == pytest.approx(NOW + 0.020 + 0.0025 + 0.00499)
-
-
-@pytest.mark.parametrize(
-    ("max_rows", "queued_ms"),
-    [
-        (101, 11.0),  # two batches of 101 rows, 5.5 ms each: the overhead paid twice
-        (None, 10.55),  # unknown batch limit: one batch of 202 rows, 0.5 + 0.05·201
-    ],
-)
-def test_a_backlog_is_priced_as_the_batches_it_will_run(
-    max_rows: int | None, queued_ms: float
-) -> None:
-    cpu = _load("cpu", CPU, queued_rows=202, max_rows=max_rows)
-    assert predicted_start(cpu, NOW) == pytest.approx(NOW + queued_ms / 1e3)
+    times = [e.latency.predict_ms(rows, "p99") for e in executors if e.healthy]
+    assert executors[index].latency.predict_ms(rows, "p99") == min(times)
 
 
 def test_ties_go_to_the_executor_listed_first() -> None:
-    assert route(50, [_load("a", CPU), _load("b", CPU)], NOW) == 0
-    assert route(50, [_load("a", CPU, busy_ms=1.0), _load("b", CPU)], NOW) == 1
+    assert route(50, [_load("a", CPU), _load("b", CPU)]) == 0
+    assert route(50, [_load("a", GPU), _load("b", GPU)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -108,19 +64,15 @@ def test_ties_go_to_the_executor_listed_first() -> None:
 )
 def test_no_healthy_executor_is_503(executors: list[ExecutorLoad]) -> None:
     with pytest.raises(UnavailableError, match="no healthy executor") as raised:
-        route(10, executors, NOW)
+        route(10, executors)
     assert raised.value.status == 503
     for executor in executors:
         assert executor.name in raised.value.message
 
 
-def test_bad_loads_are_refused_with_the_field_named() -> None:
-    with pytest.raises(ConfigError, match="max_rows"):
-        _load("cpu", CPU, max_rows=0)
-    with pytest.raises(ConfigError, match="queued_rows"):
-        _load("cpu", CPU, queued_rows=-1)
+def test_an_empty_batch_is_refused() -> None:
     with pytest.raises(ConfigError, match="row"):
-        route(0, [_load("cpu", CPU)], NOW)
+        route(0, [_load("cpu", CPU)])
 
 
 # Faster only between about 26 and 64 rows, then slower, then faster again from 202 rows:
@@ -163,12 +115,12 @@ def test_route_on_idle_executors_agrees_with_the_size_threshold() -> None:
     ):
         for rows in range(1, 1001):
             expected = "gpu" if rows >= threshold else "cpu"
-            assert executors[route(rows, executors, NOW)].name == expected, rows
+            assert executors[route(rows, executors)].name == expected, rows
 
 
 def test_with_two_crossings_route_follows_time_not_the_threshold() -> None:
     executors = [_load("cpu", CPU), _load("acc", DOUBLE_CROSSING)]
     assert size_threshold(CPU, DOUBLE_CROSSING, 1000) == 202
-    assert executors[route(60, executors, NOW)].name == "acc"  # 4.0 ms vs 6.9 ms
-    assert executors[route(150, executors, NOW)].name == "cpu"
-    assert executors[route(500, executors, NOW)].name == "acc"
+    assert executors[route(60, executors)].name == "acc"  # 4.0 ms vs 6.9 ms
+    assert executors[route(150, executors)].name == "cpu"
+    assert executors[route(500, executors)].name == "acc"

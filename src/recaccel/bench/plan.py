@@ -3,11 +3,11 @@
 Each configuration is one `recaccel serve` process; the bench measures all four on the same
 machine, under the same latency bound (the SLO), interleaved:
 
-- **baseline**: the heavy FP32 model in PyTorch eager, one worker with one thread, one request
-  per batch (`batching.max_rows = 1`: a batch never splits a request, so a larger request runs
-  alone), no deadlines (`slo.p99_ms` far out) and no limit on requests in flight
-  (`admission.overload_target_ms = 0`): a plain first-in, first-out model server,
-  the unoptimized deployment the seed papers start from. recaccel's admission control would
+- **baseline**: the heavy FP32 model in PyTorch eager, in one server process with one thread,
+  one request per batch (`batching.max_rows = 1`: a batch never splits a request, so a larger
+  request runs alone), no deadlines (`slo.p99_ms` far out) and no limit on requests in flight
+  (`admission.overload_target_ms = 0`): a plain first-in, first-out model server, the
+  unoptimized deployment the seed papers start from. recaccel's admission control would
   refuse requests predicted to be late, and refusing is part of recaccel's system, not of the
   baseline; the bench's own SLO judges every configuration's latencies alike.
 - **model-only**: the artifact recaccel selects, on exactly the baseline's deployment: what
@@ -55,7 +55,7 @@ BASELINE_ENV = {
 }
 BASELINE_FLAGS = (
     "--backend", "torch-eager", "--precision", "fp32", "--threads", "1",
-    "--min-workers", "1", "--max-workers", "1",
+    "--processes", "1", "--execution", "in-process",
 )  # fmt: skip
 
 
@@ -82,7 +82,7 @@ class ServerPlan:
     name: str  # one of CONFIG_NAMES
     description: str
     artifact: ArtifactRef  # the artifact served
-    runtime: str  # e.g. "torch-eager/cpu/fp32/t1 × 1 worker, 1 request per batch"
+    runtime: str  # e.g. "torch-eager/cpu/fp32/t1 in 1 process, 1 request per batch"
     argv: tuple[str, ...]  # after `recaccel serve`, without --port (the runner adds it)
     env: Mapping[str, str]  # RECACCEL_* settings for the server's environment
     selection: Judgement | None = None  # the profile's row, for the selected configurations
@@ -197,7 +197,7 @@ def plan_bench(
             name,
             description,
             artifact,
-            f"torch-eager/cpu/fp32/t1 × 1 worker, {plain}",
+            f"torch-eager/cpu/fp32/t1 in 1 process, {plain}",
             (f"{artifact.name}={artifact.path}", *BASELINE_FLAGS),
             dict(BASELINE_ENV),
         )

@@ -48,6 +48,9 @@ USER_CATEGORICAL = ("user_id", "age_bucket", "gender", "occupation", "zip_prefix
 ITEM_CATEGORICAL = ("item_id", "release_decade")
 _USER_COLUMNS = np.array([CATEGORICAL.index(name) for name in USER_CATEGORICAL])
 _ITEM_COLUMNS = np.array([CATEGORICAL.index(name) for name in ITEM_CATEGORICAL])
+# Which entity each dense feature depends on, besides the time (standardised per column).
+_USER_DENSE = np.array([DENSE.index("age"), DENSE.index("user_tenure")])
+_ITEM_DENSE = np.array([DENSE.index("release_year"), DENSE.index("movie_age")])
 
 
 def per_user_time_split(
@@ -229,6 +232,25 @@ class MovieLensEncoding:
         categorical[:, _ITEM_COLUMNS] = items.categorical.take(item_rows, axis=0)
         return dense, categorical, items.genres.take(item_rows, axis=0)
 
+    def at(self, rated_at: float) -> EncodedAt:
+        """Every user's and every item's share of a row scored at `rated_at`, encoded once:
+        a row is then two gathers (see `EncodedAt`), equal to `encode_rows` bit for bit."""
+        users, items = np.arange(len(self.users.ids)), np.arange(len(self.items.ids))
+        time = np.array([float(rated_at)])
+        user_dense, user_categorical, _ = self.encode_rows(
+            self.users, users, np.zeros_like(users), time
+        )
+        item_dense, item_categorical, item_multi_hot = self.encode_rows(
+            self.users, np.zeros(1, dtype=np.int64), items, time
+        )
+        return EncodedAt(
+            user_dense[:, _USER_DENSE],
+            user_categorical[:, _USER_COLUMNS],
+            item_dense[:, _ITEM_DENSE],
+            item_categorical[:, _ITEM_COLUMNS],
+            item_multi_hot,
+        )
+
     def user(
         self,
         row: int | None,
@@ -266,6 +288,39 @@ class MovieLensEncoding:
             code = self._lookups["zip_prefix"].get(zip_prefix(zip_code), 0)
             categorical[0, column("zip_prefix")] = code
         return UserTable(ids, categorical, ages, first)
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedAt:
+    """Users and items encoded once for one scoring time: each a share of every model row.
+
+    Standardisation is per column, and each dense column depends on the user or on the item
+    (and the time), never both, so a row (user u, item i) at this time is u's columns beside
+    i's: `rows` gathers them. Arrays, row r for the r-th user or item of the encoding:
+
+    user_dense: (U, 2) float32 age, tenure; user_categorical: (U, 5) int64 USER_CATEGORICAL.
+    item_dense: (I, 2) float32 release year, movie age; item_categorical: (I, 2) int64;
+    item_multi_hot: (I, 1, L) int64 genres.
+    """
+
+    user_dense: np.ndarray
+    user_categorical: np.ndarray
+    item_dense: np.ndarray
+    item_categorical: np.ndarray
+    item_multi_hot: np.ndarray
+
+    def rows(
+        self, user_row: int, item_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dense, categorical, multi_hot) of one user against `item_rows`, schema layout."""
+        n = len(item_rows)
+        dense = np.empty((n, len(DENSE)), dtype=np.float32)
+        dense[:, _USER_DENSE] = self.user_dense[user_row]
+        dense[:, _ITEM_DENSE] = self.item_dense.take(item_rows, axis=0)
+        categorical = np.empty((n, len(CATEGORICAL)), dtype=np.int64)
+        categorical[:, _USER_COLUMNS] = self.user_categorical[user_row]
+        categorical[:, _ITEM_COLUMNS] = self.item_categorical.take(item_rows, axis=0)
+        return dense, categorical, self.item_multi_hot.take(item_rows, axis=0)
 
 
 def _user_table(

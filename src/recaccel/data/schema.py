@@ -91,6 +91,7 @@ class FeatureSchema:
     label: str = "label"
     name: str = ""
     _by_name: dict[str, Feature] = field(init=False, repr=False, compare=False)
+    _by_kind: dict[FeatureKind, tuple[Feature, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -100,9 +101,12 @@ class FeatureSchema:
         if not self.features:
             raise ConfigError("a schema needs at least one feature")
         object.__setattr__(self, "_by_name", {f.name: f for f in self.features})
+        # Asked for on every served batch (executor.check_batch): built once.
+        kinds = {k: tuple(f for f in self.features if f.kind is k) for k in FeatureKind}
+        object.__setattr__(self, "_by_kind", kinds)
 
     def of_kind(self, kind: FeatureKind) -> tuple[Feature, ...]:
-        return tuple(f for f in self.features if f.kind is kind)
+        return self._by_kind[kind]
 
     @property
     def dense(self) -> tuple[Feature, ...]:

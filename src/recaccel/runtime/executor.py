@@ -51,6 +51,7 @@ from torch import nn
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 
@@ -229,7 +230,7 @@ def zeros_batch(schema: FeatureSchema, rows: int) -> FeatureBatch:
     )
 
 
-def check_batch(schema: FeatureSchema, batch: FeatureBatch) -> None:
+def check_batch(schema: FeatureSchema, batch: FeatureBatch | Rows) -> None:
     """Refuse a batch whose columns are not `schema`'s, before a backend fails obscurely."""
     expected = {
         "dense": (len(schema.dense),),
@@ -247,9 +248,14 @@ def check_batch(schema: FeatureSchema, batch: FeatureBatch) -> None:
 
 
 def probabilities(logits: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(B,) float32 sigmoid(logits), computed by torch (numerically stable, no overflow)."""
-    scores = torch.from_numpy(logits) if isinstance(logits, np.ndarray) else logits
-    return torch.sigmoid(scores.detach().float()).cpu().numpy()
+    """(B,) float32 sigmoid(logits) in numpy: no torch op on the serving path for backends
+    that return numpy. exp overflows to inf for logits below about -88, and 1 / (1 + inf) is
+    the 0 that float32 rounds the true value to."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    x = np.asarray(logits, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return np.reciprocal(np.exp(-x) + np.float32(1.0))
 
 
 class Executor(ABC):
@@ -258,7 +264,12 @@ class Executor(ABC):
     Subclasses take (artifact, config, calibration) and implement `_run`. An executor owns its
     model: an `Artifact` passed in is deep-copied where the backend changes the model (device
     moves, casts), so the caller's model is never modified.
+
+    `concurrent_runs`: whether several threads may call `run` at once (an ONNX Runtime session
+    may; an OpenVINO infer request and a compiled PyTorch module are not shared).
     """
+
+    concurrent_runs = False
 
     def __init__(self, artifact: Artifact, config: ExecutorConfig) -> None:
         self.config = config
@@ -272,15 +283,16 @@ class Executor(ABC):
         """E.g. "dlrm@3f2a9c1e torch-eager/cpu/fp32/t1"."""
         return f"{self.model_name}@{self.artifact_id[:8]} {self.config.label()}"
 
-    def run(self, batch: FeatureBatch) -> np.ndarray:
-        """Click probabilities sigmoid(logit), (B,) float32 on the host, for B rows."""
+    def run(self, batch: FeatureBatch | Rows) -> np.ndarray:
+        """Click probabilities sigmoid(logit), (B,) float32 on the host, for B rows: torch
+        tensors (`FeatureBatch`) or numpy arrays (`Rows`, what serving sends)."""
         check_batch(self.schema, batch)
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
         return self._run(batch)
 
     @abstractmethod
-    def _run(self, batch: FeatureBatch) -> np.ndarray:
+    def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         """`run` on a checked, non-empty batch."""
 
     def describe(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from torch.export import Dim
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import RecaccelError
 from recaccel.models.half_precision import HalfPrecisionMLP
@@ -358,8 +359,14 @@ def onnx_session(
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
 
 
-def onnx_feeds(batch: FeatureBatch) -> dict[str, np.ndarray]:
-    """The graph's input dict for a batch (numpy views, no copy for CPU tensors)."""
+def onnx_feeds(batch: FeatureBatch | Rows) -> dict[str, np.ndarray]:
+    """The graph's input dict for a batch (numpy views, no copy for CPU tensors or Rows)."""
+    if isinstance(batch, Rows):
+        return {
+            "dense": batch.dense.astype(np.float32, copy=False),
+            "categorical": batch.categorical.astype(np.int64, copy=False),
+            "multi_hot": batch.multi_hot.astype(np.int64, copy=False),
+        }
     return {
         "dense": batch.dense.detach().cpu().numpy().astype(np.float32, copy=False),
         "categorical": batch.categorical.detach().cpu().numpy().astype(np.int64, copy=False),

@@ -39,6 +39,7 @@ import numpy as np
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.paths import recaccel_home
 from recaccel.runtime.executor import (
@@ -171,6 +172,8 @@ def choose_providers(
 class OnnxRuntimeExecutor(Executor):
     """The artifact's ONNX form in an ORT session (see the module docstring)."""
 
+    concurrent_runs = True  # InferenceSession.run is thread-safe (ORT's API docs)
+
     def __init__(
         self,
         artifact: Artifact,
@@ -215,7 +218,7 @@ class OnnxRuntimeExecutor(Executor):
             )
         self._run(zeros_batch(self.schema, WARMUP_ROWS))  # arenas, TensorRT engine build
 
-    def _run(self, batch: FeatureBatch) -> np.ndarray:
+    def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         if self._session is None:
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
         logits: np.ndarray = self._session.run([OUTPUT_NAME], onnx_feeds(batch))[0]

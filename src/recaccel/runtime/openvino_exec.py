@@ -79,6 +79,7 @@ import numpy as np
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.errors import RecaccelError
 from recaccel.models.half_precision import HALF_DTYPES, DeviceCaps, natively_supports, probe_device
 from recaccel.runtime.executor import (
@@ -253,7 +254,7 @@ class OpenVinoExecutor(Executor):
         self._request: Any = self._compiled.create_infer_request()
         self._run(zeros_batch(self.schema, WARMUP_ROWS))  # first-inference allocations
 
-    def _run(self, batch: FeatureBatch) -> np.ndarray:
+    def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         if self._request is None:
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
         for name, array in onnx_feeds(batch).items():

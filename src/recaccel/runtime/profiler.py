@@ -98,6 +98,13 @@ class ProfileOptions:
         return tuple(sorted({*self.batches, self.serving_batch}))
 
 
+def calibration_batch(dataset: Dataset, options: ProfileOptions | None = None) -> FeatureBatch:
+    """The training rows int8-static forms are calibrated on. The server calibrates on these
+    same rows, so it finds the form the profile measured (cached under their digest)."""
+    options = options or ProfileOptions()
+    return sample_rows(dataset.train, options.calibration_rows, options.seed)
+
+
 @dataclass(frozen=True)
 class MachineFacts:
     """What `plan_configs` needs to know about this machine; gathered by `machine_facts`."""
@@ -313,7 +320,7 @@ def run_profile(
     baseline_config = ExecutorConfig("torch-eager", "cpu", 1, "fp32")
     if baseline_config not in configs:
         configs.insert(0, baseline_config)  # the reference is always measured
-    calibration = sample_rows(dataset.train, options.calibration_rows, options.seed)
+    calibration = calibration_batch(dataset, options)
     entries: dict[str, ProfileEntry] = {}
     executors: dict[str, Executor] = {}
     aucs: dict[tuple[str, str, str, str], float] = {}

@@ -33,6 +33,7 @@ from torch import nn
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.errors import ConfigError
 from recaccel.models.half_precision import HALF_DTYPES
 from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
@@ -132,8 +133,9 @@ class TorchEagerExecutor(Executor):
     def _build(self, model: nn.Module) -> Scorer:
         return model
 
-    def _inputs(self, batch: FeatureBatch) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device) for t in batch.as_tuple())  # no copy on CPU
+    def _inputs(self, batch: FeatureBatch | Rows) -> tuple[torch.Tensor, ...]:
+        tensors = batch.as_tuple() if isinstance(batch, FeatureBatch) else _tensors(batch)
+        return tuple(t.to(self.device) for t in tensors)  # no copy on CPU
 
     def _score(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._forward is None:
@@ -147,7 +149,7 @@ class TorchEagerExecutor(Executor):
         """One untimed batch: FBGEMM packs its weights and the allocator fills on first use."""
         self._score(self._inputs(zeros_batch(self.schema, WARMUP_ROWS)))
 
-    def _run(self, batch: FeatureBatch) -> np.ndarray:
+    def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         return probabilities(self._score(self._inputs(batch)))
 
     def _details(self) -> dict[str, Any]:
@@ -158,6 +160,12 @@ class TorchEagerExecutor(Executor):
         self.model, self._forward = None, None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _tensors(rows: Rows) -> tuple[torch.Tensor, ...]:
+    """Numpy rows as tensors over the same memory (a read-only array is copied: torch tensors
+    are writable)."""
+    return tuple(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in rows.as_tuple())
 
 
 def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
@@ -194,7 +202,7 @@ class TorchCompileExecutor(TorchEagerExecutor):
     """The artifact compiled by `torch.compile` (inductor): one graph for every batch size,
     compiled during load (see the module docstring)."""
 
-    def _inputs(self, batch: FeatureBatch) -> tuple[torch.Tensor, ...]:
+    def _inputs(self, batch: FeatureBatch | Rows) -> tuple[torch.Tensor, ...]:
         return tuple(_row_major(t) for t in super()._inputs(batch))
 
     def _build(self, model: nn.Module) -> Scorer:

@@ -40,6 +40,8 @@ from recaccel.runtime.latency_model import LatencyModel
 from recaccel.serve.batcher_policy import batches_ms
 from recaccel.serve.errors import OverloadedError, RequestError
 
+REFUSALS = ("draining", "queue_full", "deadline")  # the codes `admit` refuses with
+
 # The default rank-request SLO, as runtime/select.py's DEFAULT_SLO_P99_MS (not imported: that
 # module loads the executors, and with them torch).
 DEFAULT_SLO_MS = 50.0
@@ -105,7 +107,7 @@ def queue_wait_s(
 ) -> float:
     """Predicted time for `workers` executors to work off a backlog: each entry one queued
     request's rows or one batch in flight, run as the batcher groups them (`batches_ms`,
-    median per batch, as the router prices a backlog)."""
+    median per batch: several batches' tails rarely align)."""
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, not {workers}")
     return batches_ms(backlog_rows, max_rows, latency, "median") / 1e3 / workers

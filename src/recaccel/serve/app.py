@@ -1,48 +1,55 @@
 """The HTTP routes: Open Inference Protocol (KServe v2 REST, as Triton speaks it), the ranking
-API, health, metrics and model management. Routes only: decoding is protocol.py, features are
-features.py, batching and workers are deployment.py.
+API, health, metrics and model management. Routes only: decoding is protocol.py and rank.py,
+features are features.py, batching and execution are deployment.py and plane/.
 
-Stack: FastAPI for the OpenAPI spec and the typed /v1/rank body, on Starlette's routing, served
-by uvicorn with uvloop and httptools (serve/server.py) — the fastest pure-Python ASGI path we
-can keep maintained. The inference route reads the raw body itself: OIP bodies may be binary
-(Triton's extension), and decoding 100-row JSON tensors with orjson in protocol.py is several
-times faster than letting pydantic validate nested lists.
+Stack: FastAPI for the OpenAPI spec, on Starlette's routing, served by uvicorn with uvloop and
+httptools (serve/server.py). Two routes skip FastAPI's per-request machinery because they are
+the hot path: the inference route reads the raw body itself (OIP bodies may be binary, and
+orjson decodes 100-row tensors several times faster than pydantic validates nested lists), and
+POST /v1/rank is a bare ASGI endpoint (`RankEndpoint`) that uvicorn reaches ahead of FastAPI
+(`lean_app`), documented in the OpenAPI spec by its pydantic models (rank.py).
 
-Every error is a `RequestError` raised by a route and answered here as `{"error": message}`
-with its status (and `Retry-After` for overload); anything else is logged with the request id
-and answered 500, never a stack trace to the client.
+Every error is a `RequestError` raised by a route and answered as `{"error": message}` with its
+status (and `Retry-After` for overload); anything else is logged with the request id and
+answered 500, never a stack trace to the client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import recaccel
+from recaccel.errors import RecaccelError
 from recaccel.runtime.export import OUTPUT_NAME
 from recaccel.serve import protocol
 from recaccel.serve.admission import deadline_for
 from recaccel.serve.config import ServeConfig
-from recaccel.serve.errors import (
-    PayloadTooLargeError,
-    RequestError,
-    UnavailableError,
-)
+from recaccel.serve.errors import RequestError, UnavailableError
 from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.middleware import (
+    RequestMetrics,
+    error_response,
+    read_body,
+    receive_body,
+    request_id_of,
+)
 from recaccel.serve.models import ModelRepository
 from recaccel.serve.overload import (
     SERVER_OVERLOADED,
@@ -50,184 +57,128 @@ from recaccel.serve.overload import (
     OverloadPolicy,
     overload_target_s,
 )
+from recaccel.serve.plane.control import Channel, Command
+from recaccel.serve.plane.front import (
+    FRONT_START_FAILED,
+    METRICS_DIR_ENV,
+    PUBLISH_INTERVAL_S,
+    FrontLink,
+)
+from recaccel.serve.rank import RankRequest, RankResponse, answer_body, parse_rank_request
 
 log = logging.getLogger("recaccel.serve")
-REQUEST_ID = "X-Request-ID"
+RANK_PATH = "/v1/rank"
+_ERROR = {"content": {"application/json": {"example": {"error": "what is wrong, and a hint"}}}}
+RANK_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a malformed request: the error names the field", **_ERROR},
+    404: {"description": "an unknown model, user or item", **_ERROR},
+    413: {"description": "a body or candidate list over the server's limits", **_ERROR},
+    429: {"description": "refused now, to be answered in time: see Retry-After", **_ERROR},
+    503: {"description": "draining, starting, or no feature store", **_ERROR},
+}
 
 
-class RankRequest(BaseModel):
-    user_id: int = Field(description="the user to rank for")
-    candidates: list[int] | None = Field(
-        default=None, description="item ids to rank; absent: the whole catalogue"
-    )
-    k: int | None = Field(default=None, ge=1, description="how many items to return")
-    features: dict[str, Any] | None = Field(
-        default=None,
-        description="raw feature values overriding the stored ones (e.g. age, gender, "
-        "occupation, zip_code, timestamp), so an unknown user can still be ranked",
-    )
-    model: str | None = Field(default=None, description="model name; absent: the default")
-    deadline_ms: float | None = Field(
-        default=None, gt=0, description="answer within this, or get a 429 at once"
-    )
-    priority: int = Field(default=0, description="higher may use the queue's reserve")
+class ShortCut:
+    """ASGI middleware: requests for one method and path go straight to `endpoint`, every
+    other request (and the lifespan) on to `app`."""
 
-
-class RankedItem(BaseModel):
-    item_id: int
-    score: float
-
-
-class RankResponse(BaseModel):
-    model: str
-    version: str
-    user_id: int
-    items: list[RankedItem]
-    candidates: int
-    server_ms: float
-
-
-def _error(error: RequestError, request_id: str) -> Response:
-    headers = {REQUEST_ID: request_id}
-    retry_after = getattr(error, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
-    message = error.message + (f" ({error.hint})" if error.hint else "")
-    body = protocol.error_body(message, getattr(error, "code", None))
-    return Response(body, error.status, headers, media_type="application/json")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past `limit` bytes before it is all read."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(
-            f"request body of {int(declared):,} bytes exceeds the limit of {limit:,}",
-            "send fewer rows per request, or raise server.max_body_bytes",
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _endpoint(path: str) -> str:
-    """A low-cardinality label for metrics."""
-    if path.endswith("/infer"):
-        return "infer"
-    if path.startswith("/v1/rank"):
-        return "rank"
-    if path.startswith("/v2/repository"):
-        return "management"
-    return "other"
-
-
-def _request_id(scope: Scope) -> str:
-    state: dict[str, Any] = scope.setdefault("state", {})
-    if "request_id" not in state:
-        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
-        state["request_id"] = given.decode("latin-1")[:64] or uuid.uuid4().hex[:16]
-    return str(state["request_id"])
-
-
-class RequestMetrics:
-    """Request ids, Prometheus request metrics and the optional structured log line.
-
-    A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`, which runs each
-    request's response through an extra task and memory stream: a per-request cost on the
-    path the benchmark measures. It only watches the response start go by.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: ServerMetrics,
-        log_requests: bool,
-        overload: OverloadGuard | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, endpoint: ASGIApp, method: str, path: str) -> None:
         self.app = app
-        self.metrics = metrics
-        self.log_requests = log_requests
-        self.overload = overload
+        self.endpoint = endpoint
+        self.method = method
+        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        here = scope["type"] == "http" and scope["path"] == self.path
+        if here and scope["method"] == self.method:
+            await self.endpoint(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        request_id = _request_id(scope)
-        scope["state"].setdefault("model", "")
-        header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
-        status = 500
-        start = time.perf_counter()
-        guard = self.overload if _endpoint(scope.get("path", "")) in ("infer", "rank") else None
-        if guard is not None and not guard.enter():
-            await self._refuse(guard, send, header)
-            self._record(scope, 429, time.perf_counter() - start, request_id)
-            return
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
 
+class RankEndpoint:
+    """POST /v1/rank as a bare ASGI endpoint (module docstring)."""
+
+    def __init__(self, repository: ModelRepository, config: ServeConfig) -> None:
+        self.repository = repository
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - start
-            if guard is not None:
-                guard.leave(elapsed, answered=status == 200)
-            self._record(scope, status, elapsed, request_id)
-
-    async def _refuse(
-        self, guard: OverloadGuard, send: Send, request_id: tuple[bytes, bytes]
-    ) -> None:
-        """429 without reading the body or routing: the cheapest answer the loop can give."""
-        body = protocol.error_body(
-            f"server overloaded: {guard.in_flight} inference requests in flight, its limit "
-            f"now (requests waited at least {guard.standing_s * 1e3:.0f} ms in it and its "
-            f"event loop runs {guard.lag_s * 1e3:.0f} ms late; target "
-            f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After",
-            SERVER_OVERLOADED,
-        )
-        self.metrics.rejected.labels("", SERVER_OVERLOADED).inc()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-            request_id,
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
+            body = await self._rank(scope, receive)
+        except ClientDisconnect:
+            return  # nobody is waiting for an answer
+        except RequestError as error:
+            await error_response(error, request_id_of(scope))(scope, receive, send)
+            return
+        except Exception as error:  # a bug: logged with the request id, answered 500
+            request_id = request_id_of(scope)
+            log.error("request %s %s failed", request_id, RANK_PATH, exc_info=error)
+            await error_response(RequestError("internal error", status=500), request_id)(
+                scope, receive, send
+            )
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
-        path = scope.get("path", "")
-        endpoint = _endpoint(path)
-        if endpoint != "other":
-            model = scope["state"].get("model", "")
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.request_latency.labels(endpoint, model).observe(elapsed)
-        if self.log_requests:
-            line = {
-                "request_id": request_id,
-                "method": scope.get("method"),
-                "path": path,
-                "status": status,
-                "ms": round(elapsed * 1e3, 3),
-            }
-            log.info(orjson.dumps(line).decode())
+    async def _rank(self, scope: Scope, receive: Receive) -> bytes:
+        start = time.perf_counter()
+        config = self.config
+        query = parse_rank_request(await receive_body(scope, receive, config.server.max_body_bytes))
+        deployment = self.repository.get(query.model, None)
+        scope["state"]["model"] = deployment.name
+        store = self.repository.features
+        if store is None:
+            raise UnavailableError(
+                "ranking needs a feature store, and this server has none",
+                "serve artifacts trained on a dataset with users and items (movielens-100k)",
+            )
+        rows, items = store.rows(query.user_id, query.candidates, query.features)
+        deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)
+        scores = await deployment.score(rows, deadline, query.priority)
+        return answer_body(
+            deployment.name,
+            deployment.version,
+            query.user_id,
+            items,
+            scores,
+            query.k or config.rank.default_k,
+            (time.perf_counter() - start) * 1e3,
+        )
+
+
+def _rank_documented(body: RankRequest) -> RankResponse:
+    """Rank items for a user: the scores of `candidates` (or the whole catalogue) for
+    `user_id`, best first, top `k`. Served by `RankEndpoint`; this signature is what the
+    OpenAPI document shows for it."""
+    raise NotImplementedError("documentation only: RankEndpoint serves POST /v1/rank")
+
+
+def _metrics_registry(metrics: ServerMetrics) -> CollectorRegistry:
+    """This server's registry, or, behind several front processes, all of theirs summed
+    (prometheus-client's multiprocess mode; plane/front.py)."""
+    directory = os.environ.get(METRICS_DIR_ENV)
+    if not directory:
+        return metrics.registry
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def create_app(
     repository: ModelRepository,
     config: ServeConfig,
     metrics: ServerMetrics,
+    link: FrontLink | None = None,
 ) -> FastAPI:
-    """The ASGI app over `repository`'s models; its lifespan starts and drains them."""
+    """The ASGI app over `repository`'s models; its lifespan starts and drains them.
+
+    `link`: this app is one of several front processes (plane/front.py): readiness is theirs
+    together, and a load or unload is done by all of them.
+    """
     target_s = overload_target_s(config.admission.overload_target_ms, config.slo.p99_ms)
 
     def export(guard: OverloadGuard) -> None:
@@ -236,17 +187,47 @@ def create_app(
         metrics.loop_lag.set(guard.lag_s)
 
     overload = OverloadGuard(OverloadPolicy(target_s), on_interval=export)
+    metrics.rejected.labels("", SERVER_OVERLOADED)  # at 0 until the limit refuses one
+
+    async def on_command(command: Command) -> Any:
+        """What the supervisor asks of this front: its share of a load or an unload."""
+        if command.op == "load":
+            return await repository.load(**command.args)
+        if command.op == "unload":
+            return await repository.unload(**command.args)
+        raise RequestError(f"unknown control command {command.op!r}", status=500)
+
+    async def publish_readiness(link: FrontLink) -> None:
+        while True:
+            link.publish(repository.ready)
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await repository.start()
+        if link is not None:
+            link.channel = Channel(link.connection, on_command)
+        try:
+            await repository.start()
+        except RecaccelError as error:
+            if link is None:
+                raise
+            # A front that cannot load what it serves: its reason, plainly, for the log the
+            # supervisor points to (not uvicorn's traceback), and the exit code it reads.
+            log.error("front process %d cannot start: %s", link.index, error)
+            os._exit(FRONT_START_FAILED)
         freeze_long_lived_heap()  # features, models, imports: off every full collection
         overload.start()
+        publisher = None if link is None else asyncio.create_task(publish_readiness(link))
         try:
             yield
         finally:
+            if publisher is not None:
+                publisher.cancel()
+                link.publish(False)  # type: ignore[union-attr]
             await overload.stop()
             await repository.drain()
+            if link is not None and link.channel is not None:
+                link.channel.close()
             log.warning("drained: every admitted request answered, workers stopped")
 
     app = FastAPI(
@@ -259,21 +240,49 @@ def create_app(
 
     async def request_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestError)
-        return _error(error, _request_id(request.scope))
+        return error_response(error, request_id_of(request.scope))
 
     async def unexpected_error(request: Request, error: Exception) -> Response:
-        request_id = _request_id(request.scope)
+        request_id = request_id_of(request.scope)
         log.error("request %s %s failed", request_id, request.url.path, exc_info=error)
-        return _error(RequestError("internal error", status=500), request_id)
+        return error_response(RequestError("internal error", status=500), request_id)
 
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(Exception, unexpected_error)
+    rank = RankEndpoint(repository, config)
+    app.add_middleware(ShortCut, endpoint=rank, method="POST", path=RANK_PATH)
+    log_requests = config.server.log_requests
     app.add_middleware(
-        RequestMetrics,
-        metrics=metrics,
-        log_requests=config.server.log_requests,
-        overload=overload,
+        RequestMetrics, metrics=metrics, log_requests=log_requests, overload=overload
     )
+    # What uvicorn runs (lean_app): /v1/rank reaches its endpoint without FastAPI's own
+    # middleware stack (error, telemetry, body-limit layers: module docstring); mounted inside
+    # FastAPI too, for hosts that take the FastAPI app itself (Ray Serve, test clients).
+    measured_rank = RequestMetrics(rank, metrics, log_requests, overload)
+    app.state.lean_app = ShortCut(app, measured_rank, "POST", RANK_PATH)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            documented = APIRoute(
+                RANK_PATH,
+                _rank_documented,
+                methods=["POST"],
+                response_model=RankResponse,
+                summary="rank items for a user",
+                responses=RANK_ERRORS,
+            )
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, documented],
+            )
+            # FastAPI documents a 422 for every body; this endpoint answers 400 instead.
+            schema["paths"][RANK_PATH]["post"]["responses"].pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # --- health and metadata ------------------------------------------------------------------
 
@@ -285,9 +294,10 @@ def create_app(
     async def live() -> Response:
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready", summary="every model can serve")
+    @app.get("/v2/health/ready", summary="every model can serve, in every front process")
     async def ready() -> Response:
-        return Response(status_code=200 if repository.ready else 503)
+        every = link is None or link.all_ready()
+        return Response(status_code=200 if repository.ready and every else 503)
 
     @app.get("/v2/models/{name}", summary="model metadata")
     @app.get("/v2/models/{name}/versions/{version}", summary="model metadata (one version)")
@@ -305,7 +315,7 @@ def create_app(
             {"name": name, "ready": deployment.ready}, status_code=200 if deployment.ready else 503
         )
 
-    @app.get("/v2/models/{name}/stats", summary="workers and their counters")
+    @app.get("/v2/models/{name}/stats", summary="workers and their counters (this process)")
     @app.get("/v2/models/{name}/versions/{version}/stats", summary="stats (one version)")
     async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
         return repository.get(name, version).stats()
@@ -316,7 +326,7 @@ def create_app(
     @app.post("/v2/models/{name}/versions/{version}/infer", summary="inference (one version)")
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         request.state.model = name
-        body = await _read_body(request, config.server.max_body_bytes)
+        body = await read_body(request, config.server.max_body_bytes)
         # No await between choosing the version and queueing on it: a hot swap in between
         # would leave the request on a draining version.
         deployment = repository.get(name, version)
@@ -334,43 +344,12 @@ def create_app(
         )
         return Response(body_out, headers=headers)
 
-    @app.post("/v1/rank", response_model=RankResponse, summary="rank items for a user")
-    async def rank(request: Request) -> Response:
-        start = time.perf_counter()
-        body = await _read_body(request, config.server.max_body_bytes)
-        try:
-            asked = RankRequest.model_validate_json(body)
-        except ValueError as error:
-            raise RequestError(f"bad rank request: {_pydantic_message(error)}") from None
-        deployment = repository.get(asked.model, None)
-        request.state.model = deployment.name
-        store = repository.features
-        if store is None:
-            raise UnavailableError(
-                "ranking needs a feature store, and this server has none",
-                "serve artifacts trained on a dataset with users and items (movielens-100k)",
-            )
-        batch, items = store.rows(asked.user_id, asked.candidates, asked.features)
-        deadline = deadline_for(time.monotonic(), asked.deadline_ms, config.slo.p99_ms)
-        scores = await deployment.score(batch, deadline, asked.priority)
-        k = min(asked.k or config.rank.default_k, len(items))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(items) else np.arange(len(items))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        answer = {
-            "model": deployment.name,
-            "version": deployment.version,
-            "user_id": asked.user_id,
-            "items": [{"item_id": int(items[i]), "score": float(scores[i])} for i in top],
-            "candidates": len(items),
-            "server_ms": round((time.perf_counter() - start) * 1e3, 3),
-        }
-        return Response(orjson.dumps(answer), media_type="application/json")
-
     # --- metrics and management ---------------------------------------------------------------
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics (every front process)")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(_metrics_registry(metrics))
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     def _authorize(request: Request) -> None:
         if not config.server.management:
@@ -387,7 +366,7 @@ def create_app(
     @app.post("/v2/repository/models/{name}/load", summary="load or hot-swap a model version")
     async def load(request: Request, name: str) -> dict[str, Any]:
         _authorize(request)
-        body = await _read_body(request, config.server.max_body_bytes)
+        body = await read_body(request, config.server.max_body_bytes)
         try:
             parameters = orjson.loads(body or b"{}").get("parameters", {})
             artifact = str(parameters["artifact"])
@@ -395,13 +374,21 @@ def create_app(
             raise RequestError(
                 'load needs {"parameters": {"artifact": "<artifact directory>"}}'
             ) from None
-        version = await repository.load(name, artifact, parameters.get("version"))
+        asked = parameters.get("version")
+        asked = None if asked is None else str(asked)
+        if link is not None:
+            version = await link.ask("load", name=name, artifact=artifact, version=asked)
+        else:
+            version = await repository.load(name, artifact, asked)
         return {"name": name, "version": version, "ready": True}
 
     @app.post("/v2/repository/models/{name}/unload", summary="drain and unload a model")
     async def unload(request: Request, name: str) -> dict[str, Any]:
         _authorize(request)
-        await repository.unload(name)
+        if link is not None:
+            await link.ask("unload", name=name)
+        else:
+            await repository.unload(name)
         return {"name": name, "unloaded": True}
 
     @app.post("/v2/repository/index", summary="the models and their versions")
@@ -409,6 +396,12 @@ def create_app(
         return repository.index()
 
     return app
+
+
+def lean_app(app: FastAPI) -> ASGIApp:
+    """The ASGI app a server runs for `app` (made by `create_app`; see its end)."""
+    lean: ASGIApp = app.state.lean_app
+    return lean
 
 
 def _timeout_ms(value: Any) -> float | None:

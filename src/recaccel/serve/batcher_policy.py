@@ -144,23 +144,6 @@ def dispatch_at(
     return min(by_deadline, oldest_arrival + max_queue_delay_s)
 
 
-def work_ms(
-    rows: int, max_rows: int, latency: LatencyModel, statistic: Statistic = "median"
-) -> float:
-    """Predicted time to run `rows` rows as batches of at most `max_rows`: full batches plus
-    one for the remainder, each paying its own per-call overhead. 0 for no rows.
-
-    Pricing a backlog as one batch of all its rows would count the per-call overhead once and
-    extrapolate the model past the largest batch that is ever run; the executor runs it in
-    batches of `max_rows`, so that is how it is priced.
-    """
-    if rows <= 0:
-        return 0.0
-    full, rest = divmod(rows, max_rows)
-    total = full * latency.predict_ms(max_rows, statistic) if full else 0.0
-    return total + (latency.predict_ms(rest, statistic) if rest else 0.0)
-
-
 def batches_ms(
     request_rows: Sequence[int],
     max_rows: int,
@@ -171,8 +154,8 @@ def batches_ms(
     the longest run of requests whose rows fit in `max_rows` (`take`), a request larger than
     `max_rows` alone. 0 for none.
 
-    Unlike `work_ms`, requests are never split: with `max_rows` 1 (one request per batch) ten
-    100-row requests cost ten 100-row batches, not a thousand 1-row ones.
+    Requests are never split: with `max_rows` 1 (one request per batch) ten 100-row requests
+    cost ten 100-row batches, not a thousand 1-row ones.
 
     >>> from recaccel.runtime.latency_model import LatencyPoint
     >>> m = LatencyModel.from_points([LatencyPoint(1, 1.0, 1.0, 5), LatencyPoint(101, 2.0, 2.0, 5)])
@@ -240,3 +223,28 @@ def plan_batch(
     by_delay = queue[0].arrival + policy.max_queue_delay_s
     trigger: Trigger = "deadline" if by_deadline <= by_delay else "queue_delay"
     return BatchPlan(count, total, max(now, min(by_deadline, by_delay)), trigger)
+
+
+def split_count(rows: int, executors: int, latency: LatencyModel, budget_ms: float) -> int:
+    """How many equal sub-batches a request of `rows` rows is cut into, each run on its own
+    executor at once: DeepRecSys' query splitting (Gupta et al., ISCA 2020), where a query
+    too large to meet the tail-latency target on one core is spread over several.
+
+    1 when the request's p99 alone fits `budget_ms`, or there is one executor; else the fewest
+    parts whose p99 fits, at most `executors` (and `rows`): past that, more parts would only
+    wait for one another.
+
+    >>> from recaccel.runtime.latency_model import LatencyPoint as P
+    >>> m = LatencyModel.from_points([P(1, 1.0, 1.0, 9), P(1001, 51.0, 51.0, 9)])  # 1 + rows/20
+    >>> [split_count(rows, 4, m, 25.0) for rows in (400, 600, 1000, 3000)]
+    [1, 2, 3, 4]
+    """
+    if executors <= 1 or rows <= 1 or latency.predict_ms(rows, "p99") <= budget_ms:
+        return 1
+    parts = 2
+    while (
+        parts < min(executors, rows)
+        and latency.predict_ms(math.ceil(rows / parts), "p99") > budget_ms
+    ):
+        parts += 1
+    return min(parts, rows)

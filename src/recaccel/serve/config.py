@@ -1,6 +1,7 @@
 """Serving configuration: one file (TOML or YAML), then environment variables, then CLI flags.
 
     [server]     host, port, max_body_bytes, management, log_requests, drain_grace_s
+    [plane]      processes, execution, inline_max_ms
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
     [workers]    min, max, executors = [{backend, device, precision, threads, count}]
@@ -16,8 +17,8 @@ start, and an error names the bad key (`slo.p99_ms: must be > 0, got -1`), so a 
 becomes a silently ignored setting.
 
 Defaults: bind 127.0.0.1 (not reachable from other machines unless asked), management
-endpoints off, 1 MiB bodies, p99 50 ms per rank request, 1..2 workers of onnxruntime/cpu/fp32
-with one thread each.
+endpoints off, 1 MiB bodies, p99 50 ms per rank request, one front process per usable core,
+each running onnxruntime/cpu/fp32 on one thread inside itself (docs/serving-plane.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from recaccel.runtime.executor import BACKENDS, ExecutorConfig
 
 ENV_PREFIX = "RECACCEL_"
 TOKEN_ENV = "RECACCEL_TOKEN"
+IN_PROCESS, WORKER_PROCESSES = "in-process", "workers"
+EXECUTIONS = (IN_PROCESS, WORKER_PROCESSES)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,22 @@ class ServerSection:
     management: bool = False  # load / unload / swap endpoints; need RECACCEL_TOKEN
     log_requests: bool = False  # one structured log line per request
     drain_grace_s: float = 1.0  # after SIGTERM: 503s (not resets) before the listener closes
+
+
+@dataclass(frozen=True)
+class PlaneSection:
+    # Front processes accepting on one listening socket, each running the whole request path
+    # (HTTP, features, batching, execution). 0: one per CPU this server may run on.
+    processes: int = 0
+    # Where executors run. "in-process": on threads of each front process, `count` lanes per
+    # executor kind (default 1); no IPC, the right choice when the model's compute is small
+    # next to the front's cost. "workers": in worker processes of each front process, between
+    # workers.min and workers.max, autoscaled: heavy models, GPUs (docs/serving-plane.md).
+    execution: str = IN_PROCESS
+    # In-process: a batch predicted (p99) to take at most this long runs on the event loop's
+    # own thread rather than its lane's; a hand-off to a thread and back costs about 0.1-0.2
+    # ms of CPU on a VM (plane/inproc.py). 0: always on the lane's thread.
+    inline_max_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class RankSection:
 @dataclass(frozen=True)
 class ServeConfig:
     server: ServerSection = field(default_factory=ServerSection)
+    plane: PlaneSection = field(default_factory=PlaneSection)
     slo: SloSection = field(default_factory=SloSection)
     batching: BatchingSection = field(default_factory=BatchingSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
@@ -241,6 +261,12 @@ def _check(config: ServeConfig) -> ServeConfig:
         (0 < config.server.port < 65536, f"server.port: must be 1..65535: {config.server.port}"),
         (config.server.max_body_bytes >= 1024, "server.max_body_bytes: must be >= 1024"),
         (config.server.drain_grace_s >= 0, "server.drain_grace_s: must be >= 0"),
+        (config.plane.processes >= 0,
+         f"plane.processes: must be >= 0 (0: one per core), got {config.plane.processes}"),
+        (config.plane.inline_max_ms >= 0, "plane.inline_max_ms: must be >= 0"),
+        (config.plane.execution in EXECUTIONS,
+         f"plane.execution: must be one of {', '.join(EXECUTIONS)}, "
+         f"got {config.plane.execution!r}"),
         (config.slo.p99_ms > 0, f"slo.p99_ms: must be > 0, got {config.slo.p99_ms}"),
         (config.slo.max_queue_delay_ms >= 0, "slo.max_queue_delay_ms: must be >= 0"),
         (config.batching.max_rows >= 1, "batching.max_rows: must be >= 1"),

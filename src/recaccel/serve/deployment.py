@@ -1,9 +1,14 @@
-"""One model version being served: its worker processes, its batch queue, its scaling loop.
+"""One model version being served: its executors, its batch queue, its scaling loop.
 
     deployment = Deployment(ModelVersion("ranker", "1", artifact), config, metrics)
-    await deployment.start()                       # workers loaded and ready
-    scores = await deployment.score(batch, deadline)
-    await deployment.drain()                       # finish everything queued, stop workers
+    await deployment.start()                       # executors loaded and ready
+    scores = await deployment.score(rows, deadline)
+    await deployment.drain()                       # finish everything queued, stop executors
+
+Executors run where `plane.execution` says: in this process, one thread per lane
+(plane/inproc.py; the default, for models whose compute is small next to the front's cost), or
+in worker processes (workers.py; heavy models, GPUs). Both are "workers" below: the batcher,
+router and admission treat them alike.
 
 The request path. `score` asks admission control (admission.py) whether the request can finish
 by its deadline given the queue ahead of it; if not it fails at once with 429 and Retry-After.
@@ -14,10 +19,16 @@ oldest request has waited `max_queue_delay_ms` — and only when a worker is fre
 under load batches grow instead of queueing inside workers. The router (router.py) sends it to
 the free worker with the earliest predicted completion. Scores are split back per request.
 
-Failures never leave a request hanging: a batch whose worker died is retried once on another
-worker, then failed with 503; an executor error fails its requests with 500 and the message.
-A dead worker is replaced at once. Scaling (autoscaler.py) samples utilization and queue delay
-every `interval_s` and starts or stops workers of the elastic kind between min and max.
+Query splitting: a request whose p99 alone would take more than half the SLO (the other half
+is a wait for the batch running before it) is cut into parts run on several workers at once
+(batcher_policy.split_count, DeepRecSys' rule); each part is a batch of its own, and the
+request is answered when every part is (plane/queue.py).
+
+Failures never leave a request hanging: a batch whose worker process died is retried once on
+another worker, then failed with 503; an executor error fails its requests with 500 and the
+message. A dead worker is replaced at once. Scaling (autoscaler.py) samples utilization and
+queue delay every `interval_s` and starts or stops worker processes of the elastic kind between
+min and max; in-process lanes are a fixed count per front process.
 
 Latency models come from the profile when it has the artifact on a worker's configuration,
 else from the worker's own measurement at start (workers.py).
@@ -27,29 +38,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import itertools
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from recaccel.artifact import read_manifest
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.runtime.profile import Profile
 from recaccel.serve import admission, autoscaler, batcher_policy, router
-from recaccel.serve.config import ExecutorSection, ServeConfig
+from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
 from recaccel.serve.errors import RequestError, UnavailableError
 from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.plane import queue
+from recaccel.serve.plane.inproc import InProcessLane, start_lanes
+from recaccel.serve.plane.queue import Part, Request
 from recaccel.serve.workers import (
     WorkerDiedError,
-    WorkerFailedError,
     WorkerProcess,
     WorkerSpec,
 )
@@ -67,28 +84,7 @@ class ModelVersion:
     artifact: Path
 
 
-@dataclass
-class _Request:
-    batch: FeatureBatch
-    arrival: float
-    deadline: float
-    future: asyncio.Future[np.ndarray]
-    priority: int = 0
-    attempts: int = 0
-
-    @property
-    def rows(self) -> int:
-        return len(self.batch)
-
-
-def _concat(requests: list[_Request]) -> FeatureBatch:
-    if len(requests) == 1:
-        return requests[0].batch
-    return FeatureBatch(
-        torch.cat([r.batch.dense for r in requests]),
-        torch.cat([r.batch.categorical for r in requests]),
-        torch.cat([r.batch.multi_hot for r in requests]),
-    )
+Worker = WorkerProcess | InProcessLane
 
 
 @dataclass
@@ -97,12 +93,14 @@ class _Kind:
 
     section: ExecutorSection
     spec: WorkerSpec
+    in_process: bool
     latency: LatencyModel | None = None  # from the profile, else the first worker's
-    workers: list[WorkerProcess] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
 
     @property
     def elastic(self) -> bool:
-        return self.section.count is None
+        """Scaled by the autoscaler: worker processes with no fixed count."""
+        return not self.in_process and self.section.count is None
 
 
 class Deployment:
@@ -114,14 +112,21 @@ class Deployment:
         config: ServeConfig,
         metrics: ServerMetrics,
         profile: Profile | None = None,
+        calibration: FeatureBatch | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.metrics = metrics
+        self._series = metrics.of_model(model.name, admission.REFUSALS)
         self.manifest = read_manifest(model.artifact)
         self._schema = FeatureSchema.from_dict(self.manifest.schema)
+        in_process = config.plane.execution == IN_PROCESS
         self.kinds = [
-            _Kind(section, WorkerSpec(model.artifact, section.executor_config()))
+            _Kind(
+                section,
+                WorkerSpec(model.artifact, section.executor_config(), calibration=calibration),
+                in_process,
+            )
             for section in config.workers.executors
         ]
         for kind in self.kinds:
@@ -130,10 +135,15 @@ class Deployment:
         self._admission = admission.AdmissionConfig(
             limits.max_queue_rows, limits.max_queue_requests, config.slo.p99_ms
         )
-        self._queue: deque[_Request] = deque()
-        self._wakeup = asyncio.Event()
+        self._queue: deque[Part] = deque()
+        self._policy = batcher_policy.BatchPolicy(
+            config.batching.max_rows, config.slo.max_queue_delay_ms / 1e3
+        )
+        self._timer: asyncio.TimerHandle | None = None  # the next batch's dispatch time
+        self._running_batches = 0
+        self._pumping = False
+        self._latency: LatencyModel | None = None  # see `latency`
         self._tasks: list[asyncio.Task[None]] = []
-        self._batches: set[asyncio.Task[None]] = set()
         self._names = (f"{model.name}-{model.version}-{i}" for i in range(1 << 30))
         self._scaler_state: autoscaler.AutoscalerState | None = None
         self.draining = False
@@ -159,8 +169,11 @@ class Deployment:
 
     async def start(self) -> None:
         """Start every kind's initial workers and wait until they are ready."""
-        starts = []
+        starts: list[Coroutine[Any, Any, object]] = []
         for kind in self.kinds:
+            if kind.in_process:
+                starts.append(self._add_lanes(kind, kind.section.count or 1))
+                continue
             count = kind.section.count or self.config.workers.min
             starts += [self._add_worker(kind) for _ in range(count)]
         results = await asyncio.gather(*starts, return_exceptions=True)
@@ -172,8 +185,7 @@ class Deployment:
             self.elastic_workers, time.monotonic()
         )
         self._tasks = [
-            asyncio.create_task(self._batching_loop(), name=f"batcher-{self.model.name}"),
-            asyncio.create_task(self._scaling_loop(), name=f"autoscaler-{self.model.name}"),
+            asyncio.create_task(self._scaling_loop(), name=f"autoscaler-{self.model.name}")
         ]
         self.ready = True
 
@@ -184,13 +196,15 @@ class Deployment:
         """
         self.draining = True
         self.ready = False
-        self._wakeup.set()
+        self._pump()  # draining: whatever is queued goes now, batch waits or not
         deadline = time.monotonic() + timeout_s
-        while (self._queue or self._batches) and time.monotonic() < deadline:
+        while (self._queue or self._running_batches) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        if self._timer is not None:
+            self._timer.cancel()
         while self._queue:
             self._fail(
-                self._queue.popleft(),
+                self._queue.popleft().request,
                 UnavailableError(f"model {self.name} stopped before this request could run"),
             )
         for task in self._tasks:
@@ -219,9 +233,29 @@ class Deployment:
             return worker
         kind.workers.append(worker)
         self._update_worker_gauges()
-        self._wakeup.set()
+        self._pump()
         log.info("worker %s ready (%s, loaded in %.2f s)", worker.name, kind.spec.kind, info.load_s)
         return worker
+
+    async def _add_lanes(self, kind: _Kind, count: int) -> None:
+        lanes, info = await start_lanes(
+            kind.spec,
+            next(self._names),
+            count,
+            self.config.plane.inline_max_ms,
+            measure_latency=kind.latency is None,
+        )
+        if kind.latency is None:
+            kind.latency = info.latency
+        for lane in lanes:
+            lane.latency = kind.latency
+        if self.draining:
+            await asyncio.gather(*(lane.stop() for lane in lanes))
+            return
+        kind.workers.extend(lanes)
+        self._update_worker_gauges()
+        self._pump()
+        log.info("%d lane(s) of %s ready (loaded in %.2f s)", count, kind.spec.kind, info.load_s)
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         for kind in self.kinds:
@@ -233,9 +267,11 @@ class Deployment:
                     log.warning("replacing worker %s", worker.name)
                     task = asyncio.ensure_future(self._add_worker(kind))
                     task.add_done_callback(_log_failure)
-        self._wakeup.set()  # batches it held are being retried
+        self._pump()  # the batches it held are queued again
 
     def _update_worker_gauges(self) -> None:
+        """Workers came or went: the gauges, and the latency model planned with."""
+        self._latency = None
         for kind in self.kinds:
             self.metrics.workers.labels(self.model.name, kind.spec.kind).set(len(kind.workers))
 
@@ -245,12 +281,15 @@ class Deployment:
 
     @property
     def latency(self) -> LatencyModel:
-        """The fastest kind's model (at the largest batch): what admission plans with."""
-        models = [k.latency for k in self.kinds if k.latency is not None and k.workers]
-        if not models:
-            raise UnavailableError(f"model {self.model.name} has no worker ready")
-        rows = self.config.batching.max_rows
-        return min(models, key=lambda m: m.predict_ms(rows, "median"))
+        """The fastest kind's model (at the largest batch) among kinds with a worker: what
+        admission and the batcher plan with. Chosen again only when workers come or go."""
+        if self._latency is None:
+            models = [k.latency for k in self.kinds if k.latency is not None and k.workers]
+            if not models:
+                raise UnavailableError(f"model {self.model.name} has no worker ready")
+            rows = self.config.batching.max_rows
+            self._latency = min(models, key=lambda m: m.predict_ms(rows, "median"))
+        return self._latency
 
     def stats(self) -> dict[str, Any]:
         """The workers and what they have done: GET /v2/models/{name}/stats."""
@@ -277,7 +316,7 @@ class Deployment:
 
     # the request path ------------------------------------------------------------------------
 
-    async def score(self, batch: FeatureBatch, deadline: float, priority: int = 0) -> np.ndarray:
+    async def score(self, batch: Rows, deadline: float, priority: int = 0) -> np.ndarray:
         """Click probabilities for `batch`'s rows, by `deadline` (time.monotonic()) or a 429."""
         now = time.monotonic()
         if self.draining or not self.ready:
@@ -285,29 +324,42 @@ class Deployment:
                 f"model {self.model.name} version {self.model.version} is not serving "
                 f"({'draining' if self.draining else 'starting'})"
             )
-        self._admit(len(batch), now, deadline, priority)
-        request = _Request(
+        latency = self.latency
+        workers = sum(len(k.workers) for k in self.kinds)
+        parts = batcher_policy.split_count(len(batch), workers, latency, self.config.slo.p99_ms / 2)
+        self._admit(len(batch), parts, now, deadline, priority, latency, workers)
+        request = Request(
             batch, now, deadline, asyncio.get_running_loop().create_future(), priority
         )
-        self._queue.append(request)
-        self.metrics.queued_requests.labels(self.model.name).set(len(self._queue))
-        self._wakeup.set()
+        self._queue.extend(queue.cut(request, parts))
+        self._series.queued_requests.set(len(self._queue))
+        self._pump()
         return await request.future
 
-    def _admit(self, rows: int, now: float, deadline: float, priority: int) -> None:
-        latency = self.latency
+    def _admit(
+        self,
+        rows: int,
+        parts: int,
+        now: float,
+        deadline: float,
+        priority: int,
+        latency: LatencyModel,
+        workers: int,
+    ) -> None:
         max_rows = self.config.batching.max_rows
-        workers = max(1, sum(len(k.workers) for k in self.kinds))
-        queued = [r.rows for r in self._queue]
+        queued = [p.rows for p in self._queue]
         in_flight = [w.in_flight_rows for k in self.kinds for w in k.workers if w.in_flight]
         verdict = admission.admit(
             self._admission,
             now=now,
             request_rows=rows,
             deadline=deadline,
-            predicted_wait_s=admission.queue_wait_s(in_flight + queued, max_rows, latency, workers),
-            # Alone or with others, a request's batch holds at least its own rows.
-            predicted_exec_s=latency.predict_ms(rows) / 1e3,
+            predicted_wait_s=admission.queue_wait_s(
+                in_flight + queued, max_rows, latency, max(1, workers)
+            ),
+            # Alone or with others, a request's batch holds at least its own rows (or, split,
+            # one part's, all parts at once).
+            predicted_exec_s=latency.predict_ms(math.ceil(rows / parts)) / 1e3,
             queued_rows=sum(queued),
             queued_requests=len(self._queue),
             draining=self.draining,
@@ -319,107 +371,132 @@ class Deployment:
 
     # batching --------------------------------------------------------------------------------
 
-    def _free_workers(self) -> list[tuple[_Kind, WorkerProcess]]:
+    def _free_workers(self) -> list[tuple[_Kind, Worker]]:
         return [(k, w) for k in self.kinds for w in k.workers if w.alive and w.in_flight == 0]
 
-    async def _batching_loop(self) -> None:
-        policy = batcher_policy.BatchPolicy(
-            self.config.batching.max_rows, self.config.slo.max_queue_delay_ms / 1e3
-        )
-        while True:
-            if not self._queue or not self._free_workers():
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # A batch never holds more requests than rows; one more tells the planner the
-            # queue goes on past it (the batch is full).
-            head = itertools.islice(self._queue, policy.max_rows + 1)
-            pending = [batcher_policy.Pending(r.rows, r.arrival, r.deadline) for r in head]
+    def _next_batch(self, policy: batcher_policy.BatchPolicy) -> batcher_policy.BatchPlan:
+        """The plan for the head of the queue: a split part alone and at once; else up to
+        the first split part, as the batch policy decides."""
+        now = time.monotonic()
+        if self._queue[0].split:
+            return batcher_policy.BatchPlan(1, self._queue[0].rows, now, "full")  # alone
+        # A batch never holds more requests than rows; one more tells the planner the queue
+        # goes on past it (the batch is full).
+        head = []
+        for part in itertools.islice(self._queue, policy.max_rows + 1):
+            if part.split:
+                break
+            head.append(batcher_policy.Pending(part.rows, part.arrival, part.deadline))
+        plan = batcher_policy.plan_batch(head, now, self.latency, policy)
+        assert plan is not None  # the head is not split, so `head` is not empty
+        if len(head) < min(len(self._queue), policy.max_rows + 1) and not plan.due(now):
+            return dataclasses.replace(plan, dispatch_at=now, trigger="full")  # cannot grow
+        return plan
+
+    def _pump(self) -> None:
+        """Dispatch every batch that is due to a free worker, here and now; when the next one
+        is not due yet, come back at its time (or sooner, when a request arrives or a worker
+        frees up). Called on every arrival and completion: no batching task, no wake-up of
+        one per request (on a VM, a wake-up costs about 0.15 ms of CPU; plane/inproc.py).
+
+        A batch an inline lane runs is answered before `run` returns (`_dispatch`), so an idle
+        server scores a request within its own `score` call, with no trip through the loop.
+        """
+        if self._pumping:
+            return  # called back from a batch answered inside this loop: it goes on below
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pumping = True
+        try:
+            self._dispatch_due()
+        finally:
+            self._pumping = False
+
+    def _dispatch_due(self) -> None:
+        while self._queue and self._free_workers():
+            plan = self._next_batch(self._policy)
             now = time.monotonic()
-            plan = batcher_policy.plan_batch(pending, now, self.latency, policy)
-            assert plan is not None  # the queue is not empty
             if not plan.due(now) and not self.draining:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), plan.wait_s(now))
-                continue  # plan again with whatever arrived
-            requests = [self._queue.popleft() for _ in range(plan.count)]
-            self.metrics.queued_requests.labels(self.model.name).set(len(self._queue))
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(plan.wait_s(now), self._pump)
+                return
+            parts = [self._queue.popleft() for _ in range(plan.count)]
+            self._series.queued_requests.set(len(self._queue))
             try:
-                self._dispatch(requests)
+                self._dispatch(parts)
             except Exception as error:  # a bug here must fail its requests, not hang them
                 log.exception("dispatching a batch of %s failed", self.name)
-                for r in requests:
-                    self._fail(r, RequestError(f"internal error: {error}", status=500))
+                for part in parts:
+                    self._fail(part.request, RequestError(f"internal error: {error}", status=500))
 
-    def _dispatch(self, requests: list[_Request]) -> None:
-        batch = _concat(requests)
+    def _dispatch(self, parts: list[Part]) -> None:
+        batch = Rows.concat([p.batch() for p in parts])
         now = time.monotonic()
         free = self._free_workers()
-        loads = [
-            router.ExecutorLoad(
-                name=w.name,
-                busy_until=now,  # free workers only: nothing running
-                queued_rows=0,
-                latency=k.latency if k.latency is not None else self.latency,
-                max_rows=self.config.batching.max_rows,
-                healthy=w.alive,
-            )
-            for k, w in free
-        ]
-        chosen = router.route(len(batch), loads, now)
-        kind, worker = free[chosen]
-        name = self.model.name
-        self.metrics.batches.labels(name, kind.spec.kind).inc()
-        self.metrics.batch_rows.labels(name).observe(len(batch))
-        self.metrics.batch_requests.labels(name).observe(len(requests))
-        for r in requests:
-            self.metrics.queue_latency.labels(name).observe(now - r.arrival)
-        task = asyncio.ensure_future(self._complete(requests, kind, worker, worker.run(batch)))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        if len(free) == 1:
+            kind, worker = free[0]
+        else:
+            loads = [
+                router.ExecutorLoad(
+                    w.name, k.latency if k.latency is not None else self.latency, w.alive
+                )
+                for k, w in free
+            ]
+            kind, worker = free[router.route(len(batch), loads)]
+        series = self._series
+        series.of_kind(kind.spec.kind)[0].inc()
+        series.batch_rows.observe(len(batch))
+        series.batch_requests.observe(len(parts))
+        for part in parts:
+            series.queue_latency.observe(now - part.arrival)
+        busy_before = worker.stats.busy_s  # an inline lane is done before `run` returns
+        self._running_batches += 1
+        result = worker.run(batch, parallel=parts[0].split)
+        if result.done():  # computed inline: answer now, not a loop iteration later
+            self._done(parts, kind, worker, busy_before, result)
+        else:
+            done = functools.partial(self._done, parts, kind, worker, busy_before)
+            result.add_done_callback(done)
 
-    async def _complete(
+    def _done(
         self,
-        requests: list[_Request],
+        parts: list[Part],
         kind: _Kind,
-        worker: WorkerProcess,
+        worker: Worker,
+        busy_before: float,
         result: asyncio.Future[np.ndarray],
     ) -> None:
-        busy_before = worker.stats.busy_s
-        try:
-            scores = await result
-        except WorkerDiedError as error:
-            retry = [r for r in requests if r.attempts < RETRIES]
-            for r in requests:
-                if r.attempts >= RETRIES:
-                    self._fail(r, UnavailableError(f"{error}; retried once already", status=503))
-            for r in reversed(retry):
-                r.attempts += 1
-                self._queue.appendleft(r)
+        """A batch's outcome: scores to each part, or a retry (its worker died) or an error."""
+        self._running_batches -= 1
+        busy = max(0.0, worker.stats.busy_s - busy_before)
+        self._series.of_kind(kind.spec.kind)[1].inc(busy)
+        cancelled = result.cancelled()
+        error = WorkerDiedError("its batch was cancelled") if cancelled else result.exception()
+        if isinstance(error, WorkerDiedError):
+            retry = [p for p in parts if p.attempts < RETRIES]
+            for part in parts:
+                if part.attempts >= RETRIES:
+                    message = f"{error}; retried once already"
+                    self._fail(part.request, UnavailableError(message, status=503))
+            for part in reversed(retry):
+                part.attempts += 1
+                self._queue.appendleft(part)
             if retry:
                 self.metrics.retried.labels(self.model.name).inc()
-            self._wakeup.set()
-            return
-        except WorkerFailedError as error:
-            for r in requests:
-                self._fail(r, RequestError(str(error), status=500))
-            return
-        finally:
-            self.metrics.executor_busy.labels(self.model.name, kind.spec.kind).inc(
-                max(0.0, worker.stats.busy_s - busy_before)
-            )
-            self._wakeup.set()  # the worker is free again
-        start = 0
-        for r in requests:
-            if not r.future.done():
-                r.future.set_result(scores[start : start + r.rows])
-            start += r.rows
+        elif error is not None:
+            for part in parts:
+                self._fail(part.request, RequestError(str(error), status=500))
+        else:
+            scores, start = result.result(), 0
+            for part in parts:
+                queue.deliver(part, scores[start : start + part.rows])
+                start += part.rows
+        self._pump()  # the worker is free again
 
-    def _fail(self, request: _Request, error: RequestError) -> None:
-        self.metrics.failed.labels(self.model.name, type(error).__name__).inc()
-        if not request.future.done():
-            request.future.set_exception(error)
+    def _fail(self, request: Request, error: RequestError) -> None:
+        if queue.fail(request, error):
+            self.metrics.failed.labels(self.model.name, type(error).__name__).inc()
 
     # scaling ---------------------------------------------------------------------------------
 

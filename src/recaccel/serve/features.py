@@ -5,8 +5,11 @@ pipeline encoded, and a served score equals the model's score on the same (user,
 if serving encodes that row the same way. So this module re-implements no encoding: it keeps the
 dataset's `MovieLensEncoding` (every user and item encoded once, plus the training statistics
 that standardise the dense features) and sends each request's rows through the same
-`encode_rows` the training rows went through. Those tables are in memory from start-up; a
-request costs numpy gathers over them, with no pandas and no per-row Python.
+encoding the training rows went through. Most requests are scored at the store's now with
+stored users: for those, every user's and every item's share of a row is encoded once at
+start-up (`MovieLensEncoding.at`), and a request costs two numpy gathers. A request with its
+own time or raw user values goes through `encode_rows` itself. Either way: numpy arrays
+(`Rows`), no torch, no pandas and no per-row Python.
 
 Time. Two dense features depend on when a row is scored: the movie's age and the user's
 tenure. A request is scored "now", and the store's now is the dataset's last rating time, the
@@ -34,10 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from recaccel.data.dataset import Dataset, FeatureBatch
+from recaccel.data.dataset import Dataset
 from recaccel.data.movielens import AGE_BINS, MovieLensEncoding, UserTable
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
@@ -227,6 +230,7 @@ class FeatureStore:
         self._catalogue.setflags(write=False)
         self._all_items = np.arange(len(self._catalogue))
         self.now = encoding.last_timestamp
+        self._at_now = encoding.at(self.now)
         # The schema of the dataset the store was built from; serving checks a model's
         # against it, so rows are never encoded for a model trained on other vocabularies.
         self.schema: FeatureSchema | None = None
@@ -264,7 +268,7 @@ class FeatureStore:
         user_id: int,
         item_ids: Sequence[int] | np.ndarray | None = None,
         raw: Mapping[str, object] | None = None,
-    ) -> tuple[FeatureBatch, np.ndarray]:
+    ) -> tuple[Rows, np.ndarray]:
         """The model input for `user_id` against each candidate, one row per candidate.
 
         Args:
@@ -274,7 +278,7 @@ class FeatureStore:
                 `timestamp` scores the rows at that time instead of `self.now`.
 
         Returns:
-            The batch and the int64 item ids in its row order (the request's order).
+            The rows and the int64 item ids in their order (the request's order).
 
         Raises:
             RequestError: a malformed request (400); PayloadTooLargeError: too many candidates
@@ -289,17 +293,14 @@ class FeatureStore:
         )
         users, user_row = self._user(user, features)
         item_rows = self._all_items if item_ids is None else self._item_rows(ids)
+        if users is self._encoding.users and features.timestamp in (None, self.now):
+            return Rows(*self._at_now.rows(user_row, item_rows)), ids
         rated_at = float(self.now if features.timestamp is None else features.timestamp)
         # One user at one time against every candidate: length-1 rows broadcast.
-        dense, categorical, multi_hot = self._encoding.encode_rows(
+        encoded = self._encoding.encode_rows(
             users, np.array([user_row]), item_rows, np.array([rated_at])
         )
-        batch = FeatureBatch(
-            dense=torch.from_numpy(dense),
-            categorical=torch.from_numpy(categorical),
-            multi_hot=torch.from_numpy(multi_hot),
-        )
-        return batch, ids
+        return Rows(*encoded), ids
 
     def _user(self, user: int, features: RawFeatures) -> tuple[UserTable, int]:
         """The user table and row the request's rows take their user features from."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from recaccel.artifact import read_manifest
+from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
@@ -33,6 +34,8 @@ class ModelRepository:
     initial: dict[str, Path]  # name -> artifact, started with the server
     features: FeatureStore | None = None
     profile: Profile | None = None
+    calibration: FeatureBatch | None = None  # training rows, for int8-static executors
+    initial_versions: dict[str, str] = field(default_factory=dict)  # absent: "1"
     default: str | None = None
     _models: dict[str, dict[str, Deployment]] = field(default_factory=dict)
     _draining: set[asyncio.Task[None]] = field(default_factory=set)
@@ -60,11 +63,15 @@ class ModelRepository:
     async def start(self) -> None:
         self._lock = asyncio.Lock()
         for name, path in self.initial.items():
-            await self._start(name, path, "1")
+            await self._start(name, path, self.initial_versions.get(name, "1"))
 
     async def _start(self, name: str, artifact: Path, version: str) -> Deployment:
         deployment = Deployment(
-            ModelVersion(name, version, artifact), self.config, self.metrics, self.profile
+            ModelVersion(name, version, artifact),
+            self.config,
+            self.metrics,
+            self.profile,
+            self.calibration,
         )
         await deployment.start()
         self._models.setdefault(name, {})[version] = deployment

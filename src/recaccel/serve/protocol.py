@@ -40,9 +40,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-import torch
 
-from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import Feature, FeatureSchema
 from recaccel.runtime.export import INPUT_NAMES, OUTPUT_NAME
 from recaccel.serve.errors import PayloadTooLargeError, RequestError
@@ -539,13 +538,13 @@ def _limits(fields: tuple[Feature, ...]) -> np.ndarray:
 
 def features_from_inputs(
     inputs: Mapping[str, np.ndarray], schema: FeatureSchema, max_rows: int
-) -> FeatureBatch:
+) -> Rows:
     """The model batch in `inputs`, checked against `schema`: names, datatypes, shapes, ids.
 
     An input whose per-row size is zero (a schema with no dense field, say) may be left out.
     More than `max_rows` rows is a `PayloadTooLargeError` (413); every other problem is a
-    `RequestError` (400) naming the input and what it should have been. Arrays are handed to
-    torch without a copy where torch can take them (writable, aligned, right dtype); views of a
+    `RequestError` (400) naming the input and what it should have been. Arrays are kept
+    without a copy where an executor can take them (writable, aligned, right dtype); views of a
     request body are read-only, so those are copied once, here.
     """
     specs = _model_inputs(schema)
@@ -573,15 +572,11 @@ def features_from_inputs(
     _check_ids(arrays[_CATEGORICAL], specs[_CATEGORICAL])
     _check_ids(arrays[_MULTI_HOT], specs[_MULTI_HOT])
     _check_finite(arrays[_DENSE], specs[_DENSE])
-    return FeatureBatch(
-        dense=torch.from_numpy(arrays[_DENSE]),
-        categorical=torch.from_numpy(arrays[_CATEGORICAL]),
-        multi_hot=torch.from_numpy(arrays[_MULTI_HOT]),
-    )
+    return Rows(arrays[_DENSE], arrays[_CATEGORICAL], arrays[_MULTI_HOT])
 
 
 def _model_input(array: np.ndarray, spec: _ModelInput) -> np.ndarray:
-    """`array` as torch can take it without a copy, or why it is not the model's input."""
+    """`array` as an executor can take it without a copy, or why it is not the model's input."""
     got = _DATATYPE_OF.get((array.dtype.kind, array.dtype.itemsize))
     if got not in spec.accepted:
         raise RequestError(

@@ -2,18 +2,24 @@
 
     serve(["artifacts/best"], load_serve_config(Path("serve.toml")))
 
-uvicorn runs with uvloop and httptools (its fastest event loop and HTTP parser) in this one
-process, which decodes requests and forms batches; the models run in worker processes
-(workers.py). On SIGTERM or SIGINT the server first stops admitting (503s, readiness fails)
-for `server.drain_grace_s` while admitted work finishes (see `DrainingServer`); then uvicorn
-stops accepting connections and waits for the requests in flight, and the app's lifespan
-drains every model and stops the workers before the process exits.
+This process loads what every front needs once (the dataset's feature store, calibration
+rows) and starts `plane.processes` front processes on one listening socket under a supervisor
+(plane/front.py). Each front runs uvicorn with uvloop and httptools (its fastest event loop and
+HTTP parser) and the whole request path: decoding, features, batching, and the executors, in
+the front itself or in its worker processes (`plane.execution`). On SIGTERM or SIGINT a front
+first stops admitting (503s, readiness fails) for `server.drain_grace_s` while admitted work
+finishes (see `DrainingServer`); then uvicorn stops accepting connections and waits for the
+requests in flight, and the app's lifespan drains every model and stops the executors before
+the process exits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,16 +29,18 @@ import uvicorn
 from fastapi import FastAPI
 
 from recaccel.artifact import read_manifest
-from recaccel.data.dataset import Dataset
+from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
+from recaccel.runtime.profiler import calibration_batch
 from recaccel.runtime.select import Judgement, Requirements, select
-from recaccel.serve.app import create_app
-from recaccel.serve.config import ExecutorSection, ServeConfig
+from recaccel.serve.app import create_app, lean_app
+from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
+from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 30
@@ -54,18 +62,24 @@ def parse_models(specs: Sequence[str]) -> dict[str, Path]:
     return models
 
 
+def dataset_of(artifact: Path) -> Dataset | None:
+    """The dataset `artifact` was trained on, as its manifest records it; None if it does not."""
+    manifest = read_manifest(artifact)
+    name = manifest.dataset.get("name")
+    if name is None:
+        return None
+    rows = manifest.dataset.get("config", {}).get("rows")
+    return load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
+
+
 def feature_store_for(
     artifact: Path, max_candidates: int, dataset: Dataset | None = None
 ) -> FeatureStore | None:
     """The feature store of the dataset `artifact` was trained on; None (and /v1/rank answers
     503) where that dataset has no users and items."""
-    manifest = read_manifest(artifact)
+    dataset = dataset if dataset is not None else dataset_of(artifact)
     if dataset is None:
-        name = manifest.dataset.get("name")
-        if name is None:
-            return None
-        rows = manifest.dataset.get("config", {}).get("rows")
-        dataset = load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
+        return None
     try:
         return FeatureStore.from_dataset(dataset, max_candidates=max_candidates)
     except RecaccelError as error:
@@ -78,10 +92,21 @@ def build_app(
     config: ServeConfig,
     profile: Profile | None = None,
     features: FeatureStore | None = None,
+    calibration: FeatureBatch | None = None,
+    versions: dict[str, str] | None = None,
+    link: FrontLink | None = None,
 ) -> FastAPI:
     metrics = ServerMetrics()
-    repository = ModelRepository(config, metrics, models, features=features, profile=profile)
-    return create_app(repository, config, metrics)
+    repository = ModelRepository(
+        config,
+        metrics,
+        models,
+        features=features,
+        profile=profile,
+        calibration=calibration,
+        initial_versions=versions or {},
+    )
+    return create_app(repository, config, metrics, link)
 
 
 def apply_selection(
@@ -110,11 +135,24 @@ def apply_selection(
         max=row.workers,
         executors=(executor,),
     )
+    plane = config.plane
+    if plane.execution == IN_PROCESS and not plane.processes:
+        # In-process, the selection's workers are front processes, each with one lane.
+        plane = dataclasses.replace(plane, processes=row.workers)
     return (
         f"{Path(entry.artifact).name}={entry.artifact}",
-        dataclasses.replace(config, workers=workers),
+        dataclasses.replace(config, workers=workers, plane=plane),
         row,
     )
+
+
+def front_processes(config: ServeConfig) -> int:
+    """`plane.processes`, or one per CPU this process may run on when it is 0."""
+    return config.plane.processes or len(os.sched_getaffinity(0))
+
+
+def needs_calibration(config: ServeConfig) -> bool:
+    return any(e.precision == "int8-static" for e in config.workers.executors)
 
 
 def serve(
@@ -122,28 +160,39 @@ def serve(
     config: ServeConfig,
     profile_path: Path | None = None,
     dataset: Dataset | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (see the module docstring). `dataset` feeds the
-    feature store; None loads the one the first artifact was trained on."""
+) -> int:
+    """Serve until SIGTERM/SIGINT, then drain (see the module docstring); the exit code.
+    `dataset` feeds the feature store; None loads the one the first artifact was trained on."""
     models = parse_models(specs)
     profile = load_profile(profile_path) if profile_path is not None else None
     first = next(iter(models.values()))
+    dataset = dataset if dataset is not None else dataset_of(first)
     features = feature_store_for(first, config.rank.max_candidates, dataset)
-    app = build_app(models, config, profile, features)
+    calibration = None
+    if needs_calibration(config) and dataset is not None:
+        calibration = calibration_batch(dataset)  # the profile's rows: its cached int8 form
+    spec = FrontSpec(models, config, profile, features, calibration)
+    return Supervisor(spec, front_processes(config)).run()
+
+
+def run_front(
+    app: FastAPI, config: ServeConfig, sockets: list[socket.socket], relayed: bool
+) -> None:
+    """Run `app` on uvicorn over `sockets` until it is told to stop, then drain."""
     settings = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
+        lean_app(app),
         loop="uvloop",
         http="httptools",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # nothing reads the client's address: no per-request rewrite
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         # A last-resort cap on open connections (uvicorn answers 503 past it); admission
         # control refuses with 429 + Retry-After well before, per request.
         limit_concurrency=max(CONNECTION_FLOOR, 4 * config.admission.max_queue_requests),
     )
-    DrainingServer(settings, app.state.repository, config.server.drain_grace_s).run()
+    server = DrainingServer(settings, app.state.repository, config.server.drain_grace_s, relayed)
+    server.run(sockets=sockets)
 
 
 class DrainingServer(uvicorn.Server):
@@ -155,15 +204,27 @@ class DrainingServer(uvicorn.Server):
     got no answer. Here the first SIGTERM/SIGINT only stops admission (readiness 503, requests
     503 at once, so a load balancer or client moves on) while admitted work finishes; after
     `grace_s` uvicorn's own graceful shutdown runs. A second signal skips the wait.
+
+    `relayed`: this is a front process under a supervisor, which relays one SIGTERM to it;
+    SIGINT (a Ctrl-C reaches the whole process group) is ignored.
     """
 
-    def __init__(self, config: uvicorn.Config, repository: ModelRepository, grace_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        repository: ModelRepository,
+        grace_s: float,
+        relayed: bool = False,
+    ) -> None:
         super().__init__(config)
         self._repository = repository
         self._grace_s = grace_s
+        self._relayed = relayed
         self._stopping = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._relayed and sig == signal.SIGINT:
+            return
         if self._stopping or self._grace_s <= 0:
             super().handle_exit(sig, frame)
             return

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.errors import RecaccelError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
@@ -62,11 +63,13 @@ STOP_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker runs: an artifact on one executor configuration."""
+    """What a worker runs: an artifact on one executor configuration (and, for int8-static,
+    the training rows its quantized form was calibrated on)."""
 
     artifact: Path
     config: ExecutorConfig
     startup_batches: tuple[int, ...] = STARTUP_BATCHES
+    calibration: FeatureBatch | None = None
 
     @property
     def kind(self) -> str:
@@ -87,14 +90,15 @@ class WorkerInfo:
     """What a started worker reports: its executor and its startup latency model."""
 
     describe: dict[str, Any]
-    latency: LatencyModel
+    latency: LatencyModel | None  # None where it was not measured (a profile has one)
     load_s: float
 
 
 # --- the worker process -------------------------------------------------------------------
 
 
-def _startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> LatencyModel:
+def startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> LatencyModel:
+    """A latency model from timing `executor` on all-zero batches of `batches` rows."""
     from recaccel.runtime.executor import zeros_batch
 
     points = []
@@ -132,15 +136,13 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent()
-    import torch
-
     from recaccel.runtime.executor import load_executor
 
     tasks_fd, results_fd = tasks.fileno(), results.fileno()
     try:
         start = time.perf_counter()
-        executor = load_executor(spec.artifact, spec.config)
-        latency = _startup_latency(executor, executor.schema, spec.startup_batches)
+        executor = load_executor(spec.artifact, spec.config, spec.calibration)
+        latency = startup_latency(executor, executor.schema, spec.startup_batches)
         info = WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
     except Exception as error:  # reported to the server, which names it in its start-up error
         ipc.send(results_fd, ("failed", f"{type(error).__name__}: {error}"))
@@ -157,12 +159,7 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
         batch_id, dense, categorical, multi_hot = task
         start = time.perf_counter()
         try:
-            batch = FeatureBatch(
-                torch.from_numpy(dense),
-                torch.from_numpy(categorical),
-                torch.from_numpy(multi_hot),
-            )
-            outcome: tuple[str, Any] = ("ok", executor.run(batch))
+            outcome: tuple[str, Any] = ("ok", executor.run(Rows(dense, categorical, multi_hot)))
         except Exception as error:
             outcome = ("error", f"{type(error).__name__}: {error}")
         busy_s = time.perf_counter() - start
@@ -278,9 +275,10 @@ class WorkerProcess:
 
     # scoring -------------------------------------------------------------------------------
 
-    def run(self, batch: FeatureBatch) -> asyncio.Future[np.ndarray]:
+    def run(self, batch: Rows, parallel: bool = False) -> asyncio.Future[np.ndarray]:
         """Send `batch`; the future resolves to its scores, or fails with WorkerDiedError
-        (the process ended) or WorkerFailedError (the executor raised)."""
+        (the process ended) or WorkerFailedError (the executor raised). A worker always runs
+        beside the server, so `parallel` (see InProcessLane.run) changes nothing here."""
         assert self._loop is not None
         future: asyncio.Future[np.ndarray] = self._loop.create_future()
         if not self.alive or self._stopping:
@@ -288,9 +286,7 @@ class WorkerProcess:
             return future
         batch_id = next(_ids)
         self._pending[batch_id] = _Pending(future, len(batch))
-        self._send(
-            (batch_id, batch.dense.numpy(), batch.categorical.numpy(), batch.multi_hot.numpy())
-        )
+        self._send((batch_id, *batch.as_tuple()))
         return future
 
     def _send(self, message: Any) -> None:

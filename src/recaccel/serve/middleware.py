@@ -1,0 +1,191 @@
+"""What every request goes through: its id, its metrics, the in-flight limit, and how errors
+and bodies are answered and read.
+
+`RequestMetrics` is a plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`, which
+runs each request's response through an extra task and memory stream: a per-request cost on
+the path the benchmark measures. It only watches the response start go by.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import Request, Response
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recaccel.serve import protocol
+from recaccel.serve.errors import PayloadTooLargeError, RequestError
+from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.overload import SERVER_OVERLOADED, OverloadGuard
+
+log = logging.getLogger("recaccel.serve")
+REQUEST_ID = "X-Request-ID"
+
+
+def error_response(error: RequestError, request_id: str) -> Response:
+    headers = {REQUEST_ID: request_id}
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
+    message = error.message + (f" ({error.hint})" if error.hint else "")
+    body = protocol.error_body(message, getattr(error, "code", None))
+    return Response(body, error.status, headers, media_type="application/json")
+
+
+async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request's body, refused with 413 past `limit` bytes before it is all read.
+
+    Raises starlette's ClientDisconnect when the client leaves first (nobody to answer)."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"request body of {int(declared):,} bytes exceeds the limit of {limit:,}",
+            "send fewer rows per request, or raise server.max_body_bytes",
+        )
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit:,} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """`receive_body` for a route given starlette's Request."""
+    return await receive_body(request.scope, request.receive, limit)
+
+
+def _endpoint(path: str) -> str:
+    """A low-cardinality label for metrics."""
+    if path.endswith("/infer"):
+        return "infer"
+    if path.startswith("/v1/rank"):
+        return "rank"
+    if path.startswith("/v2/repository"):
+        return "management"
+    return "other"
+
+
+# Request ids this process makes: a random prefix per process, then a counter. As unique as
+# uuid4's first 16 hex digits across a server's processes, without a getrandom() call each.
+_ID_PREFIX = os.urandom(4).hex()
+_id_counter = itertools.count()
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's X-Request-ID as sent (at most 64 characters), else a new one."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    if "request_id" not in state:
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        made = f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
+        state["request_id"] = given.decode("latin-1")[:64] or made
+    return str(state["request_id"])
+
+
+class RequestMetrics:
+    """Request ids, Prometheus request metrics, the in-flight limit and the optional
+    structured log line (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServerMetrics,
+        log_requests: bool,
+        overload: OverloadGuard | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_requests = log_requests
+        self.overload = overload
+        # (endpoint, model, status) -> its request counter and latency histogram, resolved
+        # once (ModelMetrics says why); a handful of keys in a server's life.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        scope["state"].setdefault("model", "")
+        header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
+        status = 500
+        start = time.perf_counter()
+        guard = self.overload if _endpoint(scope.get("path", "")) in ("infer", "rank") else None
+        if guard is not None and not guard.enter():
+            await self._refuse(guard, send, header)
+            self._record(scope, 429, time.perf_counter() - start, request_id)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            if guard is not None:
+                guard.leave(elapsed, answered=status == 200)
+            self._record(scope, status, elapsed, request_id)
+
+    async def _refuse(
+        self, guard: OverloadGuard, send: Send, request_id: tuple[bytes, bytes]
+    ) -> None:
+        """429 without reading the body or routing: the cheapest answer the loop can give."""
+        body = protocol.error_body(
+            f"server overloaded: {guard.in_flight} inference requests in flight, its limit "
+            f"now (requests waited at least {guard.standing_s * 1e3:.0f} ms in it and its "
+            f"event loop runs {guard.lag_s * 1e3:.0f} ms late; target "
+            f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After",
+            SERVER_OVERLOADED,
+        )
+        self.metrics.rejected.labels("", SERVER_OVERLOADED).inc()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+            request_id,
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+        path = scope.get("path", "")
+        endpoint = _endpoint(path)
+        if endpoint != "other":
+            model = scope["state"].get("model", "")
+            key = (endpoint, model, status)
+            series = self._series.get(key)
+            if series is None:
+                series = (
+                    self.metrics.requests.labels(endpoint, model, str(status)),
+                    self.metrics.request_latency.labels(endpoint, model),
+                )
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(elapsed)
+        if self.log_requests:
+            line = {
+                "request_id": request_id,
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "ms": round(elapsed * 1e3, 3),
+            }
+            log.info(orjson.dumps(line).decode())

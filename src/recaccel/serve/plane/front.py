@@ -1,0 +1,373 @@
+"""Front processes: several servers accepting on one listening socket, and their supervisor.
+
+    Supervisor(FrontSpec(models, config, profile, features), processes=4).run()
+
+Why: a Python process parses HTTP, builds feature rows and forms batches on one core, whatever
+the machine has, and with a light model that per-request work, not the model, is what caps a
+server (docs/serving-plane.md). So `recaccel serve` runs `plane.processes` front processes,
+each the whole request path. The supervisor binds the listening socket once and hands it to
+each front it starts (spawn); every front accepts from it, as `uvicorn --workers` and
+gunicorn's pre-fork model do, and the kernel gives each new connection to a front waiting in
+accept.
+
+What stays one server across the processes, and how:
+- Readiness: each front writes its own into a shared byte array (`FrontState`) every
+  `PUBLISH_INTERVAL_S`; any front answers GET /v2/health/ready with all of them, so a load
+  balancer sees the server ready only when every front is.
+- Metrics: prometheus-client's multiprocess mode (a directory the supervisor makes, set in
+  PROMETHEUS_MULTIPROC_DIR before the fronts start): any front's /metrics sums them all.
+- Hot swap and unload: the front that receives the management request asks the supervisor,
+  which asks every front to do it (control.py) and answers when all have; a front started
+  later starts with the models served then, versions included (`ModelTable`).
+- Drain: SIGTERM or SIGINT to the supervisor marks the server as not admitting (every front's
+  readiness fails at once), then relays SIGTERM to each front, which drains as a lone server
+  always has (server.DrainingServer), and waits for them. Fronts ignore SIGINT: a Ctrl-C
+  reaches the whole process group, and the relayed SIGTERM is the one signal they act on.
+- A front that dies is replaced; one that dies before it was ever ready ends the server (a
+  bad artifact would only die again), with the front's own error in the log above.
+- A supervisor killed outright (kill -9): each front notices its parent's end, drains and
+  exits, and its worker processes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from recaccel.data.dataset import FeatureBatch
+from recaccel.errors import RecaccelError
+from recaccel.runtime.profile import Profile
+from recaccel.serve.config import ServeConfig
+from recaccel.serve.errors import RequestError
+from recaccel.serve.features import FeatureStore
+from recaccel.serve.plane.control import Channel, ChannelClosedError, Command
+
+log = logging.getLogger("recaccel.serve")
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+PUBLISH_INTERVAL_S = 0.1
+LISTEN_BACKLOG = 2048
+MANAGEMENT_TIMEOUT_S = 600.0  # a load may export, quantize or compile on a busy machine
+STOP_TIMEOUT_S = 90.0  # drain grace + every admitted request + the executors' own stop
+FRONT_START_FAILED = 3  # a front's exit code when it cannot load what it serves
+
+
+@dataclass(frozen=True)
+class FrontSpec:
+    """What a front process builds its server from; pickled to each one it starts."""
+
+    models: dict[str, Path]  # name -> artifact
+    config: ServeConfig
+    profile: Profile | None = None
+    features: FeatureStore | None = None
+    calibration: FeatureBatch | None = None  # training rows, for int8-static executors
+    versions: dict[str, str] = field(default_factory=dict)  # name -> version; absent: "1"
+
+
+class FrontState:
+    """What the supervisor and the fronts share: each front's readiness, and whether the
+    server admits requests at all. Plain shared memory, one writer per slot: a reader may see
+    a slot a moment late, which readiness probes tolerate."""
+
+    def __init__(self, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.ready: Any = context.RawArray("b", processes)
+        self.admitting: Any = context.RawValue("b", 1)
+
+    def all_ready(self) -> bool:
+        return bool(self.admitting.value) and all(self.ready)
+
+
+@dataclass
+class FrontLink:
+    """A front's view of the others: its readiness slot and its channel to the supervisor."""
+
+    index: int
+    state: FrontState
+    connection: Connection
+    channel: Channel | None = None  # opened on the front's loop at start-up
+
+    def publish(self, ready: bool) -> None:
+        self.state.ready[self.index] = int(ready)
+
+    def all_ready(self) -> bool:
+        return self.state.all_ready()
+
+    async def ask(self, op: str, **args: Any) -> Any:
+        """Have the supervisor run `op` on every front; its result, or its error raised."""
+        if self.channel is None:
+            raise RequestError("this front is not connected to its supervisor", status=503)
+        try:
+            reply = await self.channel.ask(Command(op, args), MANAGEMENT_TIMEOUT_S)
+        except ChannelClosedError:
+            raise RequestError("the server is shutting down", status=503) from None
+        return reply.result()
+
+
+@dataclass
+class ModelTable:
+    """The models every front serves: name -> (artifact, version). The supervisor's record,
+    from which a replacement front starts."""
+
+    models: dict[str, tuple[Path, str]]
+
+    def next_version(self, name: str, asked: str | None, known: set[str]) -> str:
+        """`asked`, or one past the highest numeric version `name` has had (ModelRepository's
+        rule, decided here once so every front gets the same number)."""
+        if asked is not None:
+            return asked
+        numbers = [int(v) for v in known if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
+    def spec(self, base: FrontSpec) -> FrontSpec:
+        models = {name: path for name, (path, _) in self.models.items()}
+        versions = {name: version for name, (_, version) in self.models.items()}
+        return replace(base, models=models, versions=versions)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket every front accepts on (IPv6 when `host` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    except OSError as error:
+        raise RecaccelError(
+            f"cannot listen on {host}:{port}: {error.strerror}",
+            "pick a free port with --port, or stop what is using this one",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+# --- a front process ---------------------------------------------------------------------------
+
+
+def _drain_when_parent_ends() -> None:
+    """A SIGTERM to this front (its drain) once the supervisor has ended however it ended; a
+    hard exit if the drain has not finished `STOP_TIMEOUT_S` later."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_TIMEOUT_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="drain-with-parent", daemon=True).start()
+
+
+def front_main(
+    spec: FrontSpec, sock: socket.socket, index: int, state: FrontState, control: Connection
+) -> None:
+    """A front process: the whole server on the shared socket (see the module docstring)."""
+    from recaccel.serve.server import build_app, run_front
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _drain_when_parent_ends()
+    link = FrontLink(index, state, control)
+    app = build_app(
+        spec.models, spec.config, spec.profile, spec.features, spec.calibration, spec.versions, link
+    )
+    run_front(app, spec.config, sockets=[sock], relayed=True)
+
+
+# --- the supervisor ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Front:
+    index: int
+    process: Any
+    channel: Channel
+    started_at: float
+    ever_ready: bool = False
+
+
+class Supervisor:
+    """Starts `processes` fronts on one socket and keeps them one server (module docstring)."""
+
+    def __init__(self, spec: FrontSpec, processes: int) -> None:
+        if processes < 1:
+            raise RecaccelError(f"a server needs at least one front process, not {processes}")
+        self.spec = spec
+        self.processes = processes
+        self.table = ModelTable(
+            {name: (path, spec.versions.get(name, "1")) for name, path in spec.models.items()}
+        )
+        self.versions_seen = {name: {version} for name, (_, version) in self.table.models.items()}
+        self._context = multiprocessing.get_context("spawn")
+        self._fronts: dict[int, _Front] = {}
+        self._stopping = False
+        self._failed: str | None = None
+        self._done = asyncio.Event()
+        self._lock = asyncio.Lock()  # one management operation at a time
+        self._state: FrontState | None = None
+        self._sock: socket.socket | None = None
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT, then drain; 0, or 1 if a front failed to start."""
+        return asyncio.run(self._main())
+
+    async def _main(self) -> int:
+        config = self.spec.config.server
+        self._sock = bind(config.host, config.port)
+        metrics_dir = tempfile.mkdtemp(prefix="recaccel-metrics-")
+        os.environ[METRICS_DIR_ENV] = metrics_dir
+        self._state = FrontState(self.processes)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            for index in range(self.processes):
+                self._start(index)
+            watcher = asyncio.create_task(self._watch_readiness())
+            await self._done.wait()
+            watcher.cancel()
+            await self._stop_fronts()
+        finally:
+            self._sock.close()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if self._failed is not None:
+            log.error("%s", self._failed)
+            return 1
+        return 0
+
+    def stop(self) -> None:
+        """Begin the drain (module docstring); a second call changes nothing."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._state is not None:
+            self._state.admitting.value = 0
+        self._done.set()
+
+    def _start(self, index: int) -> None:
+        assert self._state is not None and self._sock is not None
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=front_main,
+            args=(self.table.spec(self.spec), self._sock, index, self._state, theirs),
+            name=f"recaccel-front-{index}",
+        )
+        process.start()
+        theirs.close()
+        channel = Channel(ours, self._handle)
+        front = _Front(index, process, channel, time.monotonic())
+        self._fronts[index] = front
+        asyncio.get_running_loop().add_reader(process.sentinel, self._exited, front)
+
+    def _exited(self, front: _Front) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(front.process.sentinel)
+        front.process.join(5)  # reaped: its exit code is known
+        front.channel.close()
+        assert self._state is not None
+        self._state.ready[front.index] = 0
+        _forget_metrics_of(front.process.pid)
+        if self._fronts.get(front.index) is front:
+            del self._fronts[front.index]
+        if self._stopping:
+            return
+        code = front.process.exitcode
+        if not front.ever_ready:
+            self._failed = (
+                f"front process {front.index} exited with code {code} before it was ready; "
+                "the server stops (its error is in the log above)"
+            )
+            self.stop()
+            return
+        log.warning("front process %d (pid %s) died with code %s: replacing it", front.index,
+                    front.process.pid, code)  # fmt: skip
+        self._start(front.index)
+
+    async def _watch_readiness(self) -> None:
+        """Mark each front that has been ready once (a later death is then replaced)."""
+        assert self._state is not None
+        while True:
+            for front in self._fronts.values():
+                front.ever_ready = front.ever_ready or bool(self._state.ready[front.index])
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _stop_fronts(self) -> None:
+        """SIGTERM to every front (each drains), then wait; SIGKILL what outlasts the limit."""
+        fronts = list(self._fronts.values())
+        for front in fronts:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(front.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(f.process.is_alive() for f in fronts) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for front in fronts:
+            if front.process.is_alive():
+                log.error("front process %d did not stop in time: killed", front.index)
+                front.process.kill()
+            front.process.join(5)
+            front.channel.close()
+
+    # management, asked by one front, done by all -----------------------------------------------
+
+    async def _handle(self, command: Command) -> Any:
+        if self._stopping:
+            raise RequestError("the server is shutting down", status=503)
+        async with self._lock:
+            if command.op == "load":
+                return await self._load(**command.args)
+            if command.op == "unload":
+                return await self._unload(**command.args)
+        raise RequestError(f"unknown control command {command.op!r}", status=500)
+
+    async def _everywhere(self, command: Command) -> list[Any]:
+        """`command` on every front at once; the first failure is raised."""
+        fronts = list(self._fronts.values())
+        if len(fronts) < self.processes:
+            raise RequestError(
+                f"{self.processes - len(fronts)} front process(es) are restarting",
+                "retry in a few seconds",
+                status=503,
+            )
+        replies = await asyncio.gather(
+            *(f.channel.ask(command, MANAGEMENT_TIMEOUT_S) for f in fronts),
+            return_exceptions=True,
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise RequestError(f"a front process did not answer: {reply}", status=503)
+        return [reply.result() for reply in replies]  # type: ignore[union-attr]
+
+    async def _load(self, name: str, artifact: str, version: str | None) -> str:
+        known = self.versions_seen.get(name, set())
+        new_version = self.table.next_version(name, version, known)
+        args = {"name": name, "artifact": artifact, "version": new_version}
+        await self._everywhere(Command("load", args))
+        self.table.models[name] = (Path(artifact), new_version)
+        self.versions_seen.setdefault(name, set()).add(new_version)
+        return new_version
+
+    async def _unload(self, name: str) -> None:
+        await self._everywhere(Command("unload", {"name": name}))
+        self.table.models.pop(name, None)
+
+
+def _forget_metrics_of(pid: int) -> None:
+    """Drop a dead front's live gauges from the multiprocess metrics (its counters stay)."""
+    directory = os.environ.get(METRICS_DIR_ENV)
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

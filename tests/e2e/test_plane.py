@@ -1,0 +1,248 @@
+"""The serving plane across front processes, on loopback: every front serves alone, /metrics sums
+them, a dead front is replaced while readiness says so, a hot swap reaches every front with the
+new model's own scores, SIGTERM answers every admitted request, a front that cannot start stops
+the server, and a killed supervisor takes its fronts with it.
+
+Which front accepts a connection is the kernel's choice. To ask one front in particular, the
+tests pause the others (SIGSTOP): a paused process cannot accept, so every new connection goes
+to the one left running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from server_harness import TOKEN, Server, assert_drained, request, write_config
+
+from recaccel.artifact import load_artifact
+from recaccel.data.dataset import Dataset
+from recaccel.serve.features import FeatureStore
+from recaccel.train.pipeline import train_models
+from recaccel.train.trainer import TrainConfig
+
+MODEL = "ranker"
+Start = Callable[..., Server]
+TWO_FRONTS = {"plane": {"processes": 2}, "admission": {"overload_target_ms": 0}}
+CANDIDATES = list(range(1, 31))
+
+
+@pytest.fixture(scope="module")
+def second_artifact(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another model of the same schema (a DeepFM), whose scores differ from the DLRM's."""
+    out = tmp_path_factory.mktemp("second") / "deepfm-small"
+    config = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
+    train_models(
+        tiny_dataset, [("deepfm", "small")], out, config, with_baselines=False, progress=False
+    )
+    return out
+
+
+def fronts(server: Server) -> list[int]:
+    """The supervisor's front processes (its spawned children, not its resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+            if ppid == server.process.pid and b"spawn_main" in command:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def only(front: int, every: list[int]) -> Iterator[None]:
+    """Every front but `front` paused: each new connection goes to `front`."""
+    others = [pid for pid in every if pid != front]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _reference(artifact: Path, store: FeatureStore, user: int) -> np.ndarray:
+    rows, _ = store.rows(user, CANDIDATES)
+    with torch.inference_mode():
+        logits = load_artifact(artifact).model(*map(torch.from_numpy, rows.as_tuple()))
+    return torch.sigmoid(logits).numpy()
+
+
+def _rank(server: Server, user: int = 3) -> tuple[int, dict[str, object]]:
+    status, body = server.post("/v1/rank", {"user_id": user, "candidates": CANDIDATES, "k": 30})
+    return status, json.loads(body)
+
+
+def test_every_front_serves_alone_and_metrics_sum_them_all(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory([f"{MODEL}={served_artifact}"], TWO_FRONTS)
+    every = fronts(server)
+    assert len(every) == 2
+    for front in every:
+        with only(front, every):
+            assert all(_rank(server, user)[0] == 200 for user in range(1, 11))
+            lanes = json.loads(server.get(f"/v2/models/{MODEL}/stats")[1])["workers"]
+            assert {lane["pid"] for lane in lanes} == {front}  # it ran them in itself
+    # Each front counted its own ten; any front's /metrics adds up all twenty.
+    answered = server.metric("recaccel_requests_total", endpoint="rank", status="200")
+    assert answered == 20
+    assert server.metric("recaccel_workers", model=MODEL) == 2  # one lane in each front
+    assert_drained(server)
+
+
+def test_a_killed_front_is_replaced_and_readiness_fails_until_it_is(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory([f"{MODEL}={served_artifact}"], TWO_FRONTS)
+    victim, survivor = fronts(server)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: server.get("/v2/health/ready")[0] == 503, 10, "readiness to fail")
+    assert _rank(server)[0] == 200  # the survivor serves meanwhile
+    wait_for(lambda: server.get("/v2/health/ready")[0] == 200, 180, "the replacement front")
+    replaced = fronts(server)
+    assert survivor in replaced and victim not in replaced and len(replaced) == 2
+    newcomer = next(pid for pid in replaced if pid != survivor)
+    with only(newcomer, replaced):
+        assert _rank(server)[0] == 200
+    assert "replacing it" in server.log.read_text()
+    assert_drained(server)
+
+
+def test_a_hot_swap_reaches_every_front_with_the_new_models_scores(
+    server_factory: Start, served_artifact: Path, second_artifact: Path, tiny_dataset: Dataset
+) -> None:
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {**TWO_FRONTS, "server": {"management": True}},
+        env={"RECACCEL_TOKEN": TOKEN},
+    )
+    store = FeatureStore.from_dataset(tiny_dataset)
+    before, after = (_reference(a, store, 3) for a in (served_artifact, second_artifact))
+    assert np.abs(before - after).max() > 1e-3  # the two models are told apart
+    outcomes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            outcomes.append(_rank(server)[0])
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    for client in clients:
+        client.start()
+    status, body = server.post(
+        f"/v2/repository/models/{MODEL}/load",
+        {"parameters": {"artifact": str(second_artifact)}},
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
+    stop.set()
+    for client in clients:
+        client.join(60)
+    assert status == 200, body
+    assert json.loads(body)["version"] == "2"
+    assert outcomes and set(outcomes) == {200}  # nothing failed during the swap
+    every = fronts(server)
+    for front in every:
+        with only(front, every):
+            status, answer = _rank(server)
+            assert status == 200 and answer["version"] == "2"
+            scores = {item["item_id"]: item["score"] for item in answer["items"]}  # type: ignore[attr-defined]
+            got = np.array([scores[item] for item in CANDIDATES])
+            np.testing.assert_allclose(got, after, rtol=0, atol=1e-5)
+    assert_drained(server)
+
+
+def test_sigterm_answers_every_admitted_request_on_every_front(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    """Requests wait 300 ms in their queue for a batch to fill; SIGTERM comes 100 ms after they
+    were sent. Each must be answered 200: a drain that failed queued work with 503 fails."""
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {
+            **TWO_FRONTS,
+            "slo": {"p99_ms": 10_000, "max_queue_delay_ms": 300},
+            "server": {"drain_grace_s": 2.0},
+        },
+    )
+    start = threading.Barrier(12)
+
+    def rank(user: int) -> int:
+        start.wait()
+        return _rank(server, 1 + user)[0]
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = [pool.submit(rank, user) for user in range(12)]
+        time.sleep(0.1)
+        server.process.send_signal(signal.SIGTERM)
+        statuses = [answer.result(60) for answer in answers]
+    assert statuses == [200] * 12
+    assert server.process.wait(60) in (0, -signal.SIGTERM)
+    assert server.log.read_text().count("drained") == 2  # each front drained its own
+
+
+def test_a_front_that_cannot_start_stops_the_server_with_its_error(
+    served_artifact: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(served_artifact, broken)
+    weights = broken / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # truncated: its checksum fails
+    config = write_config(tmp_path / "serve.toml", {"plane": {"processes": 2}})
+    script = Path(__file__).with_name("tiny_server.py")
+    result = subprocess.run(
+        [sys.executable, str(script), "--config", str(config), str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "exited with code 3 before it was ready" in result.stderr
+    assert "cannot start" in result.stderr and "checksum" in result.stderr  # its own reason
+    assert "Traceback" not in result.stderr
+
+
+def test_fronts_drain_and_exit_when_the_supervisor_is_killed(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    server = server_factory([f"{MODEL}={served_artifact}"], TWO_FRONTS)
+    every = fronts(server)
+    server.process.kill()  # SIGKILL: the supervisor cannot relay anything
+    server.process.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state == "Z"
+
+    wait_for(lambda: all(gone(pid) for pid in every), 60, "the fronts to exit")
+    with pytest.raises(OSError):
+        request(server.url + "/v2/health/live", timeout=2)
