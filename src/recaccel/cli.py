@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from recaccel.data.dataset import Dataset
     from recaccel.optimize.report import OptimizeReport
     from recaccel.runtime.profile import Profile
-    from recaccel.runtime.select import Selection
+    from recaccel.runtime.select import Requirements, Selection
+    from recaccel.serve.choice import ServedSelection
     from recaccel.train.pipeline import TrainReport
 
 # Piped output (CI logs, `| tee`) would otherwise be squeezed to 80 columns.
@@ -336,6 +337,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     )
     from recaccel.runtime.profiler import ProfileOptions, run_profile
     from recaccel.runtime.select import Requirements, select
+    from recaccel.serve.choice import SERVED_FILE, served_table
 
     needs = Requirements(
         args.slo_ms, args.candidates, args.accuracy_budget, args.cores or os.cpu_count() or 1
@@ -368,12 +370,18 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         )
     selection = select(profile, needs) if args.select else None
     write_profile_outputs(profile, selection, out)
+    served = None
+    if args.served:
+        if not args.select:
+            raise ConfigError("--served chooses among what --select ranks", "add --select")
+        served = _served_selection(profile, needs, args, out)
     if args.json:
         print(
             json.dumps(
                 {
                     "profile": profile.to_dict(),
                     "selection": None if selection is None else selection.to_dict(),
+                    "served": None if served is None else served.to_dict(),
                     "out": str(out),
                 },
                 indent=2,
@@ -386,14 +394,52 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if selection is not None:
         console.print(_selection_table(selection))
         console.print(escape(selection_summary(selection)))
+    if served is not None:
+        console.print(escape(served_table(served)), highlight=False)
+        console.print(f"served selection: {out / SERVED_FILE}, {out / 'served.md'}")
     console.print(f"profile: {out / 'profile.json'}, {out / 'profile.md'}, {out / 'profile.png'}")
     return 0
+
+
+def _served_selection(
+    profile: Profile, needs: Requirements, args: argparse.Namespace, out: Path
+) -> ServedSelection:
+    """Measure the best candidates served (bench/served.py) and write served.json and .md."""
+    from recaccel.bench.served import ServedOptions, select_served
+    from recaccel.bench.workload import RankWorkload
+    from recaccel.data.registry import DatasetOptions, load_dataset
+    from recaccel.runtime.profiler import describe_machine, machine_facts
+    from recaccel.serve.choice import save_served, served_table
+
+    if not profile.dataset:
+        raise ConfigError("the profile does not name its dataset: the workload comes from it")
+    dataset = load_dataset(profile.dataset, DatasetOptions(progress=False))
+    workload = RankWorkload.from_dataset(dataset, n_samples=20_000, seed=0)
+    options = ServedOptions(
+        slo_ms=needs.slo_p99_ms,
+        relative_budget=needs.relative_budget,
+        cores=needs.cores,
+        budget_s=args.served_budget_s,
+    )
+    say = (lambda line: None) if args.json else (lambda line: errors.print(line, highlight=False))
+    served = select_served(
+        profile,
+        workload,
+        options,
+        out / "served",
+        progress=say,
+        machine=describe_machine(machine_facts()),
+    )
+    save_served(served, out)
+    (out / "served.md").write_text(served_table(served))
+    return served
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from recaccel.runtime.profile import load_profile
+    from recaccel.serve.choice import apply_served, served_selection_for
     from recaccel.serve.config import load_serve_config
     from recaccel.serve.server import apply_selection, serve
 
@@ -403,12 +449,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "workers": {"min": args.min_workers, "max": args.max_workers},
         "plane": {"processes": args.processes, "execution": args.execution},
     }
-    if args.backend or args.precision or args.threads:
+    if args.backend or args.precision or args.threads or args.lanes:
         overrides["workers"]["executors"] = [
             {
                 "backend": args.backend or "onnxruntime",
                 "precision": args.precision or "fp32",
                 "threads": args.threads or 1,
+                **({"count": args.lanes} if args.lanes else {}),
             }
         ]
     overrides = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
@@ -420,11 +467,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 "--select serves what a profile selects: give --profile and no artifacts",
                 "recaccel serve --profile results/profile-movielens/profile.json --select",
             )
-        spec, config, row = apply_selection(
-            config, load_profile(Path(args.profile)), args.accuracy_budget, os.cpu_count() or 1
-        )
+        profile = load_profile(Path(args.profile))
+        served = served_selection_for(Path(args.profile), profile, config.slo.p99_ms)
+        if served is not None:
+            spec, config = apply_served(config, served)
+            chosen = served.chosen
+            assert chosen is not None  # apply_served refuses a selection without one
+            errors.print(f"selected by serving: {chosen.candidate.label}", highlight=False)
+        else:
+            spec, config, row = apply_selection(
+                config, profile, args.accuracy_budget, os.cpu_count() or 1
+            )
+            errors.print(
+                f"selected by compute (no served.json beside the profile): {row.key}, "
+                f"{config.plane.processes} process(es)",
+                highlight=False,
+            )
         artifacts = [spec]
-        errors.print(f"selected: {row.key} (up to {row.workers} workers)", highlight=False)
     elif not artifacts:
         raise ConfigError("no artifacts to serve", "name artifact directories, or --select")
     errors.print(
@@ -683,6 +742,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--cores", type=int, help="cores the serving workers may use (default: all)"
     )
     profile.add_argument(
+        "--served",
+        action="store_true",
+        help="with --select: serve the best candidates on this machine under load and choose "
+        "by what they serve (writes served.json and served.md, which `serve --select` uses)",
+    )
+    profile.add_argument(
+        "--served-budget-s",
+        type=float,
+        default=300.0,
+        help="time for the served candidates, the re-measurement not included "
+        "(default: %(default)s)",
+    )
+    profile.add_argument(
         "--json", action="store_true", help="print the profile and selection as JSON"
     )
     profile.set_defaults(run=_cmd_profile)
@@ -709,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--execution",
         choices=["in-process", "workers"],
         help="run executors in each front process (default) or in worker processes",
+    )
+    serve.add_argument(
+        "--lanes",
+        type=int,
+        help="in-process: executors of the model in each front (default 1; 2+ split requests)",
     )
     serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
     serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")

@@ -107,13 +107,13 @@ def test_four_configurations_in_order_with_what_each_serves() -> None:
         ),
         (
             SYSTEM_ONLY,
-            ("--profile", "/out/profiles/system-only-profile.json", "--select", "--slo-ms", "50",
+            ("--profile", "/out/profiles/system-only/profile.json", "--select", "--slo-ms", "50",
              "--accuracy-budget", "0.001"),
             {},
         ),
         (
             RECACCEL,
-            ("--profile", "/out/profiles/recaccel-profile.json", "--select", "--slo-ms", "50",
+            ("--profile", "/out/profiles/recaccel/profile.json", "--select", "--slo-ms", "50",
              "--accuracy-budget", "0.001"),
             {},
         ),
@@ -129,10 +129,10 @@ def test_serve_arguments_and_environment(
 
 def test_each_selected_configuration_chooses_from_its_own_profile_with_resolved_paths() -> None:
     profiles = plan([SMALL, TINY]).profiles
-    system = profiles["system-only-profile.json"]
+    system = profiles["system-only/profile.json"]
     assert {e.artifact_id for e in system.entries} == {HEAVY_ID}
     assert {e.artifact for e in system.entries} == {"/art/dlrm-heavy"}
-    full = profiles["recaccel-profile.json"]
+    full = profiles["recaccel/profile.json"]
     assert {e.artifact for e in full.entries} == {
         "/art/dlrm-heavy", "/art/opt/02-prune-1", "/art/opt/03-tiny"
     }  # fmt: skip
@@ -144,7 +144,7 @@ def test_artifacts_not_named_are_left_out_of_the_selection() -> None:
     # heavy model on its best runtime is what recaccel selects.
     only_tiny = plan([TINY])
     assert only_tiny.server(RECACCEL).selection.key == HEAVY_INT8.key  # type: ignore[union-attr]
-    assert {e.artifact_id for e in only_tiny.profiles["recaccel-profile.json"].entries} == {
+    assert {e.artifact_id for e in only_tiny.profiles["recaccel/profile.json"].entries} == {
         HEAVY_ID, TINY_ID
     }  # fmt: skip
     assert restrict_profile(FULL, [SMALL]).entries == (

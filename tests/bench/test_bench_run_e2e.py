@@ -18,6 +18,7 @@ from recaccel.bench.run import BenchOptions, bench_profile_options, measure_prof
 from recaccel.data.dataset import Dataset
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import ProfileOptions, run_profile
+from recaccel.serve.choice import load_served
 from recaccel.train.pipeline import train_models
 from recaccel.train.trainer import TrainConfig
 
@@ -63,6 +64,7 @@ def test_bench_runs_four_servers_and_reports(
         median_candidates=20,  # the tiny catalogue has 60 items
         p99_candidates=50,
         warmup_requests=2,
+        served_budget_s=0.001,  # one candidate each (and its second measurement), no more
     )
     out = tmp_path / "bench"
     lines: list[str] = []
@@ -94,6 +96,15 @@ def test_bench_runs_four_servers_and_reports(
     assert recaccel.auc_change is not None and model_only.auc_change is not None
     assert recaccel.auc_change.relative == pytest.approx(model_only.auc_change.relative)
     assert any("reference load" in line for line in lines)
+    # The selected configurations were chosen by serving: served.json beside each profile,
+    # and each server served that choice.
+    for selected in (system_only, recaccel):
+        assert "chosen by serving" in selected.runtime
+        served = load_served(out / "profiles" / selected.name / "served.json")
+        assert served.chosen is not None and len(served.tried) == 1 and served.skipped
+        assert served.confirmed_qps is not None
+        log = (out / "servers" / f"{selected.name}.log").read_text()
+        assert f"selected by serving: {served.chosen.candidate.label}" in log
     assert {p.name for p in written} >= {"report.md", "report.json", "latency_cdf.png"}
     data = json.loads((out / "report.json").read_text())
     assert len(data["headline"]["bars"]) == 3

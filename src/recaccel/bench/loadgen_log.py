@@ -37,8 +37,9 @@ SUMMARY_LOG = "mlperf_log_summary.txt"
 PREFIX = ":::MLLOG "
 PERCENTILES = ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90")
 # Requirement keys and how to say each one failed.
+LATENCY_NOT_MET = "latency constraint not met"
 REQUIREMENTS = (
-    ("result_perf_constraints_met", "latency constraint not met"),
+    ("result_perf_constraints_met", LATENCY_NOT_MET),
     ("result_min_duration_met", "min duration not met"),
     ("result_min_queries_met", "min query count not met"),
     ("early_stopping_met", "early stopping not satisfied"),

@@ -21,7 +21,9 @@ machine, under the same latency bound (the SLO), interleaved:
 Both selected configurations are launched with `--select` on a copy of the profile that holds
 only the artifacts they may choose from, with each artifact's path resolved, so the server makes
 the very choice `runtime.select.select` makes here (the plan records it) and a profile written
-elsewhere still finds the artifacts. `plan_bench` does no I/O: the runner writes
+elsewhere still finds the artifacts. When the bench has chosen by serving (bench/served.py), its
+served.json sits beside that copy and `--select` serves that choice instead (`with_served`).
+`plan_bench` does no I/O: the runner writes
 `BenchPlan.profiles` to `profile_dir` before starting the servers.
 """
 
@@ -187,7 +189,8 @@ def plan_bench(
     chosen = _selected(full, needs, "all artifacts")
     chosen_artifact = by_id[full.entry(chosen.key).artifact_id]
     heavy_choice = _selected(heavy_only, needs, f"{heavy.path}'s configurations")
-    files = {RECACCEL: "recaccel-profile.json", SYSTEM_ONLY: "system-only-profile.json"}
+    # Each in a directory of its own: a served selection (served.json) goes beside it.
+    files = {RECACCEL: "recaccel/profile.json", SYSTEM_ONLY: "system-only/profile.json"}
     selected_args = ("--slo-ms", f"{slo_ms:g}", "--accuracy-budget", f"{relative_budget:g}")
     plain = "1 request per batch, no deadlines"
     batched = "dynamic batching and admission control"
@@ -226,3 +229,15 @@ def plan_bench(
         ),
     )
     return BenchPlan(servers, {files[RECACCEL]: full, files[SYSTEM_ONLY]: heavy_only})
+
+
+def with_served(plan: BenchPlan, name: str, chosen: str) -> BenchPlan:
+    """`plan` with configuration `name`'s runtime described as the served choice `chosen`
+    (a Candidate's label); its command is unchanged: `--select` finds served.json itself."""
+    servers = tuple(
+        dataclasses.replace(s, runtime=f"{chosen}, chosen by serving, batching and admission")
+        if s.name == name
+        else s
+        for s in plan.servers
+    )
+    return dataclasses.replace(plan, servers=servers)

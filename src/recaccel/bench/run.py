@@ -45,7 +45,15 @@ from recaccel.bench.loadgen import (
     run_offline_scenario,
     run_server_scenario,
 )
-from recaccel.bench.plan import BASELINE, ArtifactRef, BenchPlan, plan_bench
+from recaccel.bench.plan import (
+    BASELINE,
+    RECACCEL,
+    SYSTEM_ONLY,
+    ArtifactRef,
+    BenchPlan,
+    plan_bench,
+    with_served,
+)
 from recaccel.bench.results import (
     AucChange,
     BenchResult,
@@ -55,6 +63,7 @@ from recaccel.bench.results import (
     reference_load,
 )
 from recaccel.bench.search import SearchPolicy, SearchResult, search_interleaved
+from recaccel.bench.served import ServedOptions, select_served
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
@@ -65,6 +74,7 @@ from recaccel.runtime.profiler import (
     machine_facts,
     run_profile,
 )
+from recaccel.serve.choice import save_served, served_table
 from recaccel.train.metrics import paired_bootstrap_auc_delta
 
 DEFAULT_BASELINE = Path("artifacts/dlrm-heavy")
@@ -88,6 +98,9 @@ class BenchOptions:
     p99_candidates: float = 1000
     seed: int = 0
     warmup_requests: int = 32
+    # Selection by serving (bench/served.py) for system-only and recaccel, each within this
+    # many seconds; 0: choose by the compute profile alone.
+    served_budget_s: float = 150.0
     base_port: int | None = None
     quick: bool = False  # also profile with shorter timings, when a profile is measured
 
@@ -119,6 +132,7 @@ class BenchOptions:
             "offline_queries": 300,
             "max_runs": 3,
             "n_samples": 5000,
+            "served_budget_s": 40.0,
             "quick": True,
             **overrides,
         }
@@ -295,10 +309,13 @@ def run_bench(
         heavy_ref, refs, profile, options.slo_ms, options.relative_budget, cores, out / "profiles"
     )
     for file, restricted in plan.profiles.items():
+        (out / "profiles" / file).parent.mkdir(parents=True, exist_ok=True)
         save_profile(restricted, out / "profiles" / file)
     workload = RankWorkload.from_dataset(
         dataset, options.n_samples, options.seed, options.median_candidates, options.p99_candidates
     )
+    if options.served_budget_s > 0:
+        plan = _choose_by_serving(plan, workload, options, cores, out, server_command, say)
     for server in plan.servers:
         say(f"{server.name}: {server.description}: {server.command()}")
     fleet = ServerFleet(
@@ -349,6 +366,46 @@ def run_bench(
         wall_s=time.monotonic() - start,
         notes=_notes(options, cores),
     )
+
+
+def _choose_by_serving(
+    plan: BenchPlan,
+    workload: RankWorkload,
+    options: BenchOptions,
+    cores: int,
+    out: Path,
+    server_command: Sequence[str],
+    say: Callable[[str], None],
+) -> BenchPlan:
+    """Served selection for the two selected configurations; served.json beside each one's
+    profile, so its `--select` serves what serving chose (plan.with_served)."""
+    served_options = ServedOptions(
+        slo_ms=options.slo_ms,
+        relative_budget=options.relative_budget,
+        cores=cores,
+        budget_s=options.served_budget_s,
+        duration_s=min(options.duration_s, ServedOptions.duration_s),
+        min_query_count=options.min_query_count,
+        warm_up_requests=10 * options.warmup_requests,
+    )
+    for name in (SYSTEM_ONLY, RECACCEL):
+        profile_path = Path(plan.server(name).argv[1])  # --profile PATH
+        say(f"choosing {name}'s configuration by serving ({options.served_budget_s:g} s)")
+        selection = select_served(
+            plan.profiles[str(profile_path.relative_to(out / "profiles"))],
+            workload,
+            served_options,
+            out / "served" / name,
+            progress=say,
+            command=server_command,
+        )
+        (profile_path.parent / "served.md").write_text(served_table(selection))
+        if selection.chosen is None:
+            say(f"{name}: nothing served within the SLO; chosen by the compute profile")
+            continue
+        save_served(selection, profile_path.parent)
+        plan = with_served(plan, name, selection.chosen.candidate.label)
+    return plan
 
 
 def _best_qps(result: SearchResult[ScenarioResult]) -> float | None:

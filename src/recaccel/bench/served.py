@@ -1,0 +1,181 @@
+"""Selection by serving: the configuration that serves the most rank requests within the SLO,
+measured served on this machine, as Triton's Model Analyzer does with perf_analyzer.
+
+    selection = select_served(profile, workload, ServedOptions(slo_ms=50), out_dir)
+    save_served(selection, out_dir)    # served.json: `recaccel serve --select` serves its choice
+
+The compute profile (runtime/select.py) only prunes. Its eligible rows (accuracy budget met, a
+request within half the SLO), best estimate first, give the runtimes to try: at most
+`max_runtimes` (artifact × backend × precision; one thread, the way served throughput scales
+here). Each is tried on the plane layouts this machine can run (`layouts`): one front process,
+and one per core; for a model whose one request takes a large share of the SLO, also one front
+with a lane per core (query splitting) and one with a worker process per core. Measuring served
+is the point: compute alone sized workers as cores ÷ threads, and on a 2-core machine a second
+worker process, which the load generator and the HTTP front then competed with, served 2.3×
+less than one (the serving issue's table).
+
+Each candidate in turn: start `recaccel serve` with it, warm it, run a short LoadGen max-QPS
+search with the load generator on this machine (as in the bench, so its cores are taken as they
+will be), stop. A run passes when its p99 held, the server kept up, and nothing was lost
+(`ScenarioResult.meets_bound_briefly`): too short for LoadGen's early-stopping statistics,
+which the bench's own long runs apply. The most QPS within the SLO wins; equal QPS, the lower
+server CPU per request. Candidates that would start past `budget_s` are skipped and listed as
+such. Then the winner is measured again, alone: the choice stands if that is within
+`CONFIRM_WITHIN` (10%) of the best QPS the search saw, and the table says whether it did.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recaccel.bench.fleet import SERVE_COMMAND, ServerFleet
+from recaccel.bench.loadgen import DEFAULT_MIN_QUERY_COUNT, find_max_qps
+from recaccel.bench.plan import ArtifactRef, ServerPlan
+from recaccel.bench.search import SearchPolicy
+from recaccel.bench.sut import RANK_PATH
+from recaccel.bench.workload import RankWorkload
+from recaccel.runtime.profile import Profile
+from recaccel.runtime.select import Requirements
+from recaccel.serve.choice import Candidate, ServedSelection, Tried, candidates, rank_tried
+
+
+@dataclass(frozen=True)
+class ServedOptions:
+    slo_ms: float = 50.0
+    relative_budget: float = 0.001  # accuracy, as runtime/select.py's
+    cores: int = 1
+    budget_s: float = 300.0  # for the search; the confirmation comes on top
+    max_runtimes: int = 3
+    duration_s: float = 6.0  # per LoadGen run
+    # Sent one at a time before timing: first calls of each batch size allocate (ORT's
+    # arenas, OpenVINO's shapes); untimed, a search's first run failed on them.
+    warm_up_requests: int = 300
+    min_query_count: int = DEFAULT_MIN_QUERY_COUNT
+    # Short searches: 200, 400, 800, ... QPS, then halve the bracket to within 15%.
+    search: SearchPolicy = field(
+        default_factory=lambda: SearchPolicy(start_qps=200, growth=2, rel_tol=0.15, max_runs=6)
+    )
+
+
+def warm_up(port: int, bodies: Sequence[bytes]) -> None:
+    """POST `bodies` to /v1/rank one after another on one keep-alive connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        for body in bodies:
+            connection.request("POST", RANK_PATH, body, {"content-type": "application/json"})
+            connection.getresponse().read()
+    finally:
+        connection.close()
+
+
+def measure_served(
+    candidate: Candidate,
+    artifact: ArtifactRef,
+    workload: RankWorkload,
+    options: ServedOptions,
+    out_dir: Path,
+    command: Sequence[str] = SERVE_COMMAND,
+) -> Tried:
+    """Start `recaccel serve` with `candidate`, search its highest QPS within the SLO, stop."""
+    start = time.monotonic()
+    plan = ServerPlan(
+        name="candidate",
+        description=candidate.label,
+        artifact=artifact,
+        runtime=candidate.label,
+        argv=(*candidate.serve_args(), "--slo-ms", f"{options.slo_ms:g}"),
+        env={},
+    )
+    with ServerFleet([plan], out_dir / "servers", command=command) as fleet:
+        server = fleet["candidate"]
+        warm_up(server.port, workload.bodies[: options.warm_up_requests])
+        found = find_max_qps(
+            server.url,
+            workload,
+            latency_p99_ms=options.slo_ms,
+            duration_s=options.duration_s,
+            out_dir=out_dir / "runs",
+            policy=options.search,
+            meets=lambda run: run.meets_bound_briefly,
+            min_query_count=options.min_query_count,
+            server_pid=server.pid,
+        )
+    best = found.best
+    run = None if best is None else best[1]
+    return Tried(
+        candidate,
+        None if best is None else best[0],
+        None if run is None else run.loadgen.latency.ms("99.00"),
+        None if run is None or run.server_cpu_s_per_1k is None else run.server_cpu_s_per_1k,
+        len(found.runs),
+        time.monotonic() - start,
+    )
+
+
+def select_served(
+    profile: Profile,
+    workload: RankWorkload,
+    options: ServedOptions,
+    out_dir: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    measure: Callable[[Candidate, Path], Tried] | None = None,
+    command: Sequence[str] = SERVE_COMMAND,
+    clock: Callable[[], float] = time.monotonic,
+    machine: dict[str, Any] | None = None,
+) -> ServedSelection:
+    """Try the candidates within the time budget, choose, measure the choice again."""
+    needs = Requirements(
+        options.slo_ms, profile.serving_batch, options.relative_budget, options.cores
+    )
+    todo = candidates(profile, needs, options.max_runtimes)
+
+    def served(candidate: Candidate, out: Path) -> Tried:
+        entry = profile.entry(candidate.key)
+        ref = ArtifactRef(
+            Path(entry.artifact).resolve(), entry.artifact_id, entry.model, profile.dataset, None
+        )
+        return measure_served(candidate, ref, workload, options, out, command)
+
+    run = measure or served
+    say = progress or (lambda _: None)
+    start = clock()
+    tried: list[Tried] = []
+    skipped: list[Candidate] = []
+    for index, candidate in enumerate(todo):
+        elapsed = clock() - start
+        typical = elapsed / len(tried) if tried else 0.0
+        if tried and elapsed + typical > options.budget_s:
+            skipped.append(candidate)
+            continue
+        say(f"[{index + 1}/{len(todo)}] {candidate.label}")
+        result = run(candidate, out_dir / f"candidate-{index:02d}")
+        say(
+            f"    {'none' if result.max_qps is None else f'{result.max_qps:.0f}'} QPS within "
+            f"p99 <= {options.slo_ms:g} ms ({result.runs} runs, {result.seconds:.0f} s)"
+        )
+        tried.append(result)
+    spent = clock() - start
+    ranked = tuple(sorted(tried, key=rank_tried, reverse=True))
+    confirmed = None
+    if ranked and ranked[0].max_qps is not None:
+        say(f"measuring the choice again: {ranked[0].candidate.label}")
+        again = run(ranked[0].candidate, out_dir / "confirm")
+        confirmed = again.max_qps
+    return ServedSelection(
+        slo_ms=options.slo_ms,
+        profile_created_at=profile.created_at,
+        tried=ranked,
+        skipped=tuple(skipped),
+        confirmed_qps=confirmed,
+        budget_s=options.budget_s,
+        spent_s=spent,
+        machine=machine or {},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
