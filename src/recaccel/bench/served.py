@@ -29,6 +29,7 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ from recaccel.bench.workload import RankWorkload
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Requirements
 from recaccel.serve.choice import Candidate, ServedSelection, Tried, candidates, rank_tried
+
+WARM_UP_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,21 @@ class ServedOptions:
     )
 
 
-def warm_up(port: int, bodies: Sequence[bytes]) -> None:
-    """POST `bodies` to /v1/rank one after another on one keep-alive connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        for body in bodies:
-            connection.request("POST", RANK_PATH, body, {"content-type": "application/json"})
-            connection.getresponse().read()
-    finally:
-        connection.close()
+def warm_up(port: int, bodies: Sequence[bytes], connections: int = WARM_UP_CONNECTIONS) -> None:
+    """POST `bodies` to /v1/rank over `connections` keep-alive connections at once: one
+    connection reaches one front process, and every front needs warming."""
+
+    def send(share: Sequence[bytes]) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for body in share:
+                connection.request("POST", RANK_PATH, body, {"content-type": "application/json"})
+                connection.getresponse().read()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(send, [bodies[i::connections] for i in range(connections)]))
 
 
 def measure_served(
