@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from recaccel.bench.search import SearchPolicy
 from recaccel.bench.served import ServedOptions, select_served
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
@@ -31,6 +32,7 @@ from recaccel.serve.choice import (
 from recaccel.serve.config import load_serve_config
 
 HEAVY, SMALL = "a" * 64, "b" * 64
+floors: list[float] = []  # each search's lowest QPS, as the fake measurement was asked
 
 
 def entry(
@@ -124,9 +126,11 @@ def test_a_candidate_is_served_with_the_arguments_of_its_layout() -> None:
 def _fake(qps: dict[tuple[str, int], list[float | None]]) -> object:
     """A measurement: each (backend, processes)'s next QPS from its list; CPU 1 ms."""
     left = {key: iter(values) for key, values in qps.items()}
+    floors.clear()
 
-    def measure(candidate: Candidate, out: Path) -> Tried:
+    def measure(candidate: Candidate, out: Path, search: SearchPolicy) -> Tried:
         key = (candidate.config.backend, candidate.layout.processes)
+        floors.append(search.min_qps)
         return Tried(candidate, next(left[key]), 30.0, 1.0, 5, 10.0)
 
     return measure
@@ -142,6 +146,8 @@ def test_the_most_qps_served_wins_and_is_measured_again() -> None:
     assert got.chosen.candidate.layout == Layout(1)
     assert [t.max_qps for t in got.tried] == [800.0, 700.0, 600.0, 500.0, 400.0, None]
     assert got.confirmed_qps == 780.0 and got.confirmed  # 97.5% of 800
+    # Each search stops at half the best found before it; the second measurement does not.
+    assert floors == [1.0, 400.0, 400.0, 400.0, 400.0, 400.0, 1.0]
     assert "**selected**" in served_table(got) and "within 10%" in served_table(got)
 
 

@@ -8,7 +8,7 @@ The compute profile (runtime/select.py) only prunes. Its eligible rows (accuracy
 request within half the SLO), best estimate first, give the runtimes to try: at most
 `max_runtimes` (artifact × backend × precision; one thread, the way served throughput scales
 here). Each is tried on the plane layouts this machine can run (`layouts`): one front process,
-and one per core; for a model whose one request takes a large share of the SLO, also one front
+and one per core; for a model whose largest profiled batch takes over half the SLO, also one front
 with a lane per core (query splitting) and one with a worker process per core. Measuring served
 is the point: compute alone sized workers as cores ÷ threads, and on a 2-core machine a second
 worker process, which the load generator and the HTTP front then competed with, served 2.3×
@@ -26,6 +26,7 @@ such. Then the winner is measured again, alone: the choice stands if that is wit
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from recaccel.runtime.select import Requirements
 from recaccel.serve.choice import Candidate, ServedSelection, Tried, candidates, rank_tried
 
 WARM_UP_CONNECTIONS = 8
+FLOOR_OF_BEST = 0.5  # a candidate's search goes no lower than this share of the best so far
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,15 @@ def measure_served(
     )
 
 
+def _search(options: ServedOptions, tried: Sequence[Tried]) -> SearchPolicy:
+    """The search for the next candidate: down to half the best QPS found so far, no lower.
+    Below it a candidate cannot win, and a failing search's runs there are the longest (they
+    wait for `min_query_count` arrivals at a low rate): one took 206 s of a 150 s budget."""
+    best = max((t.max_qps or 0.0 for t in tried), default=0.0)
+    floor = max(options.search.min_qps, FLOOR_OF_BEST * best)
+    return dataclasses.replace(options.search, min_qps=floor)
+
+
 def select_served(
     profile: Profile,
     workload: RankWorkload,
@@ -134,7 +145,7 @@ def select_served(
     out_dir: Path,
     *,
     progress: Callable[[str], None] | None = None,
-    measure: Callable[[Candidate, Path], Tried] | None = None,
+    measure: Callable[[Candidate, Path, SearchPolicy], Tried] | None = None,
     command: Sequence[str] = SERVE_COMMAND,
     clock: Callable[[], float] = time.monotonic,
     machine: dict[str, Any] | None = None,
@@ -145,12 +156,13 @@ def select_served(
     )
     todo = candidates(profile, needs, options.max_runtimes)
 
-    def served(candidate: Candidate, out: Path) -> Tried:
+    def served(candidate: Candidate, out: Path, search: SearchPolicy) -> Tried:
         entry = profile.entry(candidate.key)
         ref = ArtifactRef(
             Path(entry.artifact).resolve(), entry.artifact_id, entry.model, profile.dataset, None
         )
-        return measure_served(candidate, ref, workload, options, out, command)
+        each = dataclasses.replace(options, search=search)
+        return measure_served(candidate, ref, workload, each, out, command)
 
     run = measure or served
     say = progress or (lambda _: None)
@@ -164,7 +176,7 @@ def select_served(
             skipped.append(candidate)
             continue
         say(f"[{index + 1}/{len(todo)}] {candidate.label}")
-        result = run(candidate, out_dir / f"candidate-{index:02d}")
+        result = run(candidate, out_dir / f"candidate-{index:02d}", _search(options, tried))
         say(
             f"    {'none' if result.max_qps is None else f'{result.max_qps:.0f}'} QPS within "
             f"p99 <= {options.slo_ms:g} ms ({result.runs} runs, {result.seconds:.0f} s)"
@@ -175,7 +187,7 @@ def select_served(
     confirmed = None
     if ranked and ranked[0].max_qps is not None:
         say(f"measuring the choice again: {ranked[0].candidate.label}")
-        again = run(ranked[0].candidate, out_dir / "confirm")
+        again = run(ranked[0].candidate, out_dir / "confirm", options.search)
         confirmed = again.max_qps
     return ServedSelection(
         slo_ms=options.slo_ms,

@@ -20,9 +20,11 @@ It is computed from the *running* workers and compared with the *target* count: 
 workers start, the running ones are saturated but ask only for the target already set, so a
 slow start does not trigger a second scale-up.
 
-**When to act.** As Ray Serve's autoscaler (`upscale_delay_s` 30 s, `downscale_delay_s`
-600 s by default): a change is made only after the load has asked for it at every sample for
-the delay, and any sample that does not ask for it starts the wait over. Up is quick (a
+**When to act.** As Ray Serve's autoscaler: a change is made only after the load has asked for
+it at every sample for the delay, and any sample that does not ask for it starts the wait over.
+Ray's delays are 30 s up and 600 s down, for replicas that take minutes to place and start;
+a worker process here loads in seconds, so the defaults are 3 s and 30 s (the serving
+config's `[autoscaler]` takes them from here). Up is quick (a
 missed SLO costs now), down is slow (a worker restarts in `load_s`, and traffic that dipped
 usually returns). The step taken is the one asked for throughout the wait — the fewest workers
 wanted over an up-wait, the most over a down-wait, as HPA's stabilization window keeps the
@@ -52,8 +54,8 @@ class AutoscalerConfig:
     max_workers: int
     target_utilization: float = 0.7
     target_queue_delay_ms: float = 10.0  # a fifth of the default 50 ms rank SLO
-    upscale_delay_s: float = 30.0
-    downscale_delay_s: float = 600.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
     max_step: int | None = None  # most workers added or removed by one change; None: any
     tolerance: float = 0.1  # |utilization / target − 1| within this asks for no change
 

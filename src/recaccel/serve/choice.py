@@ -28,9 +28,10 @@ from recaccel.serve.config import IN_PROCESS, WORKER_PROCESSES, ExecutorSection,
 SERVED_FILE = "served.json"
 SERVED_FORMAT = "recaccel.served/1"
 CONFIRM_WITHIN = 0.10  # the choice, measured again, within this of the best QPS tried
-# A model is heavy when one request alone takes more than this share of the SLO: then a lane
-# per core (query splitting) and worker processes are worth trying too.
-HEAVY_SHARE_OF_SLO = 0.1
+# A model is heavy when the largest batch profiled (a request of the workload's tail, or a
+# batch of several) takes more than half the SLO on one lane: then a lane per core (query
+# splitting) and worker processes are worth trying too.
+HEAVY_SHARE_OF_SLO = 0.5
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def candidates(profile: Profile, needs: Requirements, max_runtimes: int = 3) -> 
     found = []
     for row in runtimes:
         entry = profile.entry(row.key)
-        heavy = (row.request_p99_ms or 0.0) > HEAVY_SHARE_OF_SLO * needs.slo_p99_ms
+        largest = entry.points[-1].batch
+        heavy = entry.latency_model().predict_ms(largest) > HEAVY_SHARE_OF_SLO * needs.slo_p99_ms
         config = ExecutorConfig(row.backend, row.device, 1, row.precision)
         for layout in layouts(needs.cores, heavy):
             found.append(

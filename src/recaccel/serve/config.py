@@ -37,6 +37,7 @@ import yaml
 
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import BACKENDS, ExecutorConfig
+from recaccel.serve.autoscaler import AutoscalerConfig
 
 ENV_PREFIX = "RECACCEL_"
 TOKEN_ENV = "RECACCEL_TOKEN"
@@ -94,7 +95,9 @@ class ExecutorSection:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 1
-    count: int | None = None  # fixed workers of this kind; None: the autoscaler decides
+    # workers: a fixed number of worker processes of this kind (None: the autoscaler decides);
+    # in-process: lanes of this kind in each front (None: 1).
+    count: int | None = None
 
     def executor_config(self) -> ExecutorConfig:
         return ExecutorConfig(self.backend, self.device, self.threads, self.precision)
@@ -109,11 +112,13 @@ class WorkersSection:
 
 @dataclass(frozen=True)
 class AutoscalerSection:
-    target_utilization: float = 0.7
-    target_queue_delay_ms: float = 10.0
-    upscale_delay_s: float = 3.0
-    downscale_delay_s: float = 30.0
-    interval_s: float = 1.0
+    # The policy's own defaults (autoscaler.AutoscalerConfig says why); its min and max are
+    # [workers]'s.
+    target_utilization: float = AutoscalerConfig.target_utilization
+    target_queue_delay_ms: float = AutoscalerConfig.target_queue_delay_ms
+    upscale_delay_s: float = AutoscalerConfig.upscale_delay_s
+    downscale_delay_s: float = AutoscalerConfig.downscale_delay_s
+    interval_s: float = 1.0  # how often the load is sampled
 
 
 @dataclass(frozen=True)
@@ -273,8 +278,6 @@ def _check(config: ServeConfig) -> ServeConfig:
         (config.workers.min >= 1, f"workers.min: must be >= 1, got {config.workers.min}"),
         (config.workers.min <= config.workers.max,
          f"workers.max ({config.workers.max}) must be >= workers.min ({config.workers.min})"),
-        (0 < config.autoscaler.target_utilization <= 1,
-         "autoscaler.target_utilization: must be in (0, 1]"),
         (config.autoscaler.interval_s > 0, "autoscaler.interval_s: must be > 0"),
         (config.admission.max_queue_requests >= 1, "admission.max_queue_requests: must be >= 1"),
         (config.admission.max_queue_rows >= 1, "admission.max_queue_rows: must be >= 1"),
@@ -289,6 +292,16 @@ def _check(config: ServeConfig) -> ServeConfig:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    # The policies' own checks (one place for each rule): the autoscaler's delays and targets.
+    settings = config.autoscaler
+    AutoscalerConfig(
+        config.workers.min,
+        config.workers.max,
+        settings.target_utilization,
+        settings.target_queue_delay_ms,
+        settings.upscale_delay_s,
+        settings.downscale_delay_s,
+    )
     for i, executor in enumerate(config.workers.executors):
         try:
             executor.executor_config()

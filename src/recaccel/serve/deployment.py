@@ -58,13 +58,14 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.runtime.profile import Profile
-from recaccel.serve import admission, autoscaler, batcher_policy, router
+from recaccel.serve import admission, batcher_policy, router
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
 from recaccel.serve.errors import RequestError, UnavailableError
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.plane import queue
 from recaccel.serve.plane.inproc import InProcessLane, start_lanes
 from recaccel.serve.plane.queue import Part, Request
+from recaccel.serve.scaling import scaling_loop
 from recaccel.serve.workers import (
     WorkerDiedError,
     WorkerProcess,
@@ -146,7 +147,6 @@ class Deployment:
         self._latency: LatencyModel | None = None  # see `latency`
         self._tasks: list[asyncio.Task[None]] = []
         self._names = (f"{model.name}-{model.version}-{i}" for i in range(1 << 30))
-        self._scaler_state: autoscaler.AutoscalerState | None = None
         self.draining = False
         self.ready = False
 
@@ -182,11 +182,8 @@ class Deployment:
         if errors:
             await self._stop_workers()
             raise errors[0]
-        self._scaler_state = autoscaler.AutoscalerState.initial(
-            self.elastic_workers, time.monotonic()
-        )
         self._tasks = [
-            asyncio.create_task(self._scaling_loop(), name=f"autoscaler-{self.model.name}")
+            asyncio.create_task(scaling_loop(self), name=f"autoscaler-{self.model.name}")
         ]
         self.ready = True
 
@@ -275,10 +272,6 @@ class Deployment:
         self._latency = None
         for kind in self.kinds:
             self.metrics.workers.labels(self.model.name, kind.spec.kind).set(len(kind.workers))
-
-    @property
-    def elastic_workers(self) -> int:
-        return sum(len(k.workers) for k in self.kinds if k.elastic)
 
     @property
     def latency(self) -> LatencyModel:
@@ -508,58 +501,18 @@ class Deployment:
         if queue.fail(request, error):
             self.metrics.failed.labels(self.model.name, type(error).__name__).inc()
 
-    # scaling ---------------------------------------------------------------------------------
+    # scaling: serve/scaling.py runs the loop; these are what it reads and does -------------
 
-    async def _scaling_loop(self) -> None:
-        settings = self.config.autoscaler
-        policy = autoscaler.AutoscalerConfig(
-            min_workers=self.config.workers.min,
-            max_workers=self.config.workers.max,
-            target_utilization=settings.target_utilization,
-            target_queue_delay_ms=settings.target_queue_delay_ms,
-            upscale_delay_s=settings.upscale_delay_s,
-            downscale_delay_s=settings.downscale_delay_s,
-        )
-        elastic = next((k for k in self.kinds if k.elastic), None)
-        if elastic is None:
-            return  # every kind has a fixed count
-        last_at, last_busy = time.monotonic(), self._busy_s(elastic)
-        while True:
-            await asyncio.sleep(settings.interval_s)
-            now, busy = time.monotonic(), self._busy_s(elastic)
-            workers = max(1, len(elastic.workers))
-            utilization = min(1.0, (busy - last_busy) / ((now - last_at) * workers))
-            last_at, last_busy = now, busy
-            oldest_wait_ms = (now - self._queue[0].arrival) * 1e3 if self._queue else 0.0
-            sample = autoscaler.LoadSample(
-                at=now,
-                workers=len(elastic.workers),
-                utilization=utilization,
-                queue_delay_ms=oldest_wait_ms,
-                queued_requests=len(self._queue),
-                in_flight=sum(w.in_flight for w in elastic.workers),
-            )
-            assert self._scaler_state is not None
-            decision, self._scaler_state = autoscaler.decide(
-                policy, self._scaler_state, sample, now
-            )
-            self.metrics.autoscaler_target.labels(self.model.name).set(decision.target_workers)
-            if decision.changed:
-                direction = "up" if decision.target_workers > len(elastic.workers) else "down"
-                self.metrics.autoscaler_decisions.labels(self.model.name, direction).inc()
-                log.info(
-                    "autoscaler %s: %d -> %d workers: %s",
-                    self.model.name,
-                    len(elastic.workers),
-                    decision.target_workers,
-                    decision.reason,
-                )
-                await self._scale_to(elastic, decision.target_workers)
+    @property
+    def elastic_kind(self) -> _Kind | None:
+        """The kind the autoscaler sizes: worker processes with no fixed count."""
+        return next((k for k in self.kinds if k.elastic), None)
 
-    def _busy_s(self, kind: _Kind) -> float:
-        return sum(w.stats.busy_s for w in kind.workers)
+    def queue_load(self, now: float) -> tuple[int, float]:
+        """(requests queued, how long the oldest has waited in s)."""
+        return len(self._queue), (now - self._queue[0].arrival) if self._queue else 0.0
 
-    async def _scale_to(self, kind: _Kind, target: int) -> None:
+    async def scale_to(self, kind: _Kind, target: int) -> None:
         while len(kind.workers) < target:
             await self._add_worker(kind)
         while len(kind.workers) > target:
