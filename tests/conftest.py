@@ -74,6 +74,28 @@ def tiny_dataset(tiny_tables: MovieLensTables) -> Dataset:
     return build_movielens_dataset(tiny_tables)
 
 
+@pytest.fixture(scope="session")
+def trained(
+    tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str, int], Path]:
+    """trained(model, preset, epochs) -> the directory of that zoo model trained briefly on the
+    tiny dataset; each once per session, shared by every test that asks for it."""
+    made: dict[tuple[str, str, int], Path] = {}
+
+    def train(model: str, preset: str, epochs: int) -> Path:
+        key = (model, preset, epochs)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"{model}-{preset}-{epochs}") / f"{model}-{preset}"
+            config = TrainConfig(max_epochs=epochs, batch_size=128, learning_rate=3e-3)
+            train_models(
+                tiny_dataset, [(model, preset)], out, config, with_baselines=False, progress=False
+            )
+            made[key] = out
+        return made[key]
+
+    return train
+
+
 @pytest.fixture
 def train_tiny(tiny_dataset: Dataset) -> Callable[[str, str, Path], Artifact]:
     """Train a zoo model briefly on the tiny dataset, save it to `out`, and load it back."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,6 @@ from recaccel.data.dataset import Dataset
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import ProfileOptions, run_profile
 from recaccel.serve.choice import load_served
-from recaccel.train.pipeline import train_models
-from recaccel.train.trainer import TrainConfig
 
 TINY_SERVE = (sys.executable, str(Path(__file__).with_name("tiny_serve_cli.py")))
 # PyTorch eager only: it starts fastest (no export, no compile).
@@ -31,14 +30,9 @@ TINY_PROFILE = ProfileOptions(
 
 
 @pytest.fixture(scope="module")
-def candidate(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def candidate(trained: Callable[[str, str, int], Path]) -> Path:
     """A smaller model than the baseline's, trained briefly on the tiny dataset."""
-    out = tmp_path_factory.mktemp("bench-candidate") / "deepfm-small"
-    config = TrainConfig(max_epochs=1, batch_size=128, learning_rate=3e-3)
-    train_models(
-        tiny_dataset, [("deepfm", "small")], out, config, with_baselines=False, progress=False
-    )
-    return out
+    return trained("deepfm", "small", 1)
 
 
 def test_bench_runs_four_servers_and_reports(

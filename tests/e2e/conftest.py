@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from server_harness import Server, start_server
 
-from recaccel.data.dataset import Dataset
-from recaccel.train.pipeline import train_models
-from recaccel.train.trainer import TrainConfig
-
 
 @pytest.fixture(scope="session")
-def served_artifact(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def served_artifact(trained: Callable[[str, str, int], Path]) -> Path:
     """A DLRM (small preset) trained briefly on the tiny dataset."""
-    out = tmp_path_factory.mktemp("served") / "dlrm-small"
-    config = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
-    train_models(
-        tiny_dataset, [("dlrm", "small")], out, config, with_baselines=False, progress=False
-    )
-    return out
+    return trained("dlrm", "small", 2)
 
 
 @pytest.fixture

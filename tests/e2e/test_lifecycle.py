@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import TOKEN, Server, assert_drained, write_config
+from server_harness import TOKEN, Server, assert_drained, wait_for, write_config
 
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyPoint
@@ -84,15 +83,6 @@ class Load:
             for status, _ in self.outcomes:
                 found[status] = found.get(status, 0) + 1
             return found
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_a_killed_worker_is_replaced_and_no_request_is_lost(

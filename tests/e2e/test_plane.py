@@ -25,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from server_harness import TOKEN, Server, assert_drained, request, write_config
+from server_harness import TOKEN, Server, assert_drained, request, wait_for, write_config
 
 from recaccel.artifact import load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.serve.features import FeatureStore
-from recaccel.train.pipeline import train_models
-from recaccel.train.trainer import TrainConfig
 
 MODEL = "ranker"
 Start = Callable[..., Server]
@@ -40,14 +38,9 @@ CANDIDATES = list(range(1, 31))
 
 
 @pytest.fixture(scope="module")
-def second_artifact(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def second_artifact(trained: Callable[[str, str, int], Path]) -> Path:
     """Another model of the same schema (a DeepFM), whose scores differ from the DLRM's."""
-    out = tmp_path_factory.mktemp("second") / "deepfm-small"
-    config = TrainConfig(max_epochs=2, batch_size=128, learning_rate=3e-3)
-    train_models(
-        tiny_dataset, [("deepfm", "small")], out, config, with_baselines=False, progress=False
-    )
-    return out
+    return trained("deepfm", "small", 2)
 
 
 def fronts(server: Server) -> list[int]:
@@ -76,15 +69,6 @@ def only(front: int, every: list[int]) -> Iterator[None]:
     finally:
         for pid in others:
             os.kill(pid, signal.SIGCONT)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _reference(artifact: Path, store: FeatureStore, user: int) -> np.ndarray:
