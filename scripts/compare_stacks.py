@@ -448,7 +448,7 @@ def show(name: str, run: Any) -> None:
 
 
 def main() -> None:
-    from recaccel.bench.loadgen import find_max_qps
+    from recaccel.bench.loadgen import DEFAULT_MIN_QUERY_COUNT, find_max_qps, run_server_scenario
     from recaccel.bench.search import SearchPolicy
     from recaccel.bench.workload import RankWorkload
     from recaccel.data.registry import DatasetOptions, load_dataset
@@ -482,6 +482,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--peer-processes", type=int, default=2, help="uvicorn processes of handwritten, canned"
+    )
+    parser.add_argument(
+        "--at-qps",
+        type=lambda text: [float(q) for q in text.split(",")],
+        help="comma list: run each stack at these loads instead of searching its highest",
     )
     parser.add_argument("--out", type=Path, default=Path("/tmp/recaccel-compare-stacks"))
     args = parser.parse_args()
@@ -544,14 +549,22 @@ def main() -> None:
             }
             command = stack_command(name, args, spec)
             stack = name.partition(":")[0].partition("[")[0]
+            out_dir = args.out / f"round-{round_}" / "".join(c for c in label if c.isalnum())
             with server_process(stack, command, port, peer_env) as (url, pid):
                 warm_up(url, list(workload.bodies))
+                if args.at_qps:  # fixed loads: p99 and CPU per request at each, no search
+                    for qps in args.at_qps:
+                        show(label, run_server_scenario(
+                            url, workload, qps, args.p99_ms, args.duration_s,
+                            DEFAULT_MIN_QUERY_COUNT, out_dir / f"at-{qps:g}", server_pid=pid,
+                        ))  # fmt: skip
+                    continue
                 found = find_max_qps(
                     url,
                     workload,
                     latency_p99_ms=args.p99_ms,
                     duration_s=args.duration_s,
-                    out_dir=args.out / f"round-{round_}" / "".join(c for c in label if c.isalnum()),
+                    out_dir=out_dir,
                     policy=policy,
                     server_pid=pid,
                     progress=lambda run, label=label: show(label, run),

@@ -221,9 +221,9 @@ def create_app(
         try:
             yield
         finally:
-            if publisher is not None:
+            if publisher is not None and link is not None:
                 publisher.cancel()
-                link.publish(False)  # type: ignore[union-attr]
+                link.publish(False)
             await overload.stop()
             await repository.drain()
             if link is not None and link.channel is not None:

@@ -53,7 +53,7 @@ from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import RequestError
 from recaccel.serve.features import FeatureStore
-from recaccel.serve.plane.control import Channel, ChannelClosedError, Command
+from recaccel.serve.plane.control import Channel, ChannelClosedError, Command, Reply
 
 log = logging.getLogger("recaccel.serve")
 
@@ -345,10 +345,12 @@ class Supervisor:
             *(f.channel.ask(command, MANAGEMENT_TIMEOUT_S) for f in fronts),
             return_exceptions=True,
         )
+        answered: list[Reply] = []
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise RequestError(f"a front process did not answer: {reply}", status=503)
-        return [reply.result() for reply in replies]  # type: ignore[union-attr]
+            answered.append(reply)
+        return [reply.result() for reply in answered]
 
     async def _load(self, name: str, artifact: str, version: str | None) -> str:
         known = self.versions_seen.get(name, set())
