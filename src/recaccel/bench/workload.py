@@ -8,7 +8,7 @@ the same bytes.
 Request sizes. A production ranker rarely scores a fixed number of candidates: retrieval
 returns a few dozen for one user and a thousand for another. The candidate counts follow a
 lognormal with a given median and p99 (MLPerf's DLRM benchmark does the same with its
-user-query sizes; reference/measured-here.md uses median 100, p99 about 1,000). For a lognormal
+user-query sizes; the default here is median 100, p99 about 1,000). For a lognormal
 exp(μ + σZ), the median is exp(μ) and the p99 is exp(μ + 2.326σ), so
 
     μ = ln(median),   σ = ln(p99 / median) / 2.326

@@ -2,10 +2,10 @@
 
 A request queued past its deadline is worse than one refused: it takes a worker's time, its
 client has timed out, and the requests behind it wait longer. Triton's queue timeouts fire only
-when an instance frees up and its queue bound is enforced late (serving-systems.md §1, issues
-5783, 7512); Ray Serve sheds at `max_queued_requests` with 503 or 429 plus `Retry-After`. The
-route handler calls `admit` before queueing, with the predicted wait (the backlog ahead, e.g.
-`queue_wait_s`) and the predicted execution time of the request (its p99):
+when an instance frees up and its queue bound is enforced late (triton-inference-server/server
+issues 5783, 7512); Ray Serve sheds at `max_queued_requests` with 503 or 429 plus
+`Retry-After`. The route handler calls `admit` before queueing, with the predicted wait (the
+backlog ahead, e.g. `queue_wait_s`) and the predicted execution time of the request (its p99):
 
 1. **Draining → 503.** The server is shutting down or reloading; another replica should take
    the request.

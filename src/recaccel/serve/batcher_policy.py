@@ -12,9 +12,10 @@ timer fires: which requests form the next batch, and until when it may wait for 
 Waiting buys throughput (a bigger batch amortises the per-call overhead) and costs latency.
 Triton's dynamic batcher bounds the wait with one fixed `max_queue_delay_microseconds`; its
 users report batches that stay small or deadlines that are noticed only once an instance is
-free (serving-systems.md §1). BentoML's older CORK dispatcher released a batch when the time
-waited plus the estimated execution time would exceed its latency bound. This module does the
-latter with the profile's latency model, per request deadline:
+free (triton-inference-server/server issues 8094, 7776, 5783). BentoML's older CORK dispatcher
+released a batch when the time waited plus the estimated execution time would exceed its
+latency bound. This module does the latter with the profile's latency model, per request
+deadline:
 
 - **Never later than the deadline allows.** A batch must start by
   `deadline − p99(batch rows) − safety` for its tightest deadline to hold at the p99 (p99, not
