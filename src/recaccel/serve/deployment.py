@@ -417,7 +417,7 @@ class Deployment:
             self._pumping = False
 
     def _dispatch_due(self) -> None:
-        while self._queue and self._free_workers():
+        while self._queue and (free := self._free_workers()):
             plan = self._next_batch(self._policy)
             now = time.monotonic()
             if not plan.due(now) and not self.draining:
@@ -427,16 +427,16 @@ class Deployment:
             parts = [self._queue.popleft() for _ in range(plan.count)]
             self._series.queued_requests.set(len(self._queue))
             try:
-                self._dispatch(parts)
+                self._dispatch(parts, free)
             except Exception as error:  # a bug here must fail its requests, not hang them
                 log.exception("dispatching a batch of %s failed", self.name)
                 for part in parts:
                     self._fail(part.request, RequestError(f"internal error: {error}", status=500))
 
-    def _dispatch(self, parts: list[Part]) -> None:
+    def _dispatch(self, parts: list[Part], free: list[tuple[_Kind, Worker]]) -> None:
+        """Send `parts` as one batch to the free worker (of `free`) predicted to finish first."""
         batch = Rows.concat([p.batch() for p in parts])
         now = time.monotonic()
-        free = self._free_workers()
         if len(free) == 1:
             kind, worker = free[0]
         else:

@@ -167,7 +167,9 @@ def serve(
     profile = load_profile(profile_path) if profile_path is not None else None
     first = next(iter(models.values()))
     dataset = dataset if dataset is not None else dataset_of(first)
-    features = feature_store_for(first, config.rank.max_candidates, dataset)
+    features = (
+        None if dataset is None else feature_store_for(first, config.rank.max_candidates, dataset)
+    )
     calibration = None
     if needs_calibration(config) and dataset is not None:
         calibration = calibration_batch(dataset)  # the profile's rows: its cached int8 form

@@ -117,20 +117,21 @@ class FrontLink:
         return reply.result()
 
 
+def next_version(asked: str | None, known: set[str]) -> str:
+    """`asked`, or one past the highest numeric version in `known` (ModelRepository's rule,
+    decided by the supervisor once so every front gets the same number)."""
+    if asked is not None:
+        return asked
+    numbers = [int(v) for v in known if v.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
 @dataclass
 class ModelTable:
     """The models every front serves: name -> (artifact, version). The supervisor's record,
     from which a replacement front starts."""
 
     models: dict[str, tuple[Path, str]]
-
-    def next_version(self, name: str, asked: str | None, known: set[str]) -> str:
-        """`asked`, or one past the highest numeric version `name` has had (ModelRepository's
-        rule, decided here once so every front gets the same number)."""
-        if asked is not None:
-            return asked
-        numbers = [int(v) for v in known if v.isdigit()]
-        return str(max(numbers, default=0) + 1)
 
     def spec(self, base: FrontSpec) -> FrontSpec:
         models = {name: path for name, (path, _) in self.models.items()}
@@ -353,8 +354,7 @@ class Supervisor:
         return [reply.result() for reply in answered]
 
     async def _load(self, name: str, artifact: str, version: str | None) -> str:
-        known = self.versions_seen.get(name, set())
-        new_version = self.table.next_version(name, version, known)
+        new_version = next_version(version, self.versions_seen.get(name, set()))
         args = {"name": name, "artifact": artifact, "version": new_version}
         await self._everywhere(Command("load", args))
         self.table.models[name] = (Path(artifact), new_version)
