@@ -7,6 +7,7 @@ op does not:
 
     torch-eager fp32       1e-5   (measured 0: the same module and kernels)
     torch-compile fp32     1e-5   (inductor fuses and reorders sums; float32 noise)
+    torch-aot fp32         1e-5   (the same kernels, compiled ahead of time)
     onnxruntime fp32       1e-5   (measured <= 6e-8: MLAS vs PyTorch summation order)
     onnxruntime fp16       5e-4   (measured <= 1.1e-4: 11-bit mantissa)
     onnxruntime int8-dyn   0.01   (measured <= 0.0034, 7-bit weights, see onnx_quantize.py)
@@ -18,7 +19,8 @@ op does not:
     onnxruntime cuda       as its CPU bounds (not measured: no onnxruntime-gpu here)
 
 torch.compile is slow to compile (5-20 s a model on 2 cores), so it compiles one float family
-(DLRM) and one quantized artifact, not every family: the other families differ only in which
+(DLRM) and one quantized artifact, and AOTInductor two families (DeepFM, with its bag, and
+DLRM), not every family: the other families differ only in which
 layers they stack, which the eager and ONNX parity already cover.
 """
 
@@ -130,6 +132,34 @@ def test_torch_compile_matches_and_compiles_once_for_every_batch_size(
         assert executor.describe()["dynamic_batch"] == "unbacked"
 
 
+@pytest.mark.parametrize("model_name", ["deepfm", "dlrm"])
+def test_torch_aot_matches_and_its_package_is_compiled_once(
+    trained: dict[str, Artifact],
+    tiny_dataset: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model_name: str,
+) -> None:
+    from recaccel.runtime import aot_exec
+
+    # A copy without the packages other tests compiled.
+    shutil.copytree(trained[model_name].path, tmp_path / "a", ignore=shutil.ignore_patterns("aoti"))
+    artifact = load_artifact(tmp_path / "a")
+    with load_executor(artifact, ExecutorConfig("torch-aot")) as executor:
+        for batch in _batches(tiny_dataset):
+            np.testing.assert_allclose(
+                executor.run(batch), _reference(artifact, batch), rtol=0, atol=FP32_ATOL
+            )
+        assert executor.run(tiny_dataset.test.features(slice(0, 120))).shape == (120,)
+        package = Path(executor.describe()["package"])
+    assert package.parent.name == f"{artifact.manifest.artifact_id}-fp32-cpu-t1"
+    # The next load reads the package: compiling again would fail here.
+    monkeypatch.setattr(aot_exec, "compile_package", lambda *a: pytest.fail("compiled twice"))
+    with load_executor(artifact, ExecutorConfig("torch-aot")) as again:
+        batch = tiny_dataset.test.features(slice(0, 37))
+        np.testing.assert_allclose(again.run(batch), _reference(artifact, batch), atol=FP32_ATOL)
+
+
 # Quantized PyTorch artifacts: they run where their FBGEMM kernels run, and get a clear refusal
 # elsewhere. Their reference is their own eager output (their distance from the float parent is
 # the quantization step's business, tested in tests/optimize and tests/models).
@@ -163,6 +193,16 @@ def test_a_quantized_artifact_runs_on_torch_compile(
     _assert_parity(
         quantized["embeddings-int8"], ExecutorConfig("torch-compile"), tiny_dataset, FP32_ATOL
     )
+
+
+def test_torch_aot_refuses_quantized_artifacts_and_names_the_op(
+    quantized: dict[str, Artifact],
+) -> None:
+    artifact = quantized["embeddings-int8"]
+    with pytest.raises(ExecutorError, match="quantized::embedding_bag_byte") as caught:
+        load_executor(artifact, ExecutorConfig("torch-aot"))
+    assert "torch-compile" in caught.value.hint
+    assert not (artifact.path / "aoti").exists()  # nothing half-made cached
 
 
 @needs_ort

@@ -11,6 +11,8 @@ ranker sorts on and a client reads, the same on every backend. Backends (BACKEND
 
     torch-eager    PyTorch as the artifact loads: the baseline. CPU and CUDA.
     torch-compile  torch.compile (inductor), one graph for every batch size, compiled at load.
+    torch-aot      AOTInductor: the same kernels compiled ahead of time into a native package,
+                   cached beside the artifact, called without Python in between. CPU.
     onnxruntime    the artifact exported to ONNX (cached beside it), on ORT's CPU, CUDA or
                    TensorRT execution provider; int8 and fp16 forms made by ORT's tools.
     openvino       the same ONNX forms compiled by OpenVINO for the CPU: fp32, int8-static
@@ -139,6 +141,15 @@ BACKENDS: dict[str, BackendSpec] = {
             "TorchCompileExecutor",
             (),
             ("cpu", "cuda"),
+            ("fp32", "fp16", "bf16"),
+            "",
+        ),
+        BackendSpec(
+            "torch-aot",
+            "recaccel.runtime.aot_exec",
+            "AotInductorExecutor",
+            (),
+            ("cpu",),
             ("fp32", "fp16", "bf16"),
             "",
         ),

@@ -8,11 +8,8 @@ Forms, cached under `<artifact>/onnx/<key>/model.onnx`, each made on first use:
                                           digest of them: other rows make another file
     <artifact_id>-fp16                    ... float16 weights and arithmetic
 
-The key starts with the artifact id (the digest of its weights), so a file made from other
-weights is never picked up, even if the directory's weights are replaced by hand. A form is
-built in a staging directory and renamed into place, so worker processes that load the same
-artifact at once never read a half-written file; the loser of that race keeps the winner's copy.
-An artifact directory that is not writable caches under `recaccel_home()/onnx` instead.
+Keys start with the artifact id; forms are staged and renamed into place (runtime/cache.py), so
+worker processes that load the same artifact at once never read a half-written file.
 
 Execution providers: CPU for device cpu. For cuda, ORT's CUDA provider, preceded by TensorRT
 when the installed build lists it, and followed by CPU for any op the GPU providers lack. ORT
@@ -28,10 +25,7 @@ graph's nodes run in sequence), so ORT executors never disturb one another.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +35,7 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
-from recaccel.paths import recaccel_home
+from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
@@ -71,37 +65,12 @@ def calibration_digest(batch: FeatureBatch) -> str:
     return digest.hexdigest()[:12]
 
 
-def _cache_root(artifact: Artifact) -> Path:
-    if os.access(artifact.path, os.W_OK):
-        return artifact.path / ONNX_DIR
-    return recaccel_home() / ONNX_DIR  # keys start with the artifact id: safe to share
-
-
 def cache_path(artifact: Artifact, precision: str, calibration: FeatureBatch | None = None) -> Path:
     """Where the artifact's ONNX form in `precision` is (or will be) cached."""
     key = f"{artifact.manifest.artifact_id}-{precision}"
     if precision == "int8-static" and calibration is not None:
         key += f"-{calibration_digest(calibration)}"
-    return _cache_root(artifact) / key / MODEL_FILE
-
-
-def _cached(final: Path, make: Callable[[Path], object]) -> Path:
-    """`final` (…/key/model.onnx), made by `make(path)` in a staging directory unless present."""
-    if final.is_file():
-        return final
-    root, key = final.parent.parent, final.parent.name
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
-        make(staging / final.name)
-        try:
-            staging.rename(final.parent)  # atomic; fails if another process got there first
-        except OSError:
-            if not final.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return cache_dir(artifact.path, ONNX_DIR) / key / MODEL_FILE
 
 
 def cached_onnx(
@@ -113,10 +82,10 @@ def cached_onnx(
         UnsupportedOnBackendError: the artifact holds quantized PyTorch modules.
         ConfigError: int8-static without calibration rows, or an unknown precision.
     """
-    fp32 = _cached(cache_path(artifact, "fp32"), lambda path: export_onnx(artifact, None, path))
+    fp32 = cached(cache_path(artifact, "fp32"), lambda path: export_onnx(artifact, None, path))
     if precision == "fp32":
         return fp32
-    return _cached(
+    return cached(
         cache_path(artifact, precision, calibration),
         lambda path: quantize_onnx(fp32, path, precision, calibration),  # type: ignore[arg-type]
     )

@@ -65,7 +65,7 @@ EVAL_CHUNK = 1024  # rows per call when scoring the validation split
 BLOCK = 8  # calls per executor per round; the first untimed (see _time_batch)
 # Backends that cast to fp16/bf16 only where the device computes them natively (they refuse an
 # emulated type at load); planning those configurations elsewhere would only list refusals.
-NATIVE_HALF_ONLY = ("torch-eager", "torch-compile", "openvino")
+NATIVE_HALF_ONLY = ("torch-eager", "torch-compile", "torch-aot", "openvino")
 
 
 @dataclass(frozen=True)

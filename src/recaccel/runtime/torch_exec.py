@@ -188,13 +188,16 @@ def _row_major(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _quiet_inductor() -> Iterator[None]:
-    """Mute two inductor warnings that ask nothing of a recaccel user: torch.utils.mkldnn's
-    "torch.jit is deprecated" (torch's own code), and the advice to enable TF32 on CUDA (fp32
-    precision stays fp32 on purpose; fp16 and bf16 are the fast forms)."""
+def quiet_inductor() -> Iterator[None]:
+    """Mute inductor warnings that ask nothing of a recaccel user: torch.utils.mkldnn's
+    "torch.jit is deprecated" (torch's own code), the advice to enable TF32 on CUDA (fp32
+    precision stays fp32 on purpose; fp16 and bf16 are the fast forms), and a deprecation
+    inside torch.export."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*torch.jit.script_method", DeprecationWarning)
         warnings.filterwarnings("ignore", "TensorFloat32 tensor cores", UserWarning)
+        # torch.export's own pytree code, copying a tree spec (torch 2.13).
+        warnings.filterwarnings("ignore", ".*LeafSpec", FutureWarning)
         yield
 
 
@@ -206,7 +209,7 @@ class TorchCompileExecutor(TorchEagerExecutor):
         return tuple(_row_major(t) for t in super()._inputs(batch))
 
     def _build(self, model: nn.Module) -> Scorer:
-        with _quiet_inductor():
+        with quiet_inductor():
             compiled: Scorer = torch.compile(model, backend="inductor")
         return compiled
 
@@ -221,7 +224,7 @@ class TorchCompileExecutor(TorchEagerExecutor):
             for inputs in (normal, inference):
                 for tensor in inputs:
                     torch._dynamo.decorators.mark_unbacked(tensor, 0)
-                with _quiet_inductor():
+                with quiet_inductor():
                     self._score(inputs)
         except Exception as exc:  # inductor fails in many types; all mean the same here
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

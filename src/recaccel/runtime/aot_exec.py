@@ -1,0 +1,118 @@
+"""The AOTInductor executor: the artifact compiled ahead of time into a native library.
+
+PyTorch's deployment compiler (`torch.export`, then AOTInductor) turns the model into a shared
+library of inductor's fused C++ kernels, packaged with its weights as a `.pt2` file, made on
+first use and cached beside the artifact like the ONNX forms (runtime/cache.py):
+
+    <artifact>/aoti/<artifact_id>-<precision>-cpu-t<threads>/model.pt2
+
+Why a backend of its own, when torch-compile runs the same kernels: torch-compile calls them
+through dynamo's guards and inductor's Python wrapper, a few hundred µs a call whatever the
+batch; the package calls them from C++, tens of µs a call. And ONNX Runtime runs the exported
+graph node by node: an embedding model's many small Gather, ReduceSum and Mul nodes, unfused,
+cost it several times inductor's time per row. A rank request is one call of a few hundred rows,
+where both differences count (results/serving-plane.md has the measured figures).
+
+The batch axis is dynamic from 1 up (traced on `TRACE_ROWS` rows: torch.export specializes
+sizes 0 and 1), so one package serves every request size. Inductor's CPU kernels bake the
+thread count in, hence the key. Float artifacts only: the quantized ones call FBGEMM ops that
+this path does not compile (torch-eager and torch-compile run them); fp16/bf16 cast the MLPs
+first, where the CPU computes them natively, as on the other PyTorch backends. CPU only: the
+CUDA form of the package is not built or tested here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from recaccel.artifact import Artifact
+from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import FeatureSchema
+from recaccel.runtime.cache import cache_dir, cached
+from recaccel.runtime.executor import ExecutorConfig, ExecutorError, zeros_batch
+from recaccel.runtime.torch_exec import (
+    Scorer,
+    TorchCompileExecutor,
+    cpu_only_ops,
+    quiet_inductor,
+)
+
+AOTI_DIR = "aoti"
+PACKAGE_FILE = "model.pt2"
+TRACE_ROWS = 4
+
+
+def package_path(artifact_path: Path, artifact_id: str, config: ExecutorConfig) -> Path:
+    """Where the artifact's package for `config` is (or will be) cached."""
+    key = f"{artifact_id}-{config.precision}-{config.device_type}-t{config.threads}"
+    return cache_dir(artifact_path, AOTI_DIR) / key / PACKAGE_FILE
+
+
+def compile_package(model: nn.Module, schema: FeatureSchema, path: Path) -> None:
+    """Export `model` with a dynamic batch axis and compile it into the package `path`, with
+    the process's current thread count."""
+    example = zeros_batch(schema, TRACE_ROWS).as_tuple()
+    batch = Dim("batch", min=1)
+    with quiet_inductor():
+        program = torch.export.export(
+            model, example, dynamic_shapes=tuple({0: batch} for _ in example)
+        )
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+class AotInductorExecutor(TorchCompileExecutor):
+    """The artifact's AOTInductor package, compiled on first use (see the module docstring).
+    Inputs, threads and closing are the PyTorch executors'; only the scorer differs."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        config: ExecutorConfig,
+        *,
+        calibration: FeatureBatch | None = None,
+        loaded_here: bool = False,
+    ) -> None:
+        self.package: Path | None = None
+        super().__init__(artifact, config, calibration=calibration, loaded_here=loaded_here)
+        self.model = None  # the package holds its own weights: the module is not kept
+
+    def _build(self, model: nn.Module) -> Scorer:
+        if ops := cpu_only_ops(model):
+            (name, op), *_ = ops
+            raise ExecutorError(
+                self.config,
+                f"artifact {self.artifact_path} uses {op} in {name}, which torch-aot does not "
+                "compile",
+                "serve it with torch-compile or torch-eager, or its float parent with torch-aot",
+            )
+        path = package_path(self.artifact_path, self.artifact_id, self.config)
+        try:
+            self.package = cached(path, lambda staged: compile_package(model, self.schema, staged))
+        except Exception as exc:  # export and inductor fail in many types; all mean this
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExecutorError(
+                self.config,
+                f"AOTInductor could not compile the model: {type(exc).__name__}: {first_line}",
+                "torch-aot needs a C++ compiler (g++); torch-eager runs the same model",
+            ) from exc
+        # `loader.run` takes the flat input list: the package's own `__call__` first flattens
+        # and checks pytrees, a third of the call's cost on a small batch (torch 2.13).
+        with quiet_inductor():
+            loader = torch._inductor.aoti_load_package(str(self.package)).loader
+
+        def score(*inputs: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = loader.run(list(inputs))[0]
+            return out
+
+        return score
+
+    def _warm_up(self) -> None:
+        self._score(self._inputs(zeros_batch(self.schema, TRACE_ROWS)))
+
+    def _details(self) -> dict[str, Any]:
+        return {"torch": torch.__version__, "compiler": "aotinductor", "package": str(self.package)}
