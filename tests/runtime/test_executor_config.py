@@ -129,3 +129,18 @@ def test_onnx_providers_for_each_device(trained: dict[str, Artifact], tmp_path: 
     assert trt["trt_fp16_enable"] and not trt["trt_int8_enable"]
     assert trt["trt_profile_min_shapes"].startswith(f"dense:1x{len(schema.dense)},")
     assert chosen[1][1]["use_tf32"] == 0  # fp32 stays fp32 on Ampere and newer
+
+
+def test_prepare_form_makes_the_cached_form_and_loads_nothing_where_none_is_cached(
+    trained: dict[str, Artifact], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    shutil.copytree(trained["dlrm"].path, tmp_path / "a", ignore=shutil.ignore_patterns("onnx"))
+    executor_module.prepare_form(tmp_path / "a", ExecutorConfig("onnxruntime"))
+    assert len(list((tmp_path / "a" / "onnx").glob("*/model.onnx"))) == 1
+    loaded: list[str] = []
+    monkeypatch.setattr(executor_module, "load_executor", lambda a, c, *_: loaded.append(c))
+    for backend in ("torch-eager", "torch-compile"):  # nothing outlives their process
+        executor_module.prepare_form(tmp_path / "a", ExecutorConfig(backend))
+    assert loaded == []

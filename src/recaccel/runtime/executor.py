@@ -121,6 +121,9 @@ class BackendSpec:
     devices: tuple[str, ...]  # device types
     precisions: tuple[str, ...]
     install: str  # how to get `packages`
+    # Loading makes a form cached beside the artifact (an ONNX export, a compiled package):
+    # worth making once before several processes load it (`prepare_form`).
+    caches_form: bool = False
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -152,6 +155,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("cpu",),
             ("fp32", "fp16", "bf16"),
             "",
+            caches_form=True,
         ),
         BackendSpec(
             "onnxruntime",
@@ -161,6 +165,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("cpu", "cuda"),
             ("fp32", "int8-dynamic", "int8-static", "fp16"),
             "pip install onnxruntime onnx onnxscript (onnxruntime-gpu for CUDA)",
+            caches_form=True,
         ),
         BackendSpec(
             "openvino",
@@ -170,6 +175,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("cpu",),
             ("fp32", "int8-static", "fp16"),
             "pip install openvino onnx onnxscript onnxruntime",
+            caches_form=True,
         ),
     )
 }
@@ -379,6 +385,20 @@ def load_executor(
     cls = getattr(importlib.import_module(spec.module), spec.cls)
     executor: Executor = cls(loaded, config, calibration=calibration, loaded_here=loaded_here)
     return executor
+
+
+def prepare_form(
+    artifact: Path, config: ExecutorConfig, calibration: FeatureBatch | None = None
+) -> None:
+    """Make, here and now, what loading `artifact` on `config` caches beside it, if anything.
+
+    A server starting several processes calls this first, so they find the form made instead
+    of each making it at once (a compile of tens of seconds, on cores they share). Raises what
+    `load_executor` raises.
+    """
+    spec = BACKENDS.get(config.backend)
+    if spec is not None and spec.caches_form:
+        load_executor(artifact, config, calibration).close()
 
 
 def outermost_ops(

@@ -32,6 +32,7 @@ from recaccel.artifact import read_manifest
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.errors import ConfigError, RecaccelError
+from recaccel.runtime.executor import prepare_form
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
 from recaccel.runtime.select import Judgement, Requirements, select
@@ -173,6 +174,9 @@ def serve(
     calibration = None
     if needs_calibration(config) and dataset is not None:
         calibration = calibration_batch(dataset)  # the profile's rows: its cached int8 form
+    for artifact in models.values():
+        for section in config.workers.executors:
+            prepare_form(artifact, section.executor_config(), calibration)
     spec = FrontSpec(models, config, profile, features, calibration)
     return Supervisor(spec, front_processes(config)).run()
 
