@@ -26,48 +26,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.export import Dim
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, zeros_batch
-from recaccel.runtime.torch_exec import (
-    Scorer,
-    TorchCompileExecutor,
-    cpu_only_ops,
-    quiet_inductor,
-)
+from recaccel.runtime.torch_exec import Scorer, TorchEagerExecutor, cpu_only_ops, quiet_inductor
 
 AOTI_DIR = "aoti"
 PACKAGE_FILE = "model.pt2"
 TRACE_ROWS = 4
+# In each package's key: what it computes. 2: click probabilities (the sigmoid compiled in).
+PACKAGE_FORMAT = 2
 
 
 def package_path(artifact_path: Path, artifact_id: str, config: ExecutorConfig) -> Path:
     """Where the artifact's package for `config` is (or will be) cached."""
     key = f"{artifact_id}-{config.precision}-{config.device_type}-t{config.threads}"
+    key += f"-v{PACKAGE_FORMAT}"
     return cache_dir(artifact_path, AOTI_DIR) / key / PACKAGE_FILE
 
 
+class ClickProbability(nn.Module):
+    """sigmoid(model(...)) in float32: compiled in, so the executor hands the output back as
+    it comes (the other backends apply it in numpy, `probabilities`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.sigmoid(self.model(dense, categorical, multi_hot).float())
+
+
 def compile_package(model: nn.Module, schema: FeatureSchema, path: Path) -> None:
-    """Export `model` with a dynamic batch axis and compile it into the package `path`, with
-    the process's current thread count."""
+    """Export `model`'s click probabilities with a dynamic batch axis and compile them into the
+    package `path`, with the process's current thread count."""
     example = zeros_batch(schema, TRACE_ROWS).as_tuple()
     batch = Dim("batch", min=1)
     with quiet_inductor():
         program = torch.export.export(
-            model, example, dynamic_shapes=tuple({0: batch} for _ in example)
+            ClickProbability(model), example, dynamic_shapes=tuple({0: batch} for _ in example)
         )
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
-class AotInductorExecutor(TorchCompileExecutor):
+class AotInductorExecutor(TorchEagerExecutor):
     """The artifact's AOTInductor package, compiled on first use (see the module docstring).
-    Inputs, threads and closing are the PyTorch executors'; only the scorer differs."""
+    Threads and closing are the PyTorch executors'."""
 
     def __init__(
         self,
@@ -110,6 +124,15 @@ class AotInductorExecutor(TorchCompileExecutor):
             return out
 
         return score
+
+    def _inputs(self, batch: FeatureBatch | Rows) -> tuple[torch.Tensor, ...]:
+        # The kernels index by the traced layout; a size-1 axis's stride is never used, so
+        # `is_contiguous` (which ignores it) is the check, not torch-compile's exact strides.
+        return tuple(t if t.is_contiguous() else t.contiguous() for t in super()._inputs(batch))
+
+    def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
+        probabilities: np.ndarray = self._score(self._inputs(batch)).numpy()
+        return probabilities
 
     def _warm_up(self) -> None:
         self._score(self._inputs(zeros_batch(self.schema, TRACE_ROWS)))
