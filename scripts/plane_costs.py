@@ -1,10 +1,13 @@
 """What the serving plane's request path costs, in process, without HTTP: the figures in
 docs/serving-plane.md and results/serving-plane.md.
 
-    .venv/bin/python scripts/plane_costs.py artifacts/dlrm-heavy-optimized/02-prune-1
+    .venv/bin/python scripts/plane_costs.py artifacts/dlrm-heavy-optimized/02-prune-1 \
+        [--backend torch-aot]
 
-Three measurements, each interleaved over rounds and reported as medians:
+Four measurements, each interleaved over rounds and reported as medians:
 
+0. runtimes: `Executor.run` on each CPU backend at 1, 10, 100 and 1,000 rows from the feature
+   store (one thread each);
 1. hand-offs: an empty call on a one-thread pool and back (`run_in_executor`), against
    `Executor.run` inline and on a lane's thread, on a 100-row batch from the feature store;
 2. apps: the hand-written server's ASGI app (scripts/peers/handwritten_server.py) against
@@ -36,6 +39,33 @@ HERE = Path(__file__).resolve().parent
 
 def _median_us(rounds: Sequence[float]) -> str:
     return f"{statistics.median(rounds):7.1f} µs (min {min(rounds):.1f})"
+
+
+RUNTIME_ROWS = (1, 10, 100, 1000)
+RUNTIMES = ("onnxruntime", "openvino", "torch-compile", "torch-aot")
+
+
+def runtimes(artifact: Path, calls: int = 100, rounds: int = 5) -> None:
+    from recaccel.runtime.executor import ExecutorConfig, load_executor
+    from recaccel.serve.server import feature_store_for
+
+    store = feature_store_for(artifact, 10_000)
+    assert store is not None
+    executors = {name: load_executor(artifact, ExecutorConfig(name)) for name in RUNTIMES}
+    print(f"  {'rows':>5s} " + " ".join(f"{name:>14s}" for name in RUNTIMES) + "  (µs per call)")
+    for n in RUNTIME_ROWS:
+        rows, _ = store.rows(5, store.catalogue[:n])
+        found: dict[str, list[float]] = collections.defaultdict(list)
+        for _ in range(rounds):
+            for name, executor in executors.items():
+                executor.run(rows)
+                start = time.process_time()
+                for _ in range(calls):
+                    executor.run(rows)
+                found[name].append(_per(start, calls))
+        print(f"  {n:5d} " + " ".join(f"{statistics.median(found[k]):14.1f}" for k in RUNTIMES))
+    for executor in executors.values():
+        executor.close()
 
 
 def handoffs(artifact: Path, calls: int = 2000) -> None:
@@ -100,11 +130,12 @@ async def _call(app: Any, body: bytes) -> None:
     assert statuses == [200], statuses
 
 
-def _recaccel_app(artifact: Path) -> Any:
+def _recaccel_app(artifact: Path, backend: str) -> Any:
     from recaccel.serve.config import load_serve_config
     from recaccel.serve.server import build_app, feature_store_for
 
-    config = load_serve_config(None, {"plane": {"processes": 1}})
+    workers = {"executors": [{"backend": backend}]}
+    config = load_serve_config(None, {"plane": {"processes": 1}, "workers": workers})
     return build_app({"ranker": artifact}, config, None, feature_store_for(artifact, 10_000))
 
 
@@ -127,19 +158,19 @@ async def _started(app: Any) -> Callable[[], Any]:
     return stop
 
 
-def apps(artifact: Path, bodies: Sequence[bytes], per_round: int = 300) -> None:
+def apps(artifact: Path, backend: str, bodies: Sequence[bytes], per_round: int = 300) -> None:
     os.environ["PEER_ONNX"] = glob.glob(str(artifact / "onnx" / "*-fp32" / "model.onnx"))[0]
     sys.path.insert(0, str(HERE / "peers"))
     import handwritten_server  # type: ignore[import-not-found]
 
     from recaccel.serve.app import lean_app
 
-    app = _recaccel_app(artifact)
+    app = _recaccel_app(artifact, backend)
 
     async def main() -> dict[str, list[float]]:
         stop = await _started(app)
         targets = {"hand-written (Starlette + ORT)": handwritten_server.app}
-        targets["recaccel (lean /v1/rank)"] = lean_app(app)
+        targets[f"recaccel ({backend})"] = lean_app(app)
         found: dict[str, list[float]] = collections.defaultdict(list)
         for r in range(9):
             for name, target in targets.items():
@@ -154,7 +185,7 @@ def apps(artifact: Path, bodies: Sequence[bytes], per_round: int = 300) -> None:
         print(f"  {name:34s} {_median_us(rounds)} CPU per request")
 
 
-def stages(artifact: Path, bodies: Sequence[bytes], count: int = 3000) -> None:
+def stages(artifact: Path, backend: str, bodies: Sequence[bytes], count: int = 3000) -> None:
     from recaccel.runtime import executor as executor_module
     from recaccel.serve import app as app_module
     from recaccel.serve import deployment, features, rank
@@ -181,7 +212,7 @@ def stages(artifact: Path, bodies: Sequence[bytes], count: int = 3000) -> None:
     plan = deployment.Deployment
     plan._admit = timed("admission", plan._admit)  # type: ignore[method-assign]
     plan._next_batch = timed("batch plan", plan._next_batch)  # type: ignore[method-assign]
-    app = _recaccel_app(artifact)
+    app = _recaccel_app(artifact, backend)
 
     async def main() -> float:
         stop = await _started(app)
@@ -205,18 +236,23 @@ def stages(artifact: Path, bodies: Sequence[bytes], count: int = 3000) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
+    parser.add_argument(
+        "--backend", default="onnxruntime", help="recaccel's executor in parts 2 and 3"
+    )
     args = parser.parse_args()
     from recaccel.bench.workload import RankWorkload
     from recaccel.data.registry import DatasetOptions, load_dataset
 
     dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
     bodies = RankWorkload.from_dataset(dataset, n_samples=3000, seed=0).bodies
+    print("0. runtimes")
+    runtimes(args.artifact)
     print("1. hand-offs")
     handoffs(args.artifact)
     print("2. apps, in process, no HTTP")
-    apps(args.artifact, bodies)
+    apps(args.artifact, args.backend, bodies)
     print("3. recaccel's stages (one wrapped call each; the model's includes its sigmoid)")
-    stages(args.artifact, bodies)
+    stages(args.artifact, args.backend, bodies)
 
 
 if __name__ == "__main__":
