@@ -97,6 +97,8 @@ def test_bench_runs_four_servers_and_reports(
         served = load_served(out / "profiles" / selected.name / "served.json")
         assert served.chosen is not None and len(served.tried) == 1 and served.skipped
         assert served.confirmed_qps is not None
+        table = (out / f"served-{selected.name}.md").read_text()  # the report's link
+        assert served.chosen.candidate.label in table and "**selected**" in table
         log = (out / "servers" / f"{selected.name}.log").read_text()
         assert f"selected by serving: {served.chosen.candidate.label}" in log
     assert {p.name for p in written} >= {"report.md", "report.json", "latency_cdf.png"}

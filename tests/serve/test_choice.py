@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recaccel.bench.search import SearchPolicy
-from recaccel.bench.served import ServedOptions, select_served
+from recaccel.bench.served import BRIEF_MIN_QUERIES, ServedOptions, brief_queries, select_served
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyPoint
@@ -159,6 +159,13 @@ def test_a_second_measurement_far_below_the_first_is_reported() -> None:
     got = select_served(PROFILE, None, options, Path("/unused"), measure=measure)  # type: ignore[arg-type]
     assert got.confirmed_share == pytest.approx(0.75) and not got.confirmed
     assert "NOT within 10%" in served_table(got)
+
+
+def test_a_brief_run_at_a_low_rate_takes_fewer_queries_but_never_too_few() -> None:
+    options = ServedOptions(min_query_count=600, max_run_s=15.0)
+    assert brief_queries(400.0, options) == 600  # the full count fits in 15 s
+    assert brief_queries(20.0, options) == 300  # 15 s of arrivals
+    assert brief_queries(3.0, options) == BRIEF_MIN_QUERIES  # never a p99 of a handful
 
 
 def test_candidates_past_the_time_budget_are_skipped_and_listed() -> None:

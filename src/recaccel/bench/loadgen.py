@@ -280,11 +280,14 @@ def find_max_qps(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     progress: Callable[[ScenarioResult], None] | None = None,
+    query_count: Callable[[float], int] | None = None,
 ) -> SearchResult[ScenarioResult]:
     """The highest Server-scenario QPS whose run `meets_bound` (search.py: grow, then bisect).
 
     Each run's logs go to `out_dir/run-NN-<qps>qps`. Returns every run in order — the
     latency-throughput curve — and the best passing one. `progress` sees each run as it ends.
+    `query_count(qps)`, when given, is each run's minimum query count in place of
+    `min_query_count`.
     """
     count = 0
 
@@ -297,7 +300,7 @@ def find_max_qps(
             target_qps,
             latency_p99_ms,
             duration_s,
-            min_query_count,
+            min_query_count if query_count is None else query_count(target_qps),
             out_dir / f"run-{count:02d}-{target_qps:.4g}qps",
             server_pid=server_pid,
             concurrency=concurrency,

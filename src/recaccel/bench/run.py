@@ -399,7 +399,9 @@ def _choose_by_serving(
             progress=say,
             command=server_command,
         )
-        (profile_path.parent / "served.md").write_text(served_table(selection))
+        table = served_table(selection)
+        (profile_path.parent / "served.md").write_text(table)  # beside what `--select` reads
+        (out / f"served-{name}.md").write_text(table)  # beside the report, which links it
         if selection.chosen is None:
             say(f"{name}: nothing served within the SLO; chosen by the compute profile")
             continue

@@ -4,14 +4,16 @@ PyTorch's deployment compiler (`torch.export`, then AOTInductor) turns the model
 library of inductor's fused C++ kernels, packaged with its weights as a `.pt2` file, made on
 first use and cached beside the artifact like the ONNX forms (runtime/cache.py):
 
-    <artifact>/aoti/<artifact_id>-<precision>-cpu-t<threads>/model.pt2
+    <artifact>/aoti/<artifact_id>-<precision>-cpu-t<threads>-v<format>/model.pt2
+
+The package computes the click probabilities, the sigmoid compiled in (`ClickProbability`).
 
 Why a backend of its own, when torch-compile runs the same kernels: torch-compile calls them
 through dynamo's guards and inductor's Python wrapper, a few hundred µs a call whatever the
 batch; the package calls them from C++, tens of µs a call. And ONNX Runtime runs the exported
 graph node by node: an embedding model's many small Gather, ReduceSum and Mul nodes, unfused,
 cost it several times inductor's time per row. A rank request is one call of a few hundred rows,
-where both differences count (results/serving-plane.md has the measured figures).
+where both differences count (docs/serving-plane.md has the measured figures).
 
 The batch axis is dynamic from 1 up (traced on `TRACE_ROWS` rows: torch.export specializes
 sizes 0 and 1), so one package serves every request size. Inductor's CPU kernels bake the
