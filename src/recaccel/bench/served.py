@@ -8,8 +8,9 @@ The compute profile (runtime/select.py) only prunes. Its eligible rows (accuracy
 request within half the SLO), best estimate first, give the runtimes to try: at most
 `max_runtimes` (artifact × backend × precision; one thread, the way served throughput scales
 here). Each is tried on the plane layouts this machine can run (`layouts`): one front process,
-and one per core; for a model whose largest profiled batch takes over half the SLO, also one front
-with a lane per core (query splitting) and one with a worker process per core. Measuring served
+and one per core; for a model whose largest batch (`batching.max_rows` rows, predicted from the
+profile) would take over half the SLO, first one front with a lane per core (query splitting),
+and last one with a worker process per core. Measuring served
 is the point: compute alone sized workers as cores ÷ threads, and on a 2-core machine a second
 worker process, which the load generator and the HTTP front then competed with, served 2.3×
 less than one (the serving issue's table).

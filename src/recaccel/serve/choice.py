@@ -23,14 +23,21 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Judgement, Requirements, select
-from recaccel.serve.config import IN_PROCESS, WORKER_PROCESSES, ExecutorSection, ServeConfig
+from recaccel.serve.config import (
+    IN_PROCESS,
+    WORKER_PROCESSES,
+    BatchingSection,
+    ExecutorSection,
+    ServeConfig,
+)
 
 SERVED_FILE = "served.json"
 SERVED_FORMAT = "recaccel.served/1"
 CONFIRM_WITHIN = 0.10  # the choice, measured again, within this of the best QPS tried
-# A model is heavy when the largest batch profiled (a request of the workload's tail, or a
-# batch of several) takes more than half the SLO on one lane: then a lane per core (query
-# splitting) and worker processes are worth trying too.
+# A model is heavy when the largest batch the server may run (`batching.max_rows` rows: a request
+# of the workload's tail, or several batched), predicted from its profile, takes more than half
+# the SLO on one lane: then a lane per core (query splitting) is tried first, and worker
+# processes too.
 HEAVY_SHARE_OF_SLO = 0.5
 
 
@@ -61,12 +68,12 @@ def _count(n: int, word: str) -> str:
 
 def layouts(cores: int, heavy: bool) -> list[Layout]:
     """The layouts worth trying on `cores` cores (module docstring), most likely first."""
-    found = [Layout(1)]
-    if cores > 1:
-        found.append(Layout(cores))
-        if heavy:
-            found += [Layout(1, IN_PROCESS, cores), Layout(1, WORKER_PROCESSES, cores)]
-    return found
+    if cores == 1:
+        return [Layout(1)]
+    if heavy:  # a long batch on one lane holds up everything behind it: split it first
+        split, workers = Layout(1, IN_PROCESS, cores), Layout(1, WORKER_PROCESSES, cores)
+        return [split, Layout(1), Layout(cores), workers]
+    return [Layout(1), Layout(cores)]
 
 
 @dataclass(frozen=True)
@@ -123,9 +130,15 @@ def _runtimes(table: Sequence[Judgement], profile: Profile, limit: int) -> list[
     return ordered[:limit]
 
 
-def candidates(profile: Profile, needs: Requirements, max_runtimes: int = 3) -> list[Candidate]:
+def candidates(
+    profile: Profile,
+    needs: Requirements,
+    max_runtimes: int = 3,
+    largest_batch: int = BatchingSection.max_rows,
+) -> list[Candidate]:
     """What to try, in order: each of the best runtimes on each of its layouts. A pure
-    function of the profile (module docstring). ConfigError if nothing is eligible."""
+    function of the profile (module docstring); `largest_batch`: the most rows the server
+    batches. ConfigError if nothing is eligible."""
     selection = select(profile, needs)
     runtimes = _runtimes(selection.table, profile, max_runtimes)
     if not runtimes:
@@ -137,7 +150,7 @@ def candidates(profile: Profile, needs: Requirements, max_runtimes: int = 3) -> 
     found = []
     for row in runtimes:
         entry = profile.entry(row.key)
-        largest = entry.points[-1].batch
+        largest = max(entry.points[-1].batch, largest_batch)  # past the profile: extrapolated
         heavy = entry.latency_model().predict_ms(largest) > HEAVY_SHARE_OF_SLO * needs.slo_p99_ms
         config = ExecutorConfig(row.backend, row.device, 1, row.precision)
         for layout in layouts(needs.cores, heavy):
