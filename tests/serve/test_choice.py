@@ -177,6 +177,8 @@ def test_a_brief_run_at_a_low_rate_takes_fewer_queries_but_never_too_few() -> No
     assert brief_queries(400.0, options) == 600  # the full count fits in 15 s
     assert brief_queries(20.0, options) == 300  # 15 s of arrivals
     assert brief_queries(3.0, options) == BRIEF_MIN_QUERIES  # never a p99 of a handful
+    few = ServedOptions(min_query_count=40)  # nor more than the caller asked for
+    assert brief_queries(3.0, few) == brief_queries(400.0, few) == 40
 
 
 def test_candidates_past_the_time_budget_are_skipped_and_listed() -> None:

@@ -75,10 +75,11 @@ class ServedOptions:
 
 def brief_queries(qps: float, options: ServedOptions) -> int:
     """A served run's minimum query count at `qps`: `min_query_count`, or what `max_run_s`
-    holds at that rate, not below BRIEF_MIN_QUERIES. Without the cap a candidate failing at
-    every load bisected down to a few QPS, where 600 arrivals take minutes: one candidate took
-    207 s of a 150 s budget and no other was tried."""
-    return max(BRIEF_MIN_QUERIES, min(options.min_query_count, int(qps * options.max_run_s)))
+    holds at that rate if fewer, but not below BRIEF_MIN_QUERIES (nor above `min_query_count`).
+    Without the cap a candidate failing at every load bisected down to a few QPS, where 600
+    arrivals take minutes: one candidate took 207 s of a 150 s budget and no other was tried."""
+    brief = max(BRIEF_MIN_QUERIES, int(qps * options.max_run_s))
+    return min(options.min_query_count, brief)
 
 
 def warm_up(port: int, bodies: Sequence[bytes], connections: int = WARM_UP_CONNECTIONS) -> None:

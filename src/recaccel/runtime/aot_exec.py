@@ -33,7 +33,6 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
@@ -85,17 +84,7 @@ class AotInductorExecutor(TorchEagerExecutor):
     """The artifact's AOTInductor package, compiled on first use (see the module docstring).
     Threads and closing are the PyTorch executors'."""
 
-    def __init__(
-        self,
-        artifact: Artifact,
-        config: ExecutorConfig,
-        *,
-        calibration: FeatureBatch | None = None,
-        loaded_here: bool = False,
-    ) -> None:
-        self.package: Path | None = None
-        super().__init__(artifact, config, calibration=calibration, loaded_here=loaded_here)
-        self.model = None  # the package holds its own weights: the module is not kept
+    package: Path | None = None  # set by `_build`
 
     def _build(self, model: nn.Module) -> Scorer:
         if ops := cpu_only_ops(model):
@@ -120,6 +109,7 @@ class AotInductorExecutor(TorchEagerExecutor):
         # and checks pytrees, a third of the call's cost on a small batch (torch 2.13).
         with quiet_inductor():
             loader = torch._inductor.aoti_load_package(str(self.package)).loader
+        self.model = None  # the package holds its own weights: the module is not kept
 
         def score(*inputs: torch.Tensor) -> torch.Tensor:
             out: torch.Tensor = loader.run(list(inputs))[0]
