@@ -198,8 +198,9 @@ def test_a_front_that_cannot_start_stops_the_server_with_its_error(
     shutil.copytree(served_artifact, broken)
     weights = broken / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])  # truncated: its checksum fails
-    # torch-eager: a backend with a cached form would be made once by the supervisor first
-    # (`prepare_form`), and the supervisor, not a front, would meet the bad weights.
+    # torch-eager: a backend with a cached form would have it made by the supervisor first
+    # where it is missing (`prepare_form`), and the supervisor, not a front, would meet the
+    # bad weights.
     eager = {"executors": [{"backend": "torch-eager"}]}
     config = write_config(tmp_path / "serve.toml", {"plane": {"processes": 2}, "workers": eager})
     script = Path(__file__).with_name("tiny_server.py")

@@ -131,7 +131,7 @@ def test_onnx_providers_for_each_device(trained: dict[str, Artifact], tmp_path: 
     assert chosen[1][1]["use_tf32"] == 0  # fp32 stays fp32 on Ampere and newer
 
 
-def test_prepare_form_makes_the_cached_form_and_loads_nothing_where_none_is_cached(
+def test_prepare_form_makes_a_missing_form_and_loads_nothing_otherwise(
     trained: dict[str, Artifact], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
@@ -142,5 +142,8 @@ def test_prepare_form_makes_the_cached_form_and_loads_nothing_where_none_is_cach
     loaded: list[str] = []
     monkeypatch.setattr(executor_module, "load_executor", lambda a, c, *_: loaded.append(c))
     for backend in ("torch-eager", "torch-compile"):  # nothing outlives their process
+        executor_module.prepare_form(tmp_path / "a", ExecutorConfig(backend))
+    # The form made above is found by its path: ORT's, and OpenVINO's (the same fp32 file).
+    for backend in ("onnxruntime", "openvino"):
         executor_module.prepare_form(tmp_path / "a", ExecutorConfig(backend))
     assert loaded == []

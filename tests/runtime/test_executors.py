@@ -153,6 +153,8 @@ def test_torch_aot_matches_and_its_package_is_compiled_once(
         assert executor.run(tiny_dataset.test.features(slice(0, 120))).shape == (120,)
         package = Path(executor.describe()["package"])
     assert package.parent.name.startswith(f"{artifact.manifest.artifact_id}-fp32-cpu-t1-v")
+    found = aot_exec.form_path(artifact.path, artifact.manifest.artifact_id, executor.config)
+    assert found == package  # where `prepare_form` looks
     # The next load reads the package: compiling again would fail here.
     monkeypatch.setattr(aot_exec, "compile_package", lambda *a: pytest.fail("compiled twice"))
     with load_executor(artifact, ExecutorConfig("torch-aot")) as again:

@@ -38,7 +38,13 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, zeros_batch
-from recaccel.runtime.torch_exec import Scorer, TorchEagerExecutor, cpu_only_ops, quiet_inductor
+from recaccel.runtime.torch_exec import (
+    Scorer,
+    TorchEagerExecutor,
+    cpu_only_ops,
+    described,
+    quiet_inductor,
+)
 
 AOTI_DIR = "aoti"
 PACKAGE_FILE = "model.pt2"
@@ -47,8 +53,14 @@ TRACE_ROWS = 4
 PACKAGE_FORMAT = 2
 
 
-def package_path(artifact_path: Path, artifact_id: str, config: ExecutorConfig) -> Path:
-    """Where the artifact's package for `config` is (or will be) cached."""
+def form_path(
+    artifact_path: Path,
+    artifact_id: str,
+    config: ExecutorConfig,
+    calibration: FeatureBatch | None = None,
+) -> Path:
+    """Where the artifact's package for `config` is (or will be) cached (`calibration` unused:
+    the same signature as the other backends' `form_path`)."""
     key = f"{artifact_id}-{config.precision}-{config.device_type}-t{config.threads}"
     key += f"-v{PACKAGE_FORMAT}"
     return cache_dir(artifact_path, AOTI_DIR) / key / PACKAGE_FILE
@@ -95,14 +107,13 @@ class AotInductorExecutor(TorchEagerExecutor):
                 "compile",
                 "serve it with torch-compile or torch-eager, or its float parent with torch-aot",
             )
-        path = package_path(self.artifact_path, self.artifact_id, self.config)
+        path = form_path(self.artifact_path, self.artifact_id, self.config)
         try:
             self.package = cached(path, lambda staged: compile_package(model, self.schema, staged))
         except Exception as exc:  # export and inductor fail in many types; all mean this
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ExecutorError(
                 self.config,
-                f"AOTInductor could not compile the model: {type(exc).__name__}: {first_line}",
+                f"AOTInductor could not compile the model: {described(exc)}",
                 "torch-aot needs a C++ compiler (g++); torch-eager runs the same model",
             ) from exc
         # `loader.run` takes the flat input list: the package's own `__call__` first flattens

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recaccel.artifact import Artifact, load_artifact
+from recaccel.artifact import Artifact, load_artifact, read_manifest
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
@@ -122,7 +122,8 @@ class BackendSpec:
     precisions: tuple[str, ...]
     install: str  # how to get `packages`
     # Loading makes a form cached beside the artifact (an ONNX export, a compiled package):
-    # worth making once before several processes load it (`prepare_form`).
+    # worth making once before several processes load it (`prepare_form`). True: `module`
+    # has `form_path(artifact_path, artifact_id, config, calibration)`, where the form is.
     caches_form: bool = False
 
 
@@ -393,11 +394,15 @@ def prepare_form(
     """Make, here and now, what loading `artifact` on `config` caches beside it, if anything.
 
     A server starting several processes calls this first, so they find the form made instead
-    of each making it at once (a compile of tens of seconds, on cores they share). Raises what
+    of each making it at once (a compile of tens of seconds, on cores they share). A form
+    already made is found by its path alone: the artifact is not loaded. Raises what
     `load_executor` raises.
     """
     spec = BACKENDS.get(config.backend)
-    if spec is not None and spec.caches_form:
+    if spec is None or not spec.caches_form:
+        return
+    form_path = importlib.import_module(spec.module).form_path
+    if not form_path(artifact, read_manifest(artifact).artifact_id, config, calibration).is_file():
         load_executor(artifact, config, calibration).close()
 
 

@@ -67,10 +67,27 @@ def calibration_digest(batch: FeatureBatch) -> str:
 
 def cache_path(artifact: Artifact, precision: str, calibration: FeatureBatch | None = None) -> Path:
     """Where the artifact's ONNX form in `precision` is (or will be) cached."""
-    key = f"{artifact.manifest.artifact_id}-{precision}"
+    return form_file(artifact.path, artifact.manifest.artifact_id, precision, calibration)
+
+
+def form_file(
+    artifact_path: Path, artifact_id: str, precision: str, calibration: FeatureBatch | None
+) -> Path:
+    """Where the ONNX form in `precision` of the artifact at `artifact_path` is cached."""
+    key = f"{artifact_id}-{precision}"
     if precision == "int8-static" and calibration is not None:
         key += f"-{calibration_digest(calibration)}"
-    return cache_dir(artifact.path, ONNX_DIR) / key / MODEL_FILE
+    return cache_dir(artifact_path, ONNX_DIR) / key / MODEL_FILE
+
+
+def form_path(
+    artifact_path: Path,
+    artifact_id: str,
+    config: ExecutorConfig,
+    calibration: FeatureBatch | None = None,
+) -> Path:
+    """The file an executor of `config` loads, found without loading the artifact."""
+    return form_file(artifact_path, artifact_id, config.precision, calibration)
 
 
 def cached_onnx(

@@ -90,7 +90,7 @@ from recaccel.runtime.executor import (
     zeros_batch,
 )
 from recaccel.runtime.export import UnsupportedOnBackendError, onnx_feeds, unsupported_ops
-from recaccel.runtime.onnx_exec import cached_onnx
+from recaccel.runtime.onnx_exec import cached_onnx, form_file
 
 BACKEND = "openvino"
 DEVICE = "CPU"
@@ -202,6 +202,16 @@ def _refusal(artifact: Artifact, op: str, part: str) -> UnsupportedOnBackendErro
         + (f" ({parent})" if parent else "")
         + " on openvino, with precision int8-static for OpenVINO's own int8",
     )
+
+
+def form_path(
+    artifact_path: Path,
+    artifact_id: str,
+    config: ExecutorConfig,
+    calibration: FeatureBatch | None = None,
+) -> Path:
+    """The ONNX file an executor of `config` compiles, found without loading the artifact."""
+    return form_file(artifact_path, artifact_id, ONNX_FORM[config.precision], calibration)
 
 
 def onnx_form(artifact: Artifact, config: ExecutorConfig, calibration: FeatureBatch | None) -> Path:

@@ -187,6 +187,12 @@ def _row_major(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.clone(memory_format=torch.contiguous_format)
 
 
+def described(exc: Exception) -> str:
+    """An exception's type and first line: a compiler's errors run to pages of generated code."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 @contextlib.contextmanager
 def quiet_inductor() -> Iterator[None]:
     """Mute inductor warnings that ask nothing of a recaccel user: torch.utils.mkldnn's
@@ -227,10 +233,9 @@ class TorchCompileExecutor(TorchEagerExecutor):
                 with quiet_inductor():
                     self._score(inputs)
         except Exception as exc:  # inductor fails in many types; all mean the same here
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ExecutorError(
                 self.config,
-                f"torch.compile failed: {type(exc).__name__}: {first_line}",
+                f"torch.compile failed: {described(exc)}",
                 "torch-compile needs a C++ compiler (g++) for CPU and Triton for CUDA; "
                 "torch-eager runs the same model without compiling",
             ) from exc
