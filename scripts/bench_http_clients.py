@@ -80,6 +80,22 @@ async def with_httpx(url: str) -> tuple[float, float]:
         return await _drive(post)
 
 
+async def with_http_pool(url: str) -> tuple[float, float]:
+    from recaccel.bench.http_pool import HttpPool
+
+    pool = HttpPool(
+        url.removesuffix("/v1/rank"), "/v1/rank", max_connections=CONCURRENCY, timeout_s=30
+    )
+
+    async def post() -> None:
+        orjson.loads((await pool.post(BODY))[1])
+
+    try:
+        return await _drive(post)
+    finally:
+        await pool.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -94,7 +110,11 @@ def main() -> None:
         import uvloop
 
         for _ in range(args.rounds):  # interleaved: the machine's drift hits both alike
-            for name, client in (("aiohttp", with_aiohttp), ("httpx", with_httpx)):
+            for name, client in (
+                ("aiohttp", with_aiohttp),
+                ("httpx", with_httpx),
+                ("http_pool", with_http_pool),
+            ):
                 for loop_name, run in (("asyncio", asyncio.run), ("uvloop", uvloop.run)):
                     wall, cpu = run(client(url))
                     print(

@@ -7,14 +7,16 @@ which POSTs each sample's prebuilt body over a pool of keep-alive connections si
 concurrency, and reports each sample to LoadGen (`QuerySamplesComplete`) exactly once, however
 it ended: 200, 429, 5xx, connection error or timeout (books.py counts which).
 
-The client is aiohttp. Measured here with scripts/bench_http_clients.py (2-core box, a
-canned-answer uvicorn server on the same machine, 16 keep-alive connections, 4,000 POSTs of a
-100-candidate body; two sessions of three interleaved rounds): aiohttp 2,500–4,200 requests/s
-at 210–360 µs of client CPU per request, httpx's AsyncClient 190–300 requests/s at 3.3–5.3 ms
-— some 12× the CPU per request. The client shares the cores with the server, so its CPU per
-request is what matters. uvloop under aiohttp made no difference beyond the noise, and the
-standard loop's timers are exact where uvloop's tick in milliseconds, which the lag probe
-below needs.
+The client is `HttpPool` (http_pool.py): pre-framed POSTs on pooled keep-alive connections,
+answers parsed by httptools. Measured with scripts/bench_http_clients.py (2-core AMD EPYC, KVM,
+2026-12-03; a canned-answer uvicorn server on the same machine, 16 keep-alive connections, 4,000
+POSTs of a 100-candidate body, two interleaved rounds): HttpPool 12,300–17,200 requests/s at
+53–70 µs of client CPU per request, aiohttp 4,200–6,600 at 150–210 µs, httpx's AsyncClient
+about 300 at 3.3 ms. The client shares the cores with the server, so its CPU per request is
+what matters: with aiohttp the whole client (LoadGen included) took about 0.55 CPU-ms per
+request and capped the canned server near 2,500 QPS; with HttpPool it takes 0.27–0.40 and the
+canned server reached 3,800. The standard asyncio loop, not uvloop: its timers are exact where
+uvloop's tick in milliseconds, which the lag probe below needs, and uvloop saved nothing here.
 
 The client measures its own overhead so a report can show it was not the bottleneck: the time
 `issue_queries` takes per sample (LoadGen's thread), and the event loop's lag — how late a
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-import aiohttp
 import mlperf_loadgen as lg
 import numpy as np
 import orjson
@@ -46,6 +47,7 @@ from recaccel.bench.books import (
     Percentiles,
     Ranked,
 )
+from recaccel.bench.http_pool import HttpPool
 from recaccel.errors import ConfigError
 from recaccel.serve.heap import freeze_long_lived_heap
 
@@ -74,26 +76,6 @@ class Transport(Protocol):
     async def post(self, body: bytes) -> tuple[int, bytes]: ...
 
     async def close(self) -> None: ...
-
-
-class AiohttpTransport:
-    """Keep-alive POSTs to `{url}/v1/rank`, at most `concurrency` connections at once; more
-    requests wait for a free connection (the wait counts in their latency, as it should)."""
-
-    def __init__(self, url: str, concurrency: int, timeout_s: float) -> None:
-        self._url = url.rstrip("/") + RANK_PATH
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            headers={"Content-Type": "application/json"},
-        )
-
-    async def post(self, body: bytes) -> tuple[int, bytes]:
-        async with self._session.post(self._url, data=body) as response:
-            return response.status, await response.read()
-
-    async def close(self) -> None:
-        await self._session.close()
 
 
 def outcome_of(status: int, body: bytes, latency_s: float) -> Outcome:
@@ -186,7 +168,7 @@ class HttpSut:
         concurrency: the most requests in flight (connections in the pool).
         timeout_s: a request not answered by then fails (and is completed).
         complete: reports one sample id to LoadGen; tests pass a recorder.
-        transport: makes the transport, called once on the loop thread; default aiohttp.
+        transport: makes the transport, called once on the loop thread; default `HttpPool`.
     """
 
     def __init__(
@@ -205,7 +187,9 @@ class HttpSut:
             raise ConfigError(f"timeout_s={timeout_s} must be positive")
         self._bodies = bodies
         self._complete = complete
-        self._make_transport = transport or (lambda: AiohttpTransport(url, concurrency, timeout_s))
+        self._make_transport = transport or (
+            lambda: HttpPool(url, RANK_PATH, max_connections=concurrency, timeout_s=timeout_s)
+        )
         self._transport: Transport | None = None
         self.books = Books()
         self._issue_us: list[float] = []
