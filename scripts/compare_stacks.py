@@ -29,6 +29,11 @@ Stacks:
               candidate, INT64) and calls MLServer's data plane, which batches and dispatches to
               the workers; it answers the top-k of the scores that come back. It needs a
               `candidates` list (the workload always sends one).
+    handwritten  the peer to beat (scripts/peers/handwritten_server.py): Starlette + orjson +
+              ONNX Runtime, one batch per request, `uvicorn --workers N`
+    canned    the wire's ceiling through uvicorn: a canned answer, the request unread
+    bare      the canned answer from a bare asyncio protocol, no uvicorn: what the socket and
+              the parse alone cost (`canned` minus `bare` is uvicorn's own share)
 
 Batching: both stacks take up to --max-batch-size requests per batch (default: the serving
 config's `batching.max_rows` over the workload's median candidate count) and wait at most
@@ -70,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-STACKS = ("serve", "litserve", "mlserver", "handwritten", "canned")
+STACKS = ("serve", "litserve", "mlserver", "handwritten", "canned", "bare")
 # The peer to beat and the wire's ceiling (scripts/peers/): uvicorn apps, `--peer-processes`
 # processes accepting on one socket.
 PEERS = {"handwritten": "handwritten_server:app", "canned": "canned_server:app"}
@@ -91,6 +96,7 @@ HEALTH = {
     "mlserver": "/v2/models/ranker/ready",
     "handwritten": "/ready",
     "canned": "/ready",
+    "bare": "/ready",
 }
 
 
@@ -401,7 +407,7 @@ def server_process(
 
 def stack_variants(names: list[str], serve_args: list[str] | None) -> list[tuple[str, str]]:
     """(label, stack) pairs: "serve" once per --serve-args given (label `serve[ARGS]`), and
-    `handwritten:N` / `canned:N` as that peer on N processes."""
+    `handwritten:N` / `canned:N` / `bare:N` as that peer on N processes."""
     variants = []
     for name in names:
         stack, _, option = name.partition(":")
@@ -422,8 +428,11 @@ def stack_command(name: str, args: argparse.Namespace, spec: dict[str, Any]) -> 
             command += ["--profile", str(args.profile), "--select", "--slo-ms", str(args.p99_ms),
                         "--accuracy-budget", str(args.accuracy_budget)]  # fmt: skip
         return command + (["--config", str(args.config)] if args.config is not None else [])
+    processes = option or str(args.peer_processes)
+    if stack == "bare":  # the canned answer without uvicorn: what the socket alone costs
+        return [sys.executable, str(HERE / "peers" / "bare_server.py"), "--port", str(spec["port"]),
+                "--processes", processes]  # fmt: skip
     if stack in PEERS:
-        processes = option or str(args.peer_processes)
         uvicorn = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE / "peers")]
         return [*uvicorn, PEERS[stack], "--workers", processes, "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
@@ -481,7 +490,7 @@ def main() -> None:
         "repeat it to compare several",
     )
     parser.add_argument(
-        "--peer-processes", type=int, default=2, help="uvicorn processes of handwritten, canned"
+        "--peer-processes", type=int, default=2, help="processes of handwritten, canned, bare"
     )
     parser.add_argument(
         "--at-qps",
