@@ -137,6 +137,7 @@ def test_a_blocked_loop_cuts_the_limit() -> None:
             policy, lambda g: seen.append((g.limit, g.lag_s)), sample_interval_s=0.002
         )
         guard.start()
+        assert guard.enter()  # a request in flight throughout: the server is not idle
         await asyncio.sleep(0.03)
         for _ in range(4):  # the loop busy for 60 ms at a stretch, four times over
             time.sleep(0.06)
@@ -147,6 +148,31 @@ def test_a_blocked_loop_cuts_the_limit() -> None:
     guard = asyncio.run(scenario())
     assert guard.limit < 64, seen
     assert max(lag for _, lag in seen) > 0.010, seen
+
+
+def test_an_idle_guard_stops_sampling_until_a_request_arrives() -> None:
+    intervals: list[float] = []
+
+    async def scenario() -> None:
+        policy = OverloadPolicy(target_s=0.010, interval_s=0.02)
+        guard = OverloadGuard(
+            policy, lambda g: intervals.append(time.monotonic()), sample_interval_s=0.002
+        )
+        guard.start()
+        await asyncio.sleep(0.3)  # idle: one quiet interval, then asleep
+        asleep = len(intervals)
+        assert asleep <= 2, intervals
+        assert guard.enter()  # a request wakes it, and while one is in flight it samples
+        await asyncio.sleep(0.3)
+        assert len(intervals) >= asleep + 5, intervals
+        guard.leave(0.001, answered=True)
+        await asyncio.sleep(0.3)  # quiet again: asleep again
+        settled = len(intervals)
+        await asyncio.sleep(0.2)
+        assert len(intervals) == settled, intervals
+        await guard.stop()
+
+    asyncio.run(scenario())
 
 
 def full_guard() -> OverloadGuard:
