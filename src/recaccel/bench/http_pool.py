@@ -2,11 +2,12 @@
 
 Why by hand: the load generator shares the machine's cores with the server it measures, so
 every CPU-µs the client spends per request is taken from the server and caps what any server
-can be measured at. aiohttp, the cheapest general client measured here, spends 210–360 µs of
-client CPU per request (scripts/bench_http_clients.py); most of it is machinery this client
-does not need — cookies, redirects, multidict headers, a stream reader per response, a timer
-context per request. This one sends pre-framed bytes on a pooled connection and hands the raw
-answer back; parsing is httptools' (the C parser uvicorn uses), so no HTTP is parsed by hand.
+can be measured at. aiohttp, the cheapest general client measured here, spends 150–360 µs of
+client CPU per request (scripts/bench_http_clients.py, two sessions); most of it is machinery
+this client does not need — cookies, redirects, multidict headers, a stream reader per
+response, a timer context per request. This one sends pre-framed bytes on a pooled connection
+and hands the raw answer back; parsing is httptools' (the C parser uvicorn uses), so no HTTP
+is parsed by hand.
 
 What it does not do, on purpose: TLS, redirects, chunked request bodies, proxies, cookies,
 100-continue, pipelining (one request per connection at a time, as a browser or aiohttp does).

@@ -14,9 +14,11 @@ POSTs of a 100-candidate body, two interleaved rounds): HttpPool 12,300–17,200
 53–70 µs of client CPU per request, aiohttp 4,200–6,600 at 150–210 µs, httpx's AsyncClient
 about 300 at 3.3 ms. The client shares the cores with the server, so its CPU per request is
 what matters: with aiohttp the whole client (LoadGen included) took about 0.55 CPU-ms per
-request and capped the canned server near 2,500 QPS; with HttpPool it takes 0.27–0.40 and the
-canned server reached 3,800. The standard asyncio loop, not uvloop: its timers are exact where
-uvloop's tick in milliseconds, which the lag probe below needs, and uvloop saved nothing here.
+request and capped the canned server near 2,500 QPS; with HttpPool 0.21–0.39 at 1,000–2,000 QPS
+(`scripts/compare_stacks.py ARTIFACT --stacks canned:2,bare:2 --at-qps 1000,2000`, its
+`client CPU`), and the canned server's limit rose to 3,800–4,800 QPS. The standard asyncio
+loop, not uvloop: its timers are exact where uvloop's tick in milliseconds, which the lag
+probe below needs, and uvloop saved nothing here.
 
 The client measures its own overhead so a report can show it was not the bottleneck: the time
 `issue_queries` takes per sample (LoadGen's thread), and the event loop's lag — how late a
