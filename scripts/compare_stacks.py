@@ -446,13 +446,13 @@ def stack_command(name: str, args: argparse.Namespace, spec: dict[str, Any]) -> 
 
 def show(name: str, run: Any) -> None:
     lg, books = run.loadgen, run.sut.books
-    cpu = run.server_cpu_s_per_1k
+    cpu, client = run.server_cpu_s_per_1k, run.client_cpu_s_per_1k
     print(
         f"{name:10s} target {run.target_qps:7.1f} QPS  {'VALID  ' if lg.valid else 'INVALID'}"
         f"  completed {lg.completed_qps:7.1f}  p50 {lg.latency.ms('50.00'):6.2f} ms"
         f"  p99 {lg.latency.ms('99.00'):7.2f} ms  rejected {books.rejected}  failed {books.failed}"
         + (f"  server CPU {cpu:.2f} s/1k" if cpu is not None else "")
-        + (f"  client CPU {client:.2f} s/1k" if (client := run.client_cpu_s_per_1k) else ""),
+        + (f"  client CPU {client:.2f} s/1k" if client is not None else ""),
         flush=True,
     )
 
