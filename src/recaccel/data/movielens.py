@@ -29,7 +29,7 @@ import pandas as pd
 
 from recaccel.data.dataset import Dataset, Split
 from recaccel.data.movielens_source import MovieLensTables
-from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ChecksumError
 
 LIKED_RATING = 4
@@ -46,6 +46,8 @@ CATEGORICAL = (
 )  # fmt: skip
 USER_CATEGORICAL = ("user_id", "age_bucket", "gender", "occupation", "zip_prefix")
 ITEM_CATEGORICAL = ("item_id", "release_decade")
+# The user's fields, and the user's tenure at the time scored: one value per rank request.
+REQUEST_FEATURES = ("age", "user_tenure", *USER_CATEGORICAL)
 _USER_COLUMNS = np.array([CATEGORICAL.index(name) for name in USER_CATEGORICAL])
 _ITEM_COLUMNS = np.array([CATEGORICAL.index(name) for name in ITEM_CATEGORICAL])
 # Which entity each dense feature depends on, besides the time (standardised per column).
@@ -367,6 +369,10 @@ def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
     return rows
 
 
+def _side(name: str) -> Side:
+    return Side.REQUEST if name in REQUEST_FEATURES else Side.CANDIDATE
+
+
 def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
     """Encode the raw tables into a `Dataset` with the per-user time split."""
     ratings = tables.ratings.reset_index(drop=True)
@@ -385,15 +391,23 @@ def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
         name="movielens-100k",
         label="liked",
         features=(
-            Feature("age", FeatureKind.DENSE, description="user age, standardised"),
+            Feature(
+                "age", FeatureKind.DENSE, description="user age, standardised", side=Side.REQUEST
+            ),
             Feature("release_year", FeatureKind.DENSE, description="standardised; missing = mean"),
             Feature("movie_age", FeatureKind.DENSE, description="years from release to rating"),
-            Feature("user_tenure", FeatureKind.DENSE, description="log1p days since first rating"),
+            Feature(
+                "user_tenure",
+                FeatureKind.DENSE,
+                description="log1p days since first rating",
+                side=Side.REQUEST,
+            ),
             Feature(
                 "user_id",
                 FeatureKind.CATEGORICAL,
                 int(tables.users["user_id"].max()) + 1,
                 description="raw MovieLens user id",
+                side=Side.REQUEST,
             ),
             Feature(
                 "item_id",
@@ -402,7 +416,13 @@ def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
                 description="raw MovieLens item id",
             ),
             *(
-                Feature(name, FeatureKind.CATEGORICAL, len(v) + 1, vocabulary=v)
+                Feature(
+                    name,
+                    FeatureKind.CATEGORICAL,
+                    len(v) + 1,
+                    vocabulary=v,
+                    side=_side(name),
+                )
                 for name, v in vocab.items()
             ),
             Feature(

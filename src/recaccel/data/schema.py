@@ -9,6 +9,12 @@ whose column order is the schema's order within each kind:
 
 A kind with no features still has its tensor, with a zero-sized axis, so every model and every
 exported graph has the same three inputs.
+
+Each feature also has a side. In a rank request one user's row is scored against n candidate
+items: a `request` feature (the user's, the context's) has one value for the whole request, a
+`candidate` feature (the item's, or a user × item pair's) one per candidate. The side says what
+may be computed once per request; a feature whose side is unknown is a candidate feature, read
+per row, which is always correct.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from enum import StrEnum
 from typing import Any
 
 from recaccel.errors import ConfigError
+
+
+class Side(StrEnum):
+    REQUEST = "request"  # one value per rank request: the user's, the context's
+    CANDIDATE = "candidate"  # one value per candidate row: the item's, a user x item pair's
 
 
 class FeatureKind(StrEnum):
@@ -39,6 +50,7 @@ class Feature:
         vocabulary: raw value of index i+1 for string-valued fields; None where the index is
             the raw integer id itself (or the field is dense).
         description: what the field is, for `inspect` and for people.
+        side: request (one value per rank request) or candidate (one per candidate row).
     """
 
     name: str
@@ -47,6 +59,10 @@ class Feature:
     max_len: int = 1
     vocabulary: tuple[str, ...] | None = None
     description: str = ""
+    # Not compared: two schemas that encode the same features the same way are the same
+    # contract for a model, whichever side serving computes them on (an artifact saved before
+    # sides existed still matches its dataset's schema).
+    side: Side = field(default=Side.CANDIDATE, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -125,6 +141,10 @@ class FeatureSchema:
         """Every embedded field, categorical first then multi-hot: the order models embed in."""
         return self.categorical + self.multi_hot
 
+    def on_side(self, side: Side) -> tuple[Feature, ...]:
+        """The features of one side, in schema order."""
+        return tuple(f for f in self.features if f.side is side)
+
     @property
     def multi_hot_len(self) -> int:
         """L, the padded bag length of the multi-hot tensor (1 when there is no such field)."""
@@ -151,6 +171,7 @@ class FeatureSchema:
                     "max_len": f.max_len,
                     "vocabulary": list(f.vocabulary) if f.vocabulary is not None else None,
                     "description": f.description,
+                    "side": f.side.value,
                 }
                 for f in self.features
             ],
@@ -167,6 +188,7 @@ class FeatureSchema:
                     max_len=int(f.get("max_len", 1)),
                     vocabulary=tuple(f["vocabulary"]) if f.get("vocabulary") is not None else None,
                     description=f.get("description", ""),
+                    side=Side(f.get("side", Side.CANDIDATE)),
                 )
                 for f in data["features"]
             )
