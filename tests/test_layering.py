@@ -13,6 +13,7 @@ PACKAGE = Path(recaccel.__file__).parent
 STAGES = [
     "data",
     "models",
+    "imported",
     "artifact",
     "train",
     "optimize",

@@ -16,6 +16,7 @@ import json
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ from torch import nn
 
 import recaccel
 from recaccel.data.schema import FeatureSchema
-from recaccel.errors import ArtifactError, RecaccelError
+from recaccel.errors import ArtifactError, ConfigError, RecaccelError
+from recaccel.imported.model import IMPORTED, MODEL_FILES, ImportedConfig, build_imported
 from recaccel.models.registry import (
     ModelConfig,
     build_model,
@@ -93,8 +95,35 @@ class Artifact:
     path: Path
     manifest: Manifest
     schema: FeatureSchema
-    config: ModelConfig
+    config: ModelConfig | ImportedConfig  # a zoo model's config, or how an import rebuilds
     model: nn.Module
+
+    @property
+    def imported(self) -> bool:
+        """Whether the model came from `recaccel import` rather than the zoo."""
+        return isinstance(self.config, ImportedConfig)
+
+    def zoo_config(self, needed_by: str) -> ModelConfig:
+        """The zoo config, for passes that rebuild the model from it (pruning); ConfigError
+        for an imported model, whose structure is its author's code."""
+        if isinstance(self.config, ImportedConfig):
+            raise ConfigError(
+                f"{needed_by} reshapes a zoo model, and {self.path} was imported "
+                f"({self.config.format}): recaccel does not know its structure",
+                "distil it into a zoo student first (the distill step), then prune that",
+            )
+        return self.config
+
+    def module_weights(self, needed_by: str) -> None:
+        """ConfigError unless the model's weights are PyTorch modules recaccel may replace
+        (quantization): an imported ONNX or torch.export model keeps them in its own file."""
+        if isinstance(self.config, ImportedConfig) and self.config.format != "torch-module":
+            raise ConfigError(
+                f"{needed_by} replaces PyTorch modules, and {self.path} is an imported "
+                f"{self.config.format} model whose weights are in its own file",
+                "import the PyTorch class (package.module:Class) to quantize it here, or serve "
+                "the ONNX form at int8 precision on onnxruntime",
+            )
 
 
 def _sha256(path: Path) -> str:
@@ -107,11 +136,23 @@ def _resident_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def save_artifact(path: Path, model: nn.Module, manifest: Manifest) -> Manifest:
+def save_artifact(
+    path: Path,
+    model: nn.Module,
+    manifest: Manifest,
+    *,
+    files: Mapping[str, bytes] | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> Manifest:
     """Write `model` and `manifest` to `path` atomically; return the completed manifest.
 
     An existing artifact at `path` is replaced; a non-empty directory that is not an artifact is
     refused, so a mistyped `--out` cannot wipe unrelated files.
+
+    Args:
+        files: more files of the artifact (an imported model's own file), checksummed too.
+        state: the weights to save; None = `model.state_dict()`. An imported ONNX or
+            torch.export model keeps its weights in its own file, and saves none here.
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not (path / MANIFEST_FILE).exists():
@@ -122,17 +163,29 @@ def save_artifact(path: Path, model: nn.Module, manifest: Manifest) -> Manifest:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE))
+        weights = model.state_dict() if state is None else state
+        save_file(
+            {k: v.detach().contiguous() for k, v in weights.items()}, str(staging / WEIGHTS_FILE)
+        )
         weights_sha = _sha256(staging / WEIGHTS_FILE)
+        for name, data in (files or {}).items():
+            (staging / name).write_bytes(data)
+        # The id names the model: an import's weights live in its own file.
+        model_sha = (
+            hashlib.sha256(
+                "".join(_sha256(staging / n) for n in [WEIGHTS_FILE, *sorted(files or {})]).encode()
+            ).hexdigest()
+            if files
+            else weights_sha
+        )
         completed = replace(
             manifest,
             format_version=FORMAT_VERSION,
-            artifact_id=weights_sha[:16],
+            artifact_id=model_sha[:16],
             parameters=count_parameters(model),
-            weights_bytes=(staging / WEIGHTS_FILE).stat().st_size,
+            weights_bytes=sum((staging / n).stat().st_size for n in [WEIGHTS_FILE, *(files or {})]),
             resident_bytes=_resident_bytes(model),
-            files={WEIGHTS_FILE: weights_sha},
+            files={WEIGHTS_FILE: weights_sha, **{n: _sha256(staging / n) for n in files or {}}},
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             software={
                 "recaccel": recaccel.__version__,
@@ -186,12 +239,35 @@ def load_artifact(path: Path) -> Artifact:
     """Rebuild the model in `path` with its weights, ready for inference (eval mode)."""
     path = Path(path)
     manifest = read_manifest(path)
+    _check_files(path, manifest)
+    config: ModelConfig | ImportedConfig
     try:
         schema = FeatureSchema.from_dict(manifest.schema)
-        config = config_from_dict(manifest.model, manifest.model_config)
-        model = apply_transforms(build_model(manifest.model, schema, config), manifest.transforms)
+        if manifest.model == IMPORTED:
+            config = ImportedConfig.from_dict(manifest.model_config)
+            name = MODEL_FILES.get(config.format)
+            model_file = (path / name).read_bytes() if name is not None else None
+            model: nn.Module = build_imported(config, schema, model_file)
+            model = apply_transforms(model, manifest.transforms)  # a class's quantized tables
+        else:
+            config = config_from_dict(manifest.model, manifest.model_config)
+            model = build_model(manifest.model, schema, config)
+            model = apply_transforms(model, manifest.transforms)
     except RecaccelError as exc:
         raise ArtifactError(f"{path}: cannot rebuild the model: {exc.message}", exc.hint) from None
+    if not isinstance(config, ImportedConfig) or config.format == "torch-module":
+        try:
+            model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+        except (SafetensorError, RuntimeError) as exc:
+            raise ArtifactError(
+                f"{path}: weights do not fit the model: {exc}", "re-create it"
+            ) from None
+    model.eval()
+    return Artifact(path=path, manifest=manifest, schema=schema, config=config, model=model)
+
+
+def _check_files(path: Path, manifest: Manifest) -> None:
+    """Every file the manifest lists is there and matches its checksum."""
     if WEIGHTS_FILE not in manifest.files:
         raise ArtifactError(f"{path}/{MANIFEST_FILE} lists no {WEIGHTS_FILE}", "re-create it")
     for name, expected in manifest.files.items():
@@ -203,14 +279,6 @@ def load_artifact(path: Path) -> Artifact:
                 f"{file} does not match its checksum in the manifest: corrupt or truncated",
                 "re-create the artifact, or copy it again from its source",
             )
-    try:
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
-    except (SafetensorError, RuntimeError) as exc:
-        raise ArtifactError(
-            f"{path}: weights do not fit the model: {exc}", "re-create it"
-        ) from None
-    model.eval()
-    return Artifact(path=path, manifest=manifest, schema=schema, config=config, model=model)
 
 
 def new_manifest(

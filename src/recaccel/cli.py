@@ -155,6 +155,49 @@ def _delta_text(delta: dict[str, float] | None) -> str:
     return f"{delta['delta']:+.4f} [95% CI {delta['low']:+.4f}, {delta['high']:+.4f}]"
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from recaccel.data.registry import DatasetOptions, load_dataset
+    from recaccel.train.imports import import_artifact
+
+    try:
+        init = json.loads(args.init) if args.init else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--init is not JSON: {exc}", "--init '{\"dim\": 16}'") from None
+    if not isinstance(init, dict):
+        raise ConfigError(
+            "--init must be a JSON object of keyword arguments", "e.g. '{\"dim\": 16}'"
+        )
+    dataset = (
+        load_dataset(args.dataset, DatasetOptions(progress=not args.json)) if args.dataset else None
+    )
+    report = import_artifact(
+        args.model,
+        Path(args.schema),
+        Path(args.out),
+        weights=Path(args.weights) if args.weights else None,
+        init=init,
+        dataset=dataset,
+    )
+    manifest = report.manifest
+    if args.json:
+        print(json.dumps({"path": str(report.path), **manifest.to_dict()}, indent=2))
+        return 0
+    console.print(
+        f"imported {manifest.model_config['format']} model {manifest.artifact_id}: "
+        f"{manifest.parameters:,} parameters, {manifest.weights_bytes:,} bytes"
+    )
+    for split, m in manifest.metrics.items():
+        console.print(
+            f"{split} AUC {m['auc']:.4f}, logloss {m['logloss']:.4f} ({m['rows']:,} rows)"
+        )
+    if report.unbound:
+        console.print(
+            f"[yellow]features no model input takes: {', '.join(report.unbound)}[/yellow]"
+        )
+    console.print(f"artifact: {report.path}")
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from recaccel.artifact import read_manifest
 
@@ -169,7 +212,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         "model": f"{manifest.model} (preset {manifest.preset or 'custom'})",
         "config": json.dumps(manifest.model_config),
         "dataset": f"{manifest.dataset.get('name')} "
-        f"(synthetic: {manifest.dataset.get('synthetic')})",
+        f"(synthetic: {manifest.dataset.get('synthetic')})"
+        if manifest.dataset
+        else "none (imported without --dataset)",
         "features": ", ".join(f"{f['name']}:{f['kind']}" for f in manifest.schema["features"]),
         "parameters": f"{manifest.parameters:,}",
         "weights on disk": f"{manifest.weights_bytes:,} bytes",
@@ -237,7 +282,9 @@ def _dataset_of(artifact: Path, progress: bool) -> Dataset:
     if "name" not in manifest.dataset:
         raise ConfigError(
             f"{artifact}'s manifest does not name the dataset it was trained on",
-            "re-create it with `recaccel train`",
+            "import it with --dataset NAME (the dataset whose rows it scores)"
+            if manifest.model == "imported"
+            else "re-create it with `recaccel train`",
         )
     synthetic_rows = manifest.dataset.get("config", {}).get("rows")
     return load_dataset(
@@ -644,6 +691,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-baselines", action="store_true", help="skip the reference baselines")
     train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(run=_cmd_train)
+
+    imports = verbs.add_parser(
+        "import",
+        help="make a model trained elsewhere (ONNX, torch.export, a PyTorch class) an artifact",
+        description="Bind a ranking model of your own to recaccel's features with a schema file "
+        "(TOML or YAML: the features, and which features each model input takes), run it on a "
+        "probe batch to check the binding, and save it as an artifact that the other verbs "
+        "take. See docs/importing.md.",
+    )
+    imports.add_argument(
+        "model", help="model.onnx, model.pt2 (torch.export.save) or package.module:Class"
+    )
+    imports.add_argument("--schema", required=True, help="the schema file (.toml, .yaml)")
+    imports.add_argument("--out", required=True, help="artifact directory to write")
+    imports.add_argument(
+        "--weights", help="a class's state dict (.safetensors, or .pt from torch.save)"
+    )
+    imports.add_argument("--init", help="a class's constructor keyword arguments, as JSON")
+    imports.add_argument(
+        "--dataset", help="score it on this dataset (its schema must be the file's) for AUC"
+    )
+    imports.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    imports.set_defaults(run=_cmd_import)
 
     inspect = verbs.add_parser("inspect", help="show an artifact's manifest")
     inspect.add_argument("artifact", help="artifact directory")

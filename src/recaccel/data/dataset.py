@@ -107,3 +107,19 @@ class Dataset:
     def rows(self) -> dict[str, int]:
         """Rows per split, in split order."""
         return {name: len(self.split(name)) for name in SPLIT_NAMES}
+
+
+def example_batch(schema: FeatureSchema, rows: int, seed: int = 0) -> FeatureBatch:
+    """Valid random inputs for `schema`: ids within each table, multi-hot padding included."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.randn(rows, len(schema.dense), generator=g)
+    categorical = torch.zeros(rows, len(schema.categorical), dtype=torch.int64)
+    for i, feature in enumerate(schema.categorical):
+        categorical[:, i] = torch.randint(0, feature.cardinality, (rows,), generator=g)
+    multi_hot = torch.zeros(rows, len(schema.multi_hot), schema.multi_hot_len, dtype=torch.int64)
+    for i, feature in enumerate(schema.multi_hot):
+        size = (rows, feature.max_len)
+        multi_hot[:, i, : feature.max_len] = torch.randint(
+            0, feature.cardinality, size, generator=g
+        )
+    return FeatureBatch(dense, categorical, multi_hot)

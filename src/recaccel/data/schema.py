@@ -26,6 +26,11 @@ from typing import Any
 
 from recaccel.errors import ConfigError
 
+# The three tensors' names where a model's graph names its inputs (ONNX, Triton, OIP), and its
+# output's: (B,) float32 logits.
+INPUT_NAMES = ("dense", "categorical", "multi_hot")
+OUTPUT_NAME = "score"
+
 
 class Side(StrEnum):
     REQUEST = "request"  # one value per rank request: the user's, the context's

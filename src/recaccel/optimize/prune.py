@@ -139,10 +139,9 @@ def prune(
 ) -> TrainedModel:
     """Prune every hidden MLP layer of `artifact` to `keep_fraction`, fine-tune, save a child."""
     name = artifact.manifest.model
-    pruned_config, state = prune_state(
-        artifact.model, name, artifact.config, dataset, keep_fraction
-    )
-    if pruned_config == artifact.config:  # fine-tuning alone would pass for pruning
+    config_before = artifact.zoo_config("pruning")
+    pruned_config, state = prune_state(artifact.model, name, config_before, dataset, keep_fraction)
+    if pruned_config == config_before:  # fine-tuning alone would pass for pruning
         raise ConfigError(
             f"nothing to prune in {name} at keep fraction {keep_fraction}: its MLPs have no "
             "hidden layer wider than what would be kept",

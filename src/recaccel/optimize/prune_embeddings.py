@@ -224,7 +224,7 @@ def prune_fields(
     """
     model, schema = _float_model(artifact), dataset.schema
     calibration = dataset.train.head(CALIBRATION_ROWS)
-    already = set(artifact.config.dropped_fields)
+    already = set(artifact.zoo_config("field pruning").dropped_fields)
     candidates = [f.name for f in schema.features if f.name not in already]
     costs = field_ablation_costs(model, schema, calibration, candidates)
     base = ablated_auc(model, schema, calibration)
@@ -249,7 +249,8 @@ def prune_fields(
             f"costs {costs[cheapest]:.5f}",
             "raise the tolerance, or keep every field",
         )
-    pruned = drop_fields_state(model, artifact.manifest.model, schema, artifact.config, chosen)
+    zoo = artifact.zoo_config("field pruning")
+    pruned = drop_fields_state(model, artifact.manifest.model, schema, zoo, chosen)
     step = LineageStep(
         "prune_fields",
         {
@@ -284,7 +285,8 @@ def prune_embedding_dims(
         kept = top_dims(energy, kept_dim_count(len(energy), keep_fraction))
     else:
         kept = {f: top_dims(e, kept_dim_count(len(e), keep_fraction)) for f, e in energy.items()}
-    pruned = prune_dims_state(model, name, dataset.schema, artifact.config, kept)
+    zoo = artifact.zoo_config("embedding-dim pruning")
+    pruned = prune_dims_state(model, name, dataset.schema, zoo, kept)
     step = LineageStep(
         "prune_embedding_dims",
         {

@@ -39,6 +39,7 @@ def save_transformed(
     `transform` is the structural change loading must replay (None: same structure, new
     weights). Returns the saved manifest and the validation and test metrics.
     """
+    parent.module_weights(step.op)
     model.eval()
     validation = evaluate(dataset.validation.label, predict(model, dataset.validation))
     test_scores = predict(model, dataset.test)

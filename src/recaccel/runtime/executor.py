@@ -56,6 +56,7 @@ from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
+from recaccel.imported.model import ImportedConfig
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -125,6 +126,9 @@ class BackendSpec:
     # worth making once before several processes load it (`prepare_form`). True: `module`
     # has `form_path(artifact_path, artifact_id, config, calibration)`, where the form is.
     caches_form: bool = False
+    # Runs the model's ONNX graph, so it can serve a model imported as ONNX (which PyTorch
+    # can only call through ONNX Runtime, not compile).
+    runs_onnx: bool = False
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -167,6 +171,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("fp32", "int8-dynamic", "int8-static", "fp16"),
             "pip install onnxruntime onnx onnxscript (onnxruntime-gpu for CUDA)",
             caches_form=True,
+            runs_onnx=True,
         ),
         BackendSpec(
             "openvino",
@@ -177,6 +182,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("fp32", "int8-static", "fp16"),
             "pip install openvino onnx onnxscript onnxruntime",
             caches_form=True,
+            runs_onnx=True,
         ),
     )
 }
@@ -347,6 +353,12 @@ class Executor(ABC):
         self.close()
 
 
+def imported_onnx(artifact: Artifact) -> bool:
+    """Whether the artifact's model is an ONNX graph imported by `recaccel import`."""
+    config = artifact.config
+    return isinstance(config, ImportedConfig) and config.format == "onnx"
+
+
 def owned_copy(artifact: Artifact, loaded_here: bool) -> Artifact:
     """`artifact` itself when this executor loaded it, else a copy with its own model."""
     if loaded_here:
@@ -383,6 +395,13 @@ def load_executor(
     spec = check_config(config, cuda_devices=_cuda_devices(), missing_packages=missing)
     loaded_here = not isinstance(artifact, Artifact)
     loaded = load_artifact(Path(artifact)) if not isinstance(artifact, Artifact) else artifact
+    if imported_onnx(loaded) and not spec.runs_onnx:
+        onnx_backends = ", ".join(b.name for b in BACKENDS.values() if b.runs_onnx)
+        raise ExecutorError(
+            config,
+            "the model was imported as ONNX, which PyTorch's backends cannot compile",
+            f"serve it on {onnx_backends}; or import the PyTorch model (.pt2 or its class)",
+        )
     cls = getattr(importlib.import_module(spec.module), spec.cls)
     executor: Executor = cls(loaded, config, calibration=calibration, loaded_here=loaded_here)
     return executor

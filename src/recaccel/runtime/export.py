@@ -38,19 +38,20 @@ from torch import nn
 from torch.export import Dim
 
 from recaccel.artifact import Artifact
-from recaccel.data.dataset import FeatureBatch
+from recaccel.data.dataset import FeatureBatch, example_batch
 from recaccel.data.rows import Rows
-from recaccel.data.schema import FeatureSchema
+from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, FeatureSchema
 from recaccel.errors import RecaccelError
+from recaccel.imported.adapter import BoundModel
+from recaccel.imported.onnx_graph import OnnxGraph, bind_onnx
 from recaccel.models.half_precision import HalfPrecisionMLP
 from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
 from recaccel.runtime.executor import outermost_ops
 
 log = logging.getLogger(__name__)
+__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "example_batch"]  # re-exported: callers predate data/
 
-INPUT_NAMES = ("dense", "categorical", "multi_hot")
-OUTPUT_NAME = "score"
 BACKEND = "ONNX Runtime"
 # torch 2.13's exporter writes opset 20 natively (no lossy version-conversion pass), and ORT has
 # run opset 20 since 1.17, below the >= 1.18 this project requires.
@@ -181,22 +182,6 @@ def _with_gather_bags(model: nn.Module) -> nn.Module:
     return model
 
 
-def example_batch(schema: FeatureSchema, rows: int, seed: int = 0) -> FeatureBatch:
-    """Valid random inputs for `schema`: ids within each table, multi-hot padding included."""
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.randn(rows, len(schema.dense), generator=g)
-    categorical = torch.zeros(rows, len(schema.categorical), dtype=torch.int64)
-    for i, feature in enumerate(schema.categorical):
-        categorical[:, i] = torch.randint(0, feature.cardinality, (rows,), generator=g)
-    multi_hot = torch.zeros(rows, len(schema.multi_hot), schema.multi_hot_len, dtype=torch.int64)
-    for i, feature in enumerate(schema.multi_hot):
-        size = (rows, feature.max_len)
-        multi_hot[:, i, : feature.max_len] = torch.randint(
-            0, feature.cardinality, size, generator=g
-        )
-    return FeatureBatch(dense, categorical, multi_hot)
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Mute exporter chatter that says nothing about the model: a warning per missing
@@ -278,6 +263,14 @@ def export_onnx(
         if artifact is None:
             raise RecaccelError("export_onnx needs a schema for a bare model", "pass schema=")
         schema = artifact.schema
+    path = Path(path)
+    if isinstance(model, BoundModel) and isinstance(model.inner, OnnxGraph):
+        # An imported ONNX model is already a graph: bind it, do not trace its Python shell.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        user_graph = onnx.load_from_string(model.inner.model_bytes)
+        save_onnx(bind_onnx(user_graph, schema, model.binding, model.order), path)
+        _check_against_torch(model, path, example or example_batch(schema, VERIFY_ROWS, seed=1))
+        return path
     where = _describe(artifact)
     unsupported = unsupported_ops(model)
     if unsupported:
@@ -290,7 +283,6 @@ def export_onnx(
     reference = _shared_copy(model)
     form = _with_gather_bags(_shared_copy(reference))
     batch = Dim("batch", min=1)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _quiet_exporter():

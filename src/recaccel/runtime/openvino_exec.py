@@ -258,7 +258,15 @@ class OpenVinoExecutor(Executor):
         self._tensor = ov.Tensor
         self.version = ov.__version__
         settings = compile_settings(config, precision)
-        self._compiled: Any = ov.Core().compile_model(str(self.onnx_path), DEVICE, settings)
+        try:
+            self._compiled: Any = ov.Core().compile_model(str(self.onnx_path), DEVICE, settings)
+        except RuntimeError as exc:  # an op OpenVINO's ONNX front end cannot convert
+            failed = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+            raise ExecutorError(
+                config,
+                f"OpenVINO cannot convert the model's graph ({failed})",
+                "serve it on onnxruntime; an imported model's ops are the exporter's choice",
+            ) from None
         got = {name: _plain(self._compiled.get_property(name)) for name in settings}
         check_compiled(config, settings, got)
         self._request: Any = self._compiled.create_infer_request()
