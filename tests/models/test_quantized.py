@@ -82,6 +82,27 @@ def test_bags_sum_and_skip_padding(bits: int) -> None:
     assert torch.equal(quantized(torch.zeros(1, 4, dtype=torch.long)), torch.zeros(1, 8))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("use_fbgemm", [True, False] if FBGEMM_AVAILABLE else [False])
+def test_a_mean_bag_stays_a_mean_of_its_real_ids(bits: int, use_fbgemm: bool) -> None:
+    """A user's mean-pooled bag (an imported model's) must not become a sum when quantized."""
+    torch.manual_seed(0)
+    bag = nn.EmbeddingBag(30, 8, mode="mean", padding_idx=0)
+    nn.init.normal_(bag.weight, std=0.05)
+    quantized = QuantizedEmbeddingBag.from_float(bag, bits)
+    quantized.use_fbgemm = use_fbgemm
+    ids = torch.tensor([[3, 5, 0, 0], [7, 0, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0]])
+    tolerance = _max_step(bag.weight, bits) * (1.05 if bits == 8 else 1.5) + 1e-6
+    assert (quantized(ids) - bag(ids)).abs().max().item() <= tolerance
+
+
+def test_a_max_bag_is_left_in_float() -> None:
+    model = nn.Sequential(nn.EmbeddingBag(30, 8, mode="max", padding_idx=0))
+    quantized, report = quantize_embeddings(model, 8)
+    assert isinstance(quantized[0], nn.EmbeddingBag)
+    assert report[0].bits is None
+
+
 @pytest.mark.skipif(not FBGEMM_AVAILABLE, reason="this torch build has no FBGEMM embedding ops")
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("shape", [(40,), (10, 5)])

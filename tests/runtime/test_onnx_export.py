@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime")
 import onnx
 
 from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
-from recaccel.data.dataset import Dataset
+from recaccel.data.dataset import Dataset, FeatureBatch
+from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
 from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
 from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
@@ -157,3 +158,38 @@ def test_an_op_without_onnx_translation_is_named(tmp_path: Path, tiny_dataset: D
 
     with pytest.raises(UnsupportedOnBackendError, match="embedding_bag_byte_rowwise_offsets"):
         export_onnx(RawFbgemmBag(), tiny_dataset.schema, tmp_path / "raw.onnx")
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_every_bag_mode_exports_as_gathers_and_scores_as_pytorch_does(
+    mode: str, tmp_path: Path
+) -> None:
+    """Bags with padding, a bag of padding alone, and one full bag: each mode's reduction."""
+
+    class Bagged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag = nn.EmbeddingBag(7, 3, mode=mode, padding_idx=0)
+
+        def forward(
+            self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+        ) -> torch.Tensor:
+            return self.bag(multi_hot[:, 0, :]).sum(dim=1) + dense[:, 0]
+
+    schema = FeatureSchema(
+        (
+            Feature("x", FeatureKind.DENSE),
+            Feature("c", FeatureKind.CATEGORICAL, 3),
+            Feature("tags", FeatureKind.MULTI_HOT, 7, max_len=3),
+        )
+    )
+    torch.manual_seed(0)
+    ids = torch.tensor([[[1, 2, 0]], [[0, 0, 0]], [[3, 4, 5]], [[6, 0, 0]]])
+    batch = FeatureBatch(torch.randn(4, 1), torch.zeros(4, 1, dtype=torch.int64), ids)
+    model = Bagged().eval()
+    path = export_onnx(model, schema, tmp_path / "m.onnx", example=batch)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Loop" not in ops
+    with torch.no_grad():
+        expected = model(*batch.as_tuple()).numpy()
+    np.testing.assert_allclose(run_onnx(path, batch), expected, atol=1e-6)

@@ -117,7 +117,12 @@ class OnnxGraph(nn.Module):
         proto = onnx.load_from_string(model_bytes)
         self.input_names = [i.name for i in graph_inputs(proto)]
         self.output_name = proto.graph.output[0].name
+        # Its initializers (a few index constants among the weights), for the parameter count.
+        self.weight_count = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
         self._session: Any = None
+
+    def held_weight_count(self) -> int:
+        return self.weight_count
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self._session is None:

@@ -104,7 +104,7 @@ class _Int8Weights(nn.Module):
         hook = self.register_load_state_dict_post_hook  # unannotated in torch
         hook(lambda module, _keys: module.drop_packed())  # type: ignore[no-untyped-call]
 
-    def quantized_weight_count(self) -> int:
+    def held_weight_count(self) -> int:
         bias = 0 if self.bias is None else self.bias.numel()
         return self.weight_int8.numel() + bias
 

@@ -69,6 +69,11 @@ def _fbgemm_ops_present() -> bool:
 FBGEMM_AVAILABLE = _fbgemm_ops_present()
 
 
+# The pooling modes a quantized bag computes: the FBGEMM kernels sum; a mean divides by the
+# count of real ids. A max bag is left in float.
+POOLING_MODES = ("sum", "mean")
+
+
 class QuantizedEmbeddingBag(nn.Module):
     """A row-wise quantized table that looks up single ids or pooled (summed) bags.
 
@@ -78,14 +83,24 @@ class QuantizedEmbeddingBag(nn.Module):
         bits: 8 or 4.
         padding_idx: for bags, the id that contributes nothing (0 in recaccel's schema);
             None for single-valued lookups, where index 0 is a real "unknown" row.
+        mode: how a bag pools its rows, "sum" (recaccel's own bags) or "mean" (as the float
+            bag it stands for; padding is not counted).
     """
 
     packed: torch.Tensor
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, bits: int, padding_idx: int | None = None
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        bits: int,
+        padding_idx: int | None = None,
+        mode: str = "sum",
     ) -> None:
         super().__init__()
+        if mode not in POOLING_MODES:
+            raise ValueError(f"quantized bags pool by {POOLING_MODES}, not {mode!r}")
+        self.mode = mode
         width = packed_row_bytes(embedding_dim, bits)
         self.register_buffer("packed", torch.zeros(num_embeddings, width, dtype=torch.uint8))
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
@@ -97,14 +112,15 @@ class QuantizedEmbeddingBag(nn.Module):
         """Quantize a float table's rows with FBGEMM's prepack (min/max per row)."""
         weight = module.weight.detach().float().contiguous()
         padding_idx = module.padding_idx if isinstance(module, nn.EmbeddingBag) else None
-        out = cls(weight.shape[0], weight.shape[1], bits, padding_idx)
+        mode = module.mode if isinstance(module, nn.EmbeddingBag) else "sum"
+        out = cls(weight.shape[0], weight.shape[1], bits, padding_idx, mode)
         if bits == 8:
             out.packed.copy_(torch.ops.quantized.embedding_bag_byte_prepack(weight))
         else:
             out.packed.copy_(torch.ops.quantized.embedding_bag_4bit_prepack(weight))
         return out
 
-    def quantized_weight_count(self) -> int:
+    def held_weight_count(self) -> int:
         return self.num_embeddings * self.embedding_dim
 
     def lookup_path(self) -> str:
@@ -126,7 +142,15 @@ class QuantizedEmbeddingBag(nn.Module):
         return values * scale + bias
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B,) ids → (B, D) rows; (B, L) bags → (B, D) sums, padding excluded."""
+        """(B,) ids → (B, D) rows; (B, L) bags → (B, D) sums (or means), padding excluded."""
+        pooled = self._lookup(indices)
+        if self.mode == "sum" or indices.dim() == 1:
+            return pooled
+        counted = indices != self.padding_idx if self.padding_idx is not None else indices >= 0
+        return pooled / counted.sum(dim=1, keepdim=True).clamp(min=1).to(pooled.dtype)
+
+    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Rows, or each bag's sum."""
         if not self.use_fbgemm:
             rows = self.dequantize_rows(self.packed[indices])  # (B, D) or (B, L, D)
             if indices.dim() == 1:
@@ -151,7 +175,7 @@ class QuantizedEmbeddingBag(nn.Module):
 
     def extra_repr(self) -> str:
         shape = f"{self.num_embeddings}, {self.embedding_dim}"
-        return f"{shape}, bits={self.bits}, path={self.lookup_path()}"
+        return f"{shape}, bits={self.bits}, mode={self.mode}, path={self.lookup_path()}"
 
 
 @dataclass(frozen=True)
@@ -209,17 +233,21 @@ def quantize_embeddings(
             ]
             done.append(prefix)
         elif isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            if isinstance(module, nn.EmbeddingBag) and module.mode not in POOLING_MODES:
+                report.append(_entry(name, module, None))  # a max bag stays in float
+                continue
             report.append(_entry(name, module, bits))
             if report[-1].bits is not None:
                 target = _replace(target, name, QuantizedEmbeddingBag.from_float(module, bits))
     return target, report
 
 
-def _entry(name: str, table: nn.Embedding | nn.EmbeddingBag, bits: int) -> QuantizedTable:
-    """The report line for a float `table` quantized at `bits` where that shrinks it."""
+def _entry(name: str, table: nn.Embedding | nn.EmbeddingBag, bits: int | None) -> QuantizedTable:
+    """The report line for a float `table` quantized at `bits` where that shrinks it (None:
+    kept in float)."""
     rows, dim = table.weight.shape
     float_bytes = rows * dim * 4
-    if not worth_quantizing(dim, bits):
+    if bits is None or not worth_quantizing(dim, bits):
         return QuantizedTable(name, rows, dim, None, float_bytes, float_bytes)
     return QuantizedTable(name, rows, dim, bits, float_bytes, rows * packed_row_bytes(dim, bits))
 

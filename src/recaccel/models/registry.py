@@ -143,18 +143,21 @@ def build_model(model: str, schema: FeatureSchema, config: ModelConfig) -> nn.Mo
 
 
 @runtime_checkable
-class HoldsQuantizedWeights(Protocol):
-    """A module that keeps weights as integer buffers rather than `nn.Parameter`s."""
+class HoldsWeightsOutsideParameters(Protocol):
+    """A module that keeps weights outside `nn.Parameter`s: quantized layers in integer
+    buffers, an imported ONNX graph in its initializers."""
 
-    def quantized_weight_count(self) -> int:
+    def held_weight_count(self) -> int:
         """How many weights (of the float layer it stands for) it holds."""
         ...
 
 
 def count_parameters(model: nn.Module) -> int:
-    """The model's weights, quantized ones included: a quantized table still has rows × dim
-    weights, though they live in buffers, so quantizing does not look like pruning."""
-    quantized = sum(
-        m.quantized_weight_count() for m in model.modules() if isinstance(m, HoldsQuantizedWeights)
+    """The model's weights, those held outside parameters included: a quantized table still has
+    rows × dim weights, though they live in buffers, so quantizing does not look like pruning."""
+    held = sum(
+        m.held_weight_count()
+        for m in model.modules()
+        if isinstance(m, HoldsWeightsOutsideParameters)
     )
-    return quantized + sum(p.numel() for p in model.parameters())
+    return held + sum(p.numel() for p in model.parameters())

@@ -149,22 +149,36 @@ def _float_hint(artifact: Artifact | None) -> str:
 
 
 class _GatherBag(nn.Module):
-    """A sum-mode `nn.EmbeddingBag` on (B, L) ids as gather, mask, sum: exports without a Loop.
-    Shares the bag's weight (no copy)."""
+    """An `nn.EmbeddingBag` on (B, L) ids as gather, mask, reduce: exports without a Loop.
+    Shares the bag's weight (no copy). Padding ids are left out of the reduction, and a bag of
+    padding alone is zeros, as PyTorch's bag computes them."""
 
     def __init__(self, bag: nn.EmbeddingBag) -> None:
         super().__init__()
-        if bag.mode != "sum":  # SparseArch's mode; mean and max would need their own masking
+        if bag.mode not in ("sum", "mean", "max"):
             raise UnsupportedOnBackendError(
                 f"EmbeddingBag(mode={bag.mode!r})", BACKEND, "the model", "use mode='sum'"
             )
-        self.weight, self.padding_idx = bag.weight, bag.padding_idx
+        self.weight, self.padding_idx, self.mode = bag.weight, bag.padding_idx, bag.mode
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        if offsets is not None or ids.dim() != 2:
+            raise UnsupportedOnBackendError(
+                "EmbeddingBag with offsets", BACKEND, "the model", "pass (batch, bag) ids"
+            )
         rows = F.embedding(ids, self.weight)  # (B, L, D)
-        if self.padding_idx is not None:
-            rows = rows * (ids != self.padding_idx).unsqueeze(-1).to(rows.dtype)
-        return rows.sum(dim=1)  # (B, D)
+        kept = (
+            torch.ones_like(ids, dtype=torch.bool)
+            if self.padding_idx is None
+            else ids != self.padding_idx
+        ).unsqueeze(-1)  # (B, L, 1)
+        if self.mode == "max":
+            best = rows.masked_fill(~kept, float("-inf")).amax(dim=1)
+            return torch.where(kept.any(dim=1), best, torch.zeros_like(best))
+        total = (rows * kept.to(rows.dtype)).sum(dim=1)  # (B, D)
+        if self.mode == "sum":
+            return total
+        return total / kept.sum(dim=1).clamp(min=1).to(rows.dtype)
 
 
 def _shared_copy(model: nn.Module) -> nn.Module:

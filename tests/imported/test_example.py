@@ -1,0 +1,147 @@
+"""The worked example (examples/bring_your_own_model) on small data: a model trained by a plain
+PyTorch script, imported three ways, scored on the dataset, optimized where it can be."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recaccel.artifact import load_artifact
+from recaccel.data.dataset import Dataset, example_batch
+from recaccel.optimize.pipeline import run_recipe
+from recaccel.optimize.recipe import parse_recipe
+from recaccel.train.imports import import_artifact
+from recaccel.train.trainer import TrainConfig
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "bring_your_own_model"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train.py's output on the tiny dataset: state.pt, model.pt2, model.onnx, schema.toml."""
+    sys.path.insert(0, str(EXAMPLE))
+    from train import train  # type: ignore[import-not-found]
+
+    out = tmp_path_factory.mktemp("my-ranker")
+    init = train(tiny_dataset, out, epochs=1)
+    (out / "init.json").write_text(json.dumps(init))
+    return out
+
+
+@pytest.fixture(scope="module")
+def imported(
+    exported: Path, tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("imported")
+    init = json.loads((exported / "init.json").read_text())
+    sources = {
+        "onnx": (str(exported / "model.onnx"), {}),
+        "pt2": (str(exported / "model.pt2"), {}),
+        "class": ("my_ranker:MyRanker", {"weights": exported / "state.pt", "init": init}),
+    }
+    return {
+        form: import_artifact(
+            source,
+            exported / "schema.toml",
+            root / form,
+            dataset=tiny_dataset,
+            **kwargs,  # type: ignore[arg-type]
+        ).path
+        for form, (source, kwargs) in sources.items()
+    }
+
+
+def test_the_three_imports_of_the_users_model_score_alike_and_carry_its_auc(
+    imported: dict[str, Path],
+) -> None:
+    artifacts = {form: load_artifact(path) for form, path in imported.items()}
+    batch = example_batch(artifacts["class"].schema, 64, seed=2)
+    with torch.no_grad():
+        scores = {form: a.model(*batch.as_tuple()) for form, a in artifacts.items()}
+    torch.testing.assert_close(scores["onnx"], scores["class"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores["pt2"], scores["class"], atol=1e-5, rtol=1e-5)
+    aucs = {form: a.manifest.metrics["test"]["auc"] for form, a in artifacts.items()}
+    assert aucs["onnx"] == pytest.approx(aucs["class"], abs=1e-6)
+    assert aucs["pt2"] == pytest.approx(aucs["class"], abs=1e-6)
+
+
+def _recipe(steps: str) -> object:
+    import tomllib
+
+    return parse_recipe(tomllib.loads(steps), "test")
+
+
+def test_an_imported_model_distils_into_a_zoo_student_and_refuses_pruning_as_not_applicable(
+    imported: dict[str, Path], tiny_dataset: Dataset, tmp_path: Path
+) -> None:
+    recipe = _recipe(
+        """
+        [guard]
+        relative_budget = 0.99
+        [[step]]
+        op = "prune"
+        attempts = [{ keep_fraction = 0.5 }]
+        [[step]]
+        op = "distill"
+        student = "deepfm"
+        attempts = [{ preset = "small", max_epochs = 1 }]
+        """
+    )
+    run = run_recipe(
+        imported["onnx"],
+        tiny_dataset,
+        recipe,  # type: ignore[arg-type]
+        tmp_path,
+        TrainConfig(max_epochs=1),
+        progress=False,
+    )
+    prune, distill = run.steps
+    (refused,) = prune.attempts
+    assert refused.candidate is None
+    assert refused.reason.startswith("not applicable") and "imported" in refused.reason
+    (student,) = distill.attempts
+    assert student.candidate is not None
+    child = load_artifact(student.candidate.path)
+    assert child.manifest.model == "deepfm"
+    assert child.manifest.parent == load_artifact(imported["onnx"]).manifest.artifact_id
+
+
+@pytest.mark.parametrize(("form", "applies"), [("class", True), ("pt2", False)])
+def test_table_quantization_applies_to_an_imported_class_and_not_to_an_exported_program(
+    imported: dict[str, Path], tiny_dataset: Dataset, tmp_path: Path, form: str, applies: bool
+) -> None:
+    recipe = _recipe(
+        """
+        [guard]
+        relative_budget = 0.99
+        [[step]]
+        op = "quantize_embeddings"
+        attempts = [{ bits = 8 }]
+        """
+    )
+    run = run_recipe(
+        imported[form],
+        tiny_dataset,
+        recipe,  # type: ignore[arg-type]
+        tmp_path,
+        TrainConfig(max_epochs=1),
+        progress=False,
+    )
+    (attempt,) = run.steps[0].attempts
+    if not applies:
+        assert attempt.candidate is None and attempt.reason.startswith("not applicable")
+        return
+    assert attempt.candidate is not None, attempt.reason
+    child = load_artifact(attempt.candidate.path)  # the transform replays on the user's class
+    parent = load_artifact(imported[form])
+    assert child.imported and child.manifest.transforms
+    assert child.manifest.weights_bytes < parent.manifest.weights_bytes
+    batch = example_batch(parent.schema, 64, seed=3)
+    with torch.no_grad():  # INT8 rows: the logits move by rounding, not by a changed model
+        torch.testing.assert_close(
+            child.model(*batch.as_tuple()), parent.model(*batch.as_tuple()), atol=0.05, rtol=0
+        )
