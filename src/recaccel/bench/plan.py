@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recaccel.errors import ConfigError
+from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Judgement, Requirements, select
 
@@ -55,10 +56,15 @@ BASELINE_ENV = {
     # in a run whose p99 had passed 200 ms, which a plain FIFO server would have queued.
     "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS": "0",
 }
-BASELINE_FLAGS = (
-    "--backend", "torch-eager", "--precision", "fp32", "--threads", "1",
-    "--processes", "1", "--execution", "in-process",
-)  # fmt: skip
+
+
+def baseline_flags(config: ExecutorConfig) -> tuple[str, ...]:
+    """`recaccel serve` flags of the baseline's deployment: the profile's baseline runtime
+    (PyTorch eager FP32, one thread; ONNX Runtime for an imported ONNX model) in one process."""
+    return (
+        "--backend", config.backend, "--precision", config.precision,
+        "--threads", str(config.threads), "--processes", "1", "--execution", "in-process",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,7 @@ def plan_bench(
     files = {RECACCEL: "recaccel/profile.json", SYSTEM_ONLY: "system-only/profile.json"}
     selected_args = ("--slo-ms", f"{slo_ms:g}", "--accuracy-budget", f"{relative_budget:g}")
     plain = "1 request per batch, no deadlines"
+    baseline = profile.baseline_entry.config
     batched = "dynamic batching and admission control"
 
     def baseline_deployment(name: str, artifact: ArtifactRef, description: str) -> ServerPlan:
@@ -200,8 +207,8 @@ def plan_bench(
             name,
             description,
             artifact,
-            f"torch-eager/cpu/fp32/t1 in 1 process, {plain}",
-            (f"{artifact.name}={artifact.path}", *BASELINE_FLAGS),
+            f"{baseline.label()} in 1 process, {plain}",
+            (f"{artifact.name}={artifact.path}", *baseline_flags(baseline)),
             dict(BASELINE_ENV),
         )
 
@@ -213,7 +220,7 @@ def plan_bench(
 
     servers = (
         baseline_deployment(
-            BASELINE, heavy, "the heavy FP32 model in PyTorch eager, one request at a time"
+            BASELINE, heavy, f"the heavy FP32 model on {baseline.backend}, one request at a time"
         ),
         baseline_deployment(
             MODEL_ONLY, chosen_artifact, "the selected model on the baseline's deployment"

@@ -35,6 +35,7 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
+from recaccel.errors import RecaccelError
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import (
     Executor,
@@ -104,8 +105,24 @@ def cached_onnx(
         return fp32
     return cached(
         cache_path(artifact, precision, calibration),
-        lambda path: quantize_onnx(fp32, path, precision, calibration),  # type: ignore[arg-type]
+        lambda path: _converted(fp32, path, precision, calibration),
     )
+
+
+def _converted(fp32: Path, path: Path, precision: str, calibration: FeatureBatch | None) -> Path:
+    """`quantize_onnx`, its failures on a graph it does not know said as such."""
+    try:
+        return quantize_onnx(fp32, path, precision, calibration)  # type: ignore[arg-type]
+    except RecaccelError:
+        raise
+    except Exception as exc:  # ORT's tools fail on graphs they do not know in many ways
+        detail = str(exc).splitlines()[0] if str(exc) else "no message"
+        raise RecaccelError(
+            f"ONNX Runtime's {precision} conversion failed on this graph "
+            f"({type(exc).__name__}: {detail})",
+            "serve it at fp32; control flow in the graph (Loop, If: torch.onnx exports an "
+            "nn.EmbeddingBag as a Loop) is the usual cause",
+        ) from None
 
 
 def _trt_shapes(schema: FeatureSchema, rows: int) -> str:

@@ -54,6 +54,7 @@ from recaccel.runtime.executor import (
     BackendSpec,
     Executor,
     ExecutorConfig,
+    imported_onnx,
     load_executor,
 )
 from recaccel.runtime.latency_model import LatencyPoint
@@ -166,6 +167,13 @@ def plan_configs(options: ProfileOptions, facts: MachineFacts) -> list[ExecutorC
                 for count in threads if device_type == "cpu" else (1,):
                     configs.append(ExecutorConfig(name, device, count, precision))
     return configs
+
+
+def baseline_config_for(artifact: Artifact) -> ExecutorConfig:
+    """How the baseline artifact is run when nothing is optimized: PyTorch eager, one thread,
+    FP32; an imported ONNX model, which PyTorch cannot run, on ONNX Runtime the same way."""
+    backend = "onnxruntime" if imported_onnx(artifact) else "torch-eager"
+    return ExecutorConfig(backend, "cpu", 1, "fp32")
 
 
 def describe_machine(facts: MachineFacts) -> dict[str, Any]:
@@ -298,7 +306,8 @@ def run_profile(
 ) -> Profile:
     """Measure every planned configuration of every artifact (see the module docstring).
 
-    The first artifact in PyTorch eager FP32 is the baseline: the reference for accuracy and
+    The first artifact in PyTorch eager FP32 (an imported ONNX model: ONNX Runtime FP32, the
+    runtime it came for) is the baseline: the reference for accuracy and
     speedups. Artifacts must share `dataset`'s feature schema.
 
     Raises:
@@ -317,7 +326,7 @@ def run_profile(
                 "profile artifacts of one dataset together",
             )
     configs = plan_configs(options, facts)
-    baseline_config = ExecutorConfig("torch-eager", "cpu", 1, "fp32")
+    baseline_config = baseline_config_for(artifacts[0])
     if baseline_config not in configs:
         configs.insert(0, baseline_config)  # the reference is always measured
     calibration = calibration_batch(dataset, options)
