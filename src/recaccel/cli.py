@@ -495,6 +495,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "slo": {"p99_ms": args.slo_ms},
         "workers": {"min": args.min_workers, "max": args.max_workers},
         "plane": {"processes": args.processes, "execution": args.execution},
+        "rank": {"users": args.users, "items": args.items},
     }
     if args.backend or args.precision or args.threads or args.lanes:
         overrides["workers"]["executors"] = [
@@ -857,6 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="in-process: executors of the model in each front (default 1; 2+ split requests)",
     )
+    serve.add_argument(
+        "--users", help="Parquet table: user_id + the request-side features (docs/importing.md)"
+    )
+    serve.add_argument("--items", help="Parquet table: item_id + the candidate-side features")
     serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
     serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")

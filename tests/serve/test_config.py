@@ -76,3 +76,10 @@ def test_a_bad_setting_is_named(
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the serving config"):
         load_serve_config(tmp_path / "absent.toml", environ={})
+
+
+def test_rank_tables_go_together() -> None:
+    with pytest.raises(ConfigError, match=r"rank\.users and rank\.items go together"):
+        load_serve_config(None, {"rank": {"users": "users.parquet"}})
+    both = load_serve_config(None, {"rank": {"users": "u.parquet", "items": "i.parquet"}})
+    assert (both.rank.users, both.rank.items) == ("u.parquet", "i.parquet")

@@ -46,8 +46,8 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Requirements, select
 from recaccel.serve.config import ExecutorSection, ServeConfig
-from recaccel.serve.features import FeatureStore
-from recaccel.serve.server import build_app, feature_store_for, parse_models
+from recaccel.serve.features import FeatureSource
+from recaccel.serve.server import build_app, feature_source_for, parse_models
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Replica:
         self,
         models: dict[str, str],
         config: ServeConfig,
-        features: FeatureStore | None,
+        features: FeatureSource | None,
         profile: Profile | None,
     ) -> None:
         paths = {name: Path(path) for name, path in models.items()}
@@ -131,7 +131,7 @@ def build_application(
     config: ServeConfig,
     *,
     name: str | None = None,
-    features: FeatureStore | None = None,
+    features: FeatureSource | None = None,
     profile: Profile | None = None,
     capacity: Capacity | None = None,
 ) -> Any:
@@ -163,7 +163,7 @@ def deploy_ray(
     options: RayOptions,
     *,
     profile: Profile | None = None,
-    features: FeatureStore | None = None,
+    features: FeatureSource | None = None,
     dataset: Dataset | None = None,
     cores: int = 1,
 ) -> str:
@@ -184,7 +184,7 @@ def deploy_ray(
             config, profile, artifact_id, cores, options.relative_budget
         )
     if features is None:
-        features = feature_store_for(artifact, config.rank.max_candidates, dataset)
+        features = feature_source_for(artifact, config.rank, dataset)
     application = build_application(
         artifact,
         config,

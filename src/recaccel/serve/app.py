@@ -132,7 +132,8 @@ class RankEndpoint:
         if store is None:
             raise UnavailableError(
                 "ranking needs a feature store, and this server has none",
-                "serve artifacts trained on a dataset with users and items (movielens-100k)",
+                "serve an artifact trained on a dataset with users and items "
+                "(movielens-100k), or give this server --users and --items tables",
             )
         rows, items = store.rows(query.user_id, query.candidates, query.features)
         deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)

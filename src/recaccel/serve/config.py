@@ -134,6 +134,18 @@ class AdmissionSection:
 class RankSection:
     default_k: int = 10
     max_candidates: int = 10_000
+    # Parquet tables the rank rows come from (serve/table_source.py): users (user_id + the
+    # request-side features) and items (item_id + the candidate-side ones). "" for both: the
+    # feature store of the dataset the first artifact names in its manifest.
+    users: str = ""
+    items: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.users) != bool(self.items):
+            raise ConfigError(
+                "rank.users and rank.items go together",
+                "give both tables (--users and --items), or neither",
+            )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def parse_raw(raw: Mapping[str, object] | None) -> RawFeatures:
     )
 
 
-def _describe(ids: np.ndarray) -> str:
+def describe_ids(ids: np.ndarray) -> str:
     """Up to _SHOWN ids, then how many more."""
     shown = ", ".join(str(i) for i in ids[:_SHOWN].tolist())
     return shown + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
@@ -187,7 +188,9 @@ def candidate_ids(item_ids: Sequence[int] | np.ndarray, max_candidates: int) -> 
             'e.g. "candidates": [1, 50, 181]',
         )
     if ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
-        raise NotFoundError(f"unknown item id(s): {_describe(ids[ids > np.iinfo(np.int64).max])}")
+        raise NotFoundError(
+            f"unknown item id(s): {describe_ids(ids[ids > np.iinfo(np.int64).max])}"
+        )
     # A copy of an array argument, so the caller's array is never aliased; a list's is new.
     ids = ids.astype(np.int64, copy=isinstance(item_ids, np.ndarray))
     ordered = np.sort(ids)
@@ -195,13 +198,13 @@ def candidate_ids(item_ids: Sequence[int] | np.ndarray, max_candidates: int) -> 
     if len(repeated):
         repeated = np.unique(repeated)
         raise RequestError(
-            f"candidates repeat {len(repeated)} item id(s): {_describe(repeated)}",
+            f"candidates repeat {len(repeated)} item id(s): {describe_ids(repeated)}",
             "send each item once: top-k over repeated items is ambiguous",
         )
     return ids
 
 
-def _user_id(value: object) -> int:
+def user_id_of(value: object) -> int:
     if not isinstance(value, int | np.integer) or isinstance(value, bool | np.bool_):
         raise RequestError(f"user_id must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
@@ -212,7 +215,7 @@ def _user_id(value: object) -> int:
 _MAX_LOOKUP_IDS = 1 << 22
 
 
-def _row_lookup(catalogue: np.ndarray) -> np.ndarray | None:
+def row_lookup(catalogue: np.ndarray) -> np.ndarray | None:
     """id -> row in `catalogue` (-1: not in it) for ids 0..max, or None when the ids are too
     spread out for such a table (more than 4 per item and past `_MAX_LOOKUP_IDS`)."""
     if len(catalogue) == 0 or catalogue[0] < 0:
@@ -223,6 +226,32 @@ def _row_lookup(catalogue: np.ndarray) -> np.ndarray | None:
     table = np.full(top + 1, -1, dtype=np.int64)
     table[catalogue] = np.arange(len(catalogue))
     return table
+
+
+class FeatureSource(Protocol):
+    """What /v1/rank asks for a request's rows: `FeatureStore` (a dataset's users and items,
+    with raw features and time) or `TableSource` (users and items tables of your own)."""
+
+    schema: FeatureSchema | None  # the features its rows hold; serving checks models against it
+    max_candidates: int
+
+    @property
+    def catalogue(self) -> np.ndarray:
+        """Every item id that can be ranked, sorted."""
+        ...
+
+    def knows_user(self, user_id: object) -> bool: ...
+
+    def rows(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+        raw: Mapping[str, object] | None = None,
+    ) -> tuple[Rows, np.ndarray]:
+        """The rows of `user_id` against each candidate (None: the catalogue), and their ids.
+
+        Raises RequestError (400), PayloadTooLargeError (413) or NotFoundError (404)."""
+        ...
 
 
 class FeatureStore:
@@ -246,7 +275,7 @@ class FeatureStore:
         self._user_rows = {int(u): row for row, u in enumerate(encoding.users.ids.tolist())}
         self._catalogue = encoding.items.ids.copy()
         self._catalogue.setflags(write=False)
-        self._row_of_id = _row_lookup(self._catalogue)
+        self._row_of_id = row_lookup(self._catalogue)
         self._all_items = np.arange(len(self._catalogue))
         self.now = encoding.last_timestamp
         self._at_now = encoding.at(self.now)
@@ -276,11 +305,7 @@ class FeatureStore:
 
     def knows_user(self, user_id: object) -> bool:
         """Whether `user_id` is a user of the dataset (False for anything not an integer)."""
-        return (
-            isinstance(user_id, int | np.integer)
-            and not isinstance(user_id, bool | np.bool_)
-            and int(user_id) in self._user_rows
-        )
+        return is_user_id_in(user_id, self._user_rows)
 
     def rows(
         self,
@@ -303,7 +328,7 @@ class FeatureStore:
             RequestError: a malformed request (400); PayloadTooLargeError: too many candidates
             (413); NotFoundError: an unknown user without raw features, or unknown items (404).
         """
-        user = _user_id(user_id)
+        user = user_id_of(user_id)
         features = parse_raw(raw)
         ids = (
             self._catalogue.copy()
@@ -344,18 +369,37 @@ class FeatureStore:
     def _item_rows(self, ids: np.ndarray) -> np.ndarray:
         """Each id's row in the catalogue; NotFoundError naming the ids it does not hold."""
         catalogue = self._catalogue
-        if self._row_of_id is not None:
-            inside = (ids >= 0) & (ids < len(self._row_of_id))
-            rows = self._row_of_id.take(np.where(inside, ids, 0))
-            unknown = ~inside | (rows < 0)
-        else:
-            rows = np.minimum(np.searchsorted(catalogue, ids), len(catalogue) - 1)
-            unknown = catalogue[rows] != ids
-        if unknown.any():
-            missing = ids[unknown]
-            raise NotFoundError(
-                f"{len(missing)} unknown item id(s): {_describe(missing)}",
-                f"the catalogue has {len(catalogue)} items, ids {catalogue[0]} to "
-                f"{catalogue[-1]}; leave candidates out to rank all of them",
-            )
-        return rows
+        return catalogue_rows(
+            ids,
+            catalogue,
+            self._row_of_id,
+            f"the catalogue has {len(catalogue)} items, ids {catalogue[0]} to "
+            f"{catalogue[-1]}; leave candidates out to rank all of them",
+        )
+
+
+def catalogue_rows(
+    ids: np.ndarray, catalogue: np.ndarray, row_of_id: np.ndarray | None, hint: str
+) -> np.ndarray:
+    """Each id's row in the sorted `catalogue` (`row_of_id`: its `row_lookup`, or None);
+    NotFoundError naming the ids it does not hold."""
+    if row_of_id is not None:
+        inside = (ids >= 0) & (ids < len(row_of_id))
+        rows = row_of_id.take(np.where(inside, ids, 0))
+        unknown = ~inside | (rows < 0)
+    else:
+        rows = np.minimum(np.searchsorted(catalogue, ids), len(catalogue) - 1)
+        unknown = catalogue[rows] != ids
+    if unknown.any():
+        missing = ids[unknown]
+        raise NotFoundError(f"{len(missing)} unknown item id(s): {describe_ids(missing)}", hint)
+    return rows
+
+
+def is_user_id_in(user_id: object, rows: Mapping[int, int]) -> bool:
+    """Whether `user_id` is an integer key of `rows` (False for anything not an integer)."""
+    return (
+        isinstance(user_id, int | np.integer)
+        and not isinstance(user_id, bool | np.bool_)
+        and int(user_id) in rows
+    )

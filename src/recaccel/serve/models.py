@@ -21,7 +21,7 @@ from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.deployment import Deployment, ModelVersion
 from recaccel.serve.errors import NotFoundError, RequestError, UnavailableError
-from recaccel.serve.features import FeatureStore
+from recaccel.serve.features import FeatureSource
 from recaccel.serve.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ModelRepository:
     config: ServeConfig
     metrics: ServerMetrics
     initial: dict[str, Path]  # name -> artifact, started with the server
-    features: FeatureStore | None = None
+    features: FeatureSource | None = None
     profile: Profile | None = None
     calibration: FeatureBatch | None = None  # training rows, for int8-static executors
     initial_versions: dict[str, str] = field(default_factory=dict)  # absent: "1"

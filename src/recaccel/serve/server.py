@@ -31,17 +31,19 @@ from fastapi import FastAPI
 from recaccel.artifact import read_manifest
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.data.registry import DatasetOptions, load_dataset
+from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.executor import prepare_form
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
 from recaccel.runtime.select import Judgement, Requirements, select
 from recaccel.serve.app import create_app, lean_app
-from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
-from recaccel.serve.features import FeatureStore
+from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, ServeConfig
+from recaccel.serve.features import FeatureSource, FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
 from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor
+from recaccel.serve.table_source import TableSource
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 30
@@ -73,6 +75,20 @@ def dataset_of(artifact: Path) -> Dataset | None:
     return load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
 
 
+def feature_source_for(
+    artifact: Path, rank: RankSection, dataset: Dataset | None = None
+) -> FeatureSource | None:
+    """The users and items tables `rank` names, or else the feature store of the dataset
+    `artifact` was trained on; None (and /v1/rank answers 503) where it has no users and
+    items."""
+    if rank.users:
+        schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
+        return TableSource.from_parquet(
+            schema, Path(rank.users), Path(rank.items), max_candidates=rank.max_candidates
+        )
+    return feature_store_for(artifact, rank.max_candidates, dataset)
+
+
 def feature_store_for(
     artifact: Path, max_candidates: int, dataset: Dataset | None = None
 ) -> FeatureStore | None:
@@ -92,7 +108,7 @@ def build_app(
     models: dict[str, Path],
     config: ServeConfig,
     profile: Profile | None = None,
-    features: FeatureStore | None = None,
+    features: FeatureSource | None = None,
     calibration: FeatureBatch | None = None,
     versions: dict[str, str] | None = None,
     link: FrontLink | None = None,
@@ -169,7 +185,9 @@ def serve(
     first = next(iter(models.values()))
     dataset = dataset if dataset is not None else dataset_of(first)
     features = (
-        None if dataset is None else feature_store_for(first, config.rank.max_candidates, dataset)
+        None
+        if dataset is None and not config.rank.users
+        else feature_source_for(first, config.rank, dataset)
     )
     calibration = None
     if needs_calibration(config) and dataset is not None:

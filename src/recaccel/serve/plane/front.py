@@ -52,7 +52,7 @@ from recaccel.errors import RecaccelError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import RequestError
-from recaccel.serve.features import FeatureStore
+from recaccel.serve.features import FeatureSource
 from recaccel.serve.plane.control import Channel, ChannelClosedError, Command, Reply
 
 log = logging.getLogger("recaccel.serve")
@@ -72,7 +72,7 @@ class FrontSpec:
     models: dict[str, Path]  # name -> artifact
     config: ServeConfig
     profile: Profile | None = None
-    features: FeatureStore | None = None
+    features: FeatureSource | None = None
     calibration: FeatureBatch | None = None  # training rows, for int8-static executors
     versions: dict[str, str] = field(default_factory=dict)  # name -> version; absent: "1"
 
