@@ -6,8 +6,9 @@ needs data to train on; your script reads your own.
 
     python examples/bring_your_own_model/train.py --out /tmp/my-ranker
 
-writes to --out: `state.pt` (the state dict), `model.pt2` (torch.export), `model.onnx`, and
-`schema.toml`, the file that tells recaccel which features each model input takes.
+writes to --out: `state.pt` (the state dict), `model.pt2` (torch.export), `model.onnx`,
+`schema.toml`, the file that tells recaccel which features each model input takes, and
+`users.parquet` and `items.parquet`, the encoded features `/v1/rank` can serve from.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torch.export import Dim
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from my_ranker import MyRanker
 
 from recaccel.data.dataset import Dataset
+from recaccel.data.movielens import feature_tables
 
 
 def model_for(dataset: Dataset) -> tuple[MyRanker, dict[str, object]]:
@@ -81,7 +84,17 @@ def train(dataset: Dataset, out: Path, epochs: int = 3, seed: int = 0) -> dict[s
         verbose=False,
     )
     write_schema(dataset, out / "schema.toml")
+    write_feature_tables(dataset, out)
     return init
+
+
+def write_feature_tables(dataset: Dataset, out: Path) -> None:
+    """users.parquet and items.parquet: each user's and item's encoded features, the tables a
+    feature pipeline of your own would write (here from recaccel's MovieLens encoding)."""
+    assert dataset.encoding is not None
+    users, items = feature_tables(dataset.encoding, dataset.schema)
+    pq.write_table(users, out / "users.parquet")
+    pq.write_table(items, out / "items.parquet")
 
 
 def write_schema(dataset: Dataset, path: Path) -> None:
@@ -120,7 +133,10 @@ def main() -> None:
     import json
 
     (args.out / "init.json").write_text(json.dumps(init) + "\n")
-    print(f"wrote {args.out}: state.pt, model.pt2, model.onnx, schema.toml, init.json")
+    print(
+        f"wrote {args.out}: state.pt, model.pt2, model.onnx, schema.toml, init.json, "
+        "users.parquet, items.parquet"
+    )
 
 
 if __name__ == "__main__":

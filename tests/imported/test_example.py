@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,8 @@ from recaccel.artifact import load_artifact
 from recaccel.data.dataset import Dataset, example_batch
 from recaccel.optimize.pipeline import run_recipe
 from recaccel.optimize.recipe import parse_recipe
+from recaccel.serve.features import FeatureStore
+from recaccel.serve.table_source import TableSource
 from recaccel.train.imports import import_artifact
 from recaccel.train.trainer import TrainConfig
 
@@ -145,3 +148,19 @@ def test_table_quantization_applies_to_an_imported_class_and_not_to_an_exported_
         torch.testing.assert_close(
             child.model(*batch.as_tuple()), parent.model(*batch.as_tuple()), atol=0.05, rtol=0
         )
+
+
+def test_the_examples_feature_tables_serve_the_imported_models_rows(
+    exported: Path, imported: dict[str, Path], tiny_dataset: Dataset
+) -> None:
+    artifact = load_artifact(imported["onnx"])
+    source = TableSource.from_parquet(
+        artifact.schema, exported / "users.parquet", exported / "items.parquet"
+    )
+    store = FeatureStore.from_dataset(tiny_dataset)
+    assert tiny_dataset.encoding is not None
+    user = int(tiny_dataset.encoding.users.ids[0])
+    got, _ = source.rows(user, store.catalogue[:7].tolist())
+    want, _ = store.rows(user, store.catalogue[:7].tolist())
+    for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)

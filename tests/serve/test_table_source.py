@@ -9,9 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recaccel.data.dataset import Dataset
+from recaccel.data.movielens import feature_tables
 from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
+from recaccel.serve.features import FeatureStore
 from recaccel.serve.table_source import TableSource
 
 SCHEMA = FeatureSchema(
@@ -115,3 +118,21 @@ def test_tables_are_read_from_parquet_and_a_missing_file_is_named(tmp_path: Path
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="not a readable Parquet file"):
         TableSource.from_parquet(SCHEMA, tmp_path / "bad.parquet", tmp_path / "items.parquet")
+
+
+def test_movielens_tables_serve_the_rows_its_own_store_serves(tiny_dataset: Dataset) -> None:
+    """The same features through two sources: a users and an items table made from the
+    dataset's encoding, and the dataset's own store, at the store's now."""
+    encoding = tiny_dataset.encoding
+    assert encoding is not None
+    users_table, items_table = feature_tables(encoding, tiny_dataset.schema)
+    tables = TableSource(tiny_dataset.schema, users_table, items_table)
+    store = FeatureStore.from_dataset(tiny_dataset)
+    np.testing.assert_array_equal(tables.catalogue, store.catalogue)
+    for user in encoding.users.ids[:5].tolist():
+        for candidates in (None, store.catalogue[::-3].tolist()):
+            got, got_ids = tables.rows(user, candidates)
+            want, want_ids = store.rows(user, candidates)
+            np.testing.assert_array_equal(got_ids, want_ids)
+            for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
+                np.testing.assert_array_equal(ours, theirs)

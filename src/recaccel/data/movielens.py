@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recaccel.data.dataset import Dataset, Split
 from recaccel.data.movielens_source import MovieLensTables
@@ -474,3 +476,23 @@ def build_movielens_dataset(tables: MovieLensTables) -> Dataset:
         },
         encoding=encoding,
     )
+
+
+def feature_tables(encoding: MovieLensEncoding, schema: FeatureSchema) -> tuple[pa.Table, pa.Table]:
+    """Every user's and every item's encoded features at the catalogue's last rating time, as
+    the users and items tables a table feature source serves from (serve/table_source.py):
+    `user_id` + the request-side features, `item_id` + the candidate-side ones (the movie's
+    age at that time among them). For trying /v1/rank from tables, and measuring it."""
+    at = encoding.at(encoding.last_timestamp)
+    users: dict[str, Any] = {"user_id": encoding.users.ids}
+    items: dict[str, Any] = {"item_id": encoding.items.ids}
+    for column, feature in enumerate(schema.dense):
+        side = users if feature.side is Side.REQUEST else items
+        side[feature.name] = (at.user_dense if side is users else at.item_dense)[:, column]
+    for column, feature in enumerate(schema.categorical):
+        side = users if feature.side is Side.REQUEST else items
+        source = at.user_categorical if side is users else at.item_categorical
+        side[feature.name] = source[:, column]  # user_id and item_id: the ids themselves
+    for column, feature in enumerate(schema.multi_hot):  # the genres: the item's
+        items[feature.name] = [[int(i) for i in bag if i] for bag in at.item_multi_hot[:, column]]
+    return pa.table(users), pa.table(items)

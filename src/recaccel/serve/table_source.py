@@ -191,6 +191,7 @@ class TableSource:
             encoded.dense[order], encoded.categorical[order], encoded.multi_hot[order]
         )
         self._row_of_id = row_lookup(self._catalogue)
+        self._request_bags = any(f.side is Side.REQUEST for f in schema.multi_hot)
 
     @classmethod
     def from_parquet(
@@ -236,11 +237,14 @@ class TableSource:
             hint = f"the items table has {len(self._catalogue)} items"
             item_rows = catalogue_rows(ids, self._catalogue, self._row_of_id, hint)
         users, items = self._users, self._items
-        return (
-            Rows(
-                items.dense[item_rows] + users.dense[row],
-                items.categorical[item_rows] + users.categorical[row],
-                items.multi_hot[item_rows] + users.multi_hot[row],
-            ),
-            ids,
-        )
+        # Each item's share of its row, then the user's added in place (the other side's
+        # columns are zero in each): a gather and an add per kind.
+        if isinstance(item_rows, slice):
+            dense, categorical, multi_hot = (a.copy() for a in items.as_tuple())
+        else:
+            dense, categorical, multi_hot = (a.take(item_rows, axis=0) for a in items.as_tuple())
+        dense += users.dense[row]
+        categorical += users.categorical[row]
+        if self._request_bags:
+            multi_hot += users.multi_hot[row]
+        return Rows(dense, categorical, multi_hot), ids
