@@ -42,9 +42,16 @@ DATASETS: dict[str, Callable[[DatasetOptions], Dataset]] = {
 
 
 def load_dataset(name: str, options: DatasetOptions | None = None) -> Dataset:
-    """Load (fetching and caching where needed) and encode the dataset called `name`."""
+    """Load (fetching and caching where needed) and encode the dataset called `name`, or the
+    dataset of your own whose spec file `name` is (data/own.py)."""
+    from recaccel.data.own import is_spec, load_own_dataset
+
+    if is_spec(name):
+        return load_own_dataset(Path(name))
     try:
         loader = DATASETS[name]
     except KeyError:
-        raise UnknownNameError("dataset", name, list(DATASETS)) from None
+        raise UnknownNameError(
+            "dataset", name, [*DATASETS, "a dataset spec file (.toml, .yaml)"]
+        ) from None
     return loader(options or DatasetOptions())

@@ -27,16 +27,14 @@ rows: the ids the model's tables index, 0 to cardinality - 1.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from recaccel.data.schema import FeatureKind, FeatureSchema
+from recaccel.data.spec_file import features_of, read_spec_file
 from recaccel.errors import ConfigError
 
 # dtypes an input may ask for, by kind: what a CTR model's inputs are in practice.
@@ -112,42 +110,8 @@ class ModelBinding:
 
 def read_schema_file(path: Path) -> tuple[FeatureSchema, ModelBinding]:
     """The features and the model's inputs declared in a TOML or YAML schema file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"no schema file at {path}",
-            "pass the TOML or YAML file that declares "
-            "your features and your model's inputs (see `recaccel import --help`)",
-        )
-    try:
-        text = path.read_text("utf-8")
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML or YAML: {exc}", "fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds no table", "it needs [[features]] and a [model] table")
-    features = data.get("features")
-    if not isinstance(features, list) or not features:
-        raise ConfigError(f"{path} declares no [[features]]", "list each feature the model reads")
-    for i, feature in enumerate(features):
-        if not isinstance(feature, dict) or "name" not in feature or "kind" not in feature:
-            raise ConfigError(
-                f"{path}: features[{i}] needs a name and a kind",
-                "kind = dense | categorical | multi_hot",
-            )
-        kinds = [k.value for k in FeatureKind]
-        if feature["kind"] not in kinds:
-            raise ConfigError(
-                f"{path}: feature {feature['name']!r} has kind {feature['kind']!r}",
-                f"kind is one of {', '.join(kinds)}",
-            )
-    schema = FeatureSchema.from_dict(
-        {
-            "name": data.get("name", path.stem),
-            "label": data.get("label", "label"),
-            "features": features,
-        }
-    )
+    data = read_spec_file(path, "schema file")
+    schema = features_of(data, path)
     model = data.get("model")
     if not isinstance(model, dict):
         raise ConfigError(f"{path} has no [model] table", "add [model] with its [[model.inputs]]")

@@ -81,12 +81,16 @@ def feature_source_for(
     """The users and items tables `rank` names, or else the feature store of the dataset
     `artifact` was trained on; None (and /v1/rank answers 503) where it has no users and
     items."""
+    schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
     if rank.users:
-        schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
-        return TableSource.from_parquet(
-            schema, Path(rank.users), Path(rank.items), max_candidates=rank.max_candidates
-        )
-    return feature_store_for(artifact, rank.max_candidates, dataset)
+        users, items = Path(rank.users), Path(rank.items)
+    else:
+        dataset = dataset if dataset is not None else dataset_of(artifact)
+        if dataset is None or "users" not in dataset.info:
+            return feature_store_for(artifact, rank.max_candidates, dataset)
+        # A dataset of your own (data/own.py): its users and items tables serve its rows.
+        users, items = Path(dataset.info["users"]), Path(dataset.info["items"])
+    return TableSource.from_parquet(schema, users, items, max_candidates=rank.max_candidates)
 
 
 def feature_store_for(
