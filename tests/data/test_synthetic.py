@@ -4,10 +4,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import recaccel.data.synthetic as synthetic
 from recaccel.data.dataset import Dataset
-from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.data.synthetic import (
     CRITEO_KAGGLE_CARDINALITIES,
     SYNTHETIC_NOTE,
@@ -17,6 +18,8 @@ from recaccel.data.synthetic import (
     make_criteo_synthetic,
 )
 from recaccel.errors import ConfigError
+from recaccel.models.registry import build_model, preset_config
+from recaccel.serve.server import dataset_feature_source
 
 CAP = 500
 TINY = SyntheticConfig(rows=2_000, max_rows_per_table=CAP)
@@ -146,6 +149,8 @@ def test_marked_synthetic_with_reproducible_info(tiny: Dataset) -> None:
         "validation_fraction": 0.1,
         "test_fraction": 0.1,
         "seed": 0,
+        "rank_users": 10_000,
+        "rank_items": 100_000,
     }
     assert SyntheticConfig(**tiny.info["config"]) == TINY
 
@@ -181,3 +186,38 @@ def test_estimate_embedding_bytes_arithmetic() -> None:
     )
     assert estimate_embedding_bytes(schema, embedding_dim=8) == (10 + 5) * 8 * 4
     assert estimate_embedding_bytes(schema, embedding_dim=8, bytes_per_value=2) == 15 * 8 * 2
+
+
+def test_rank_tables_split_the_fields_between_users_and_items(tiny: Dataset) -> None:
+    assert tiny.feature_tables is not None
+    users, items = tiny.feature_tables
+    schema = tiny.schema
+    assert users.num_rows == TINY.rank_users and items.num_rows == TINY.rank_items
+    request = {f.name for f in schema.on_side(Side.REQUEST)}
+    assert request == {f"I{i}" for i in range(1, 7)} | {f"C{i}" for i in range(1, 14)}
+    assert set(users.column_names) == {"user_id", *request}
+    assert set(items.column_names) == {"item_id", *(f.name for f in schema.on_side(Side.CANDIDATE))}
+
+
+def test_rank_rows_draw_the_training_rows_hot_ids(tiny: Dataset) -> None:
+    """A user's C1 and an item's C20 are drawn as the training rows' are: the same hottest id."""
+    assert tiny.feature_tables is not None
+    users, items = tiny.feature_tables
+    for table, name in ((users, "C1"), (items, "C20")):
+        column = [f.name for f in tiny.schema.categorical].index(name)
+        trained = np.bincount(tiny.train.categorical[:, column]).argmax()
+        served = np.bincount(table.column(name).to_numpy()).argmax()
+        assert served == trained, name
+
+
+def test_a_model_on_the_criteo_shape_ranks_a_users_candidates(tiny: Dataset) -> None:
+    source = dataset_feature_source(tiny, max_candidates=1_000)
+    rows, ids = source.rows(7, list(range(1, 301)))
+    assert len(rows) == 300 and list(ids[:3]) == [1, 2, 3]
+    model = build_model("dlrm", tiny.schema, preset_config("dlrm", "small")).eval()
+    with torch.no_grad():
+        logits = model(*(torch.from_numpy(a) for a in rows.as_tuple()))
+    assert logits.shape == (300,) and torch.isfinite(logits).all()
+    # Request-side columns are the user's in every row; candidate-side ones vary.
+    request = [j for j, f in enumerate(tiny.schema.categorical) if f.side is Side.REQUEST]
+    assert (rows.categorical[:, request] == rows.categorical[0, request]).all()

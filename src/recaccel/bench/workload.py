@@ -33,7 +33,8 @@ import orjson
 
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
-from recaccel.serve.features import FeatureStore
+from recaccel.serve.features import DEFAULT_MAX_CANDIDATES
+from recaccel.serve.server import dataset_feature_source
 
 Z_99 = 2.3263478740408408  # the standard normal's 99th percentile
 DEFAULT_K = 10
@@ -115,7 +116,7 @@ class RankWorkload:
 
         Args:
             user_ids: (U,) the users a request may be for (known to the server's store).
-            catalogue: (I,) the item ids the server can rank (`FeatureStore.catalogue`).
+            catalogue: (I,) the item ids the server can rank (`FeatureSource.catalogue`).
             n_samples: how many distinct requests LoadGen may choose among.
             seed: the one seed; same arguments and seed, same bytes.
             median, p99: the candidate-count lognormal's targets.
@@ -176,13 +177,18 @@ class RankWorkload:
         k: int = DEFAULT_K,
         max_candidates: int | None = None,
     ) -> RankWorkload:
-        """`build` over every user and item of `dataset` as the server's feature store sees
-        them (`FeatureStore.from_dataset`: ConfigError for a dataset without users)."""
-        store = FeatureStore.from_dataset(dataset)
-        assert dataset.encoding is not None  # from_dataset refused a dataset without one
-        users = dataset.encoding.users.ids
+        """`build` over every user and item of `dataset` as the server's feature source sees
+        them (`dataset_feature_source`: ConfigError for a dataset that cannot rank)."""
+        source = dataset_feature_source(dataset, DEFAULT_MAX_CANDIDATES)
         return cls.build(
-            users, store.catalogue, n_samples, seed, median, p99, k=k, max_candidates=max_candidates
+            source.user_ids,
+            source.catalogue,
+            n_samples,
+            seed,
+            median,
+            p99,
+            k=k,
+            max_candidates=max_candidates,
         )
 
     def stats(self) -> SizeStats:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from recaccel.data.schema import FeatureSchema
@@ -87,8 +88,9 @@ class Dataset:
     generator, so no accuracy claim may rest on them, and every report that shows one says so.
 
     `encoding` is how the rows were made from users, items and time (see `movielens.py`), kept
-    so serving encodes rows the dataset never held exactly as these; None where the dataset has
-    no users or items (criteo-synthetic). `info` is JSON-safe: it goes into artifact manifests.
+    so serving encodes rows the dataset never held exactly as these; `feature_tables` is what
+    a dataset without such an encoding ranks from. `info` is JSON-safe: it goes into artifact
+    manifests.
     """
 
     name: str
@@ -99,6 +101,12 @@ class Dataset:
     synthetic: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     encoding: MovieLensEncoding | None = field(default=None, repr=False, compare=False)
+    # (users, items): each user's request-side and each item's candidate-side features,
+    # encoded (data/tables.py), that a rank request's rows are made of; None where the
+    # dataset serves from its `encoding` or cannot rank.
+    feature_tables: tuple[pa.Table, pa.Table] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def split(self, name: str) -> Split:
         splits = {"train": self.train, "validation": self.validation, "test": self.test}

@@ -156,4 +156,5 @@ def load_own_dataset(spec: Path) -> Dataset:
         validation=part(VALIDATION),
         test=part(TEST),
         info={"spec": str(spec), **{t: str(p) for t, p in paths.items()}},
+        feature_tables=(users, items),
     )

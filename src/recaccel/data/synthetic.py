@@ -8,6 +8,14 @@ fixed random logistic "teacher" so training has something to fit; they mean noth
 
 Everything is a pure function of the config: each field draws from its own seeded stream, in
 row order, so the arrays do not depend on the chunk size used to bound memory.
+
+For `/v1/rank` the fields are split between a request and its candidates, as a real CTR
+model's are between the user (and context) and the ad: I1-I6 and C1-C13 are request-side,
+I7-I13 and C14-C26 candidate-side. `rank_users` users and `rank_items` items are drawn from the
+same distributions (the same hot ids) as the training rows, and a rank request's rows are a
+user's share plus each candidate's (`Dataset.feature_tables`). The training rows themselves
+draw every field independently, as before: no user or item structure, which is fine for what
+this set is for (speed and scale).
 """
 
 from __future__ import annotations
@@ -15,10 +23,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from recaccel.data.dataset import Dataset, Split
-from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ConfigError
 
 # Table sizes of C1..C26 in the Criteo Kaggle (Display Advertising Challenge) data as published
@@ -28,6 +37,9 @@ CRITEO_KAGGLE_CARDINALITIES: tuple[int, ...] = (
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )  # fmt: skip
 N_DENSE = 13
+# The request's share of the fields (the rest are each candidate's): see the module docstring.
+REQUEST_DENSE = 6
+REQUEST_CATEGORICAL = 13
 SYNTHETIC_NOTE = "synthetic: labels are random; never use for accuracy claims"
 
 _CHUNK_ROWS = 262_144  # rows generated at once: bounds temporaries to ~100 MB
@@ -52,6 +64,9 @@ class SyntheticConfig:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    # Who and what /v1/rank ranks: users with request-side fields, a catalogue of items.
+    rank_users: int = 10_000
+    rank_items: int = 100_000
 
     def __post_init__(self) -> None:
         if self.rows < 10:
@@ -70,6 +85,10 @@ class SyntheticConfig:
             raise ConfigError(
                 f"positive_rate={self.positive_rate} is not in (0, 1)",
                 "Criteo Kaggle's click rate is ~0.256",
+            )
+        if self.rank_users < 1 or self.rank_items < 1:
+            raise ConfigError(
+                f"rank_users={self.rank_users}, rank_items={self.rank_items}: need >= 1 each"
             )
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
@@ -92,7 +111,12 @@ class SyntheticConfig:
 def criteo_synthetic_schema(max_rows_per_table: int) -> FeatureSchema:
     """Criteo Kaggle's 13 + 26 fields, each table capped at `max_rows_per_table` real ids."""
     dense = tuple(
-        Feature(f"I{i}", FeatureKind.DENSE, description=f"synthetic count {i}, log(1 + x)")
+        Feature(
+            f"I{i}",
+            FeatureKind.DENSE,
+            description=f"synthetic count {i}, log(1 + x)",
+            side=Side.REQUEST if i <= REQUEST_DENSE else Side.CANDIDATE,
+        )
         for i in range(1, N_DENSE + 1)
     )
     categorical = tuple(
@@ -102,6 +126,7 @@ def criteo_synthetic_schema(max_rows_per_table: int) -> FeatureSchema:
             cardinality=min(card, max_rows_per_table) + 1,
             description=f"synthetic Zipf ids: {min(card, max_rows_per_table)} of Criteo's "
             f"{card}; 0 = unknown",
+            side=Side.REQUEST if i <= REQUEST_CATEGORICAL else Side.CANDIDATE,
         )
         for i, card in enumerate(CRITEO_KAGGLE_CARDINALITIES, start=1)
     )
@@ -158,6 +183,46 @@ def _intercept(scores: np.ndarray, positive_rate: float) -> float:
     return (low + high) / 2
 
 
+def _count_shape(teacher: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per dense field, the log-scale of its raw counts and its spread (a heavy right tail)."""
+    return teacher.uniform(0.0, 4.0, N_DENSE), teacher.uniform(0.5, 2.0, N_DENSE)
+
+
+def _dense_values(
+    mu: np.ndarray, sigma: np.ndarray, rng: np.random.Generator, count: int
+) -> np.ndarray:
+    """`count` rows of the dense fields: counts through DLRM's log(1 + x)."""
+    counts = np.floor(np.exp(mu + sigma * rng.standard_normal((count, len(mu)))))
+    return np.log1p(counts)
+
+
+def criteo_rank_tables(config: SyntheticConfig, schema: FeatureSchema) -> tuple[pa.Table, pa.Table]:
+    """The users and items a rank request is made of (module docstring): each field from the
+    training rows' distribution, its hot ids the same, from streams of its own."""
+    n_cat = len(schema.categorical)
+    teacher_seed, _, _, *table_seeds = np.random.SeedSequence(config.seed).spawn(3 + n_cat)
+    mu, sigma = _count_shape(np.random.default_rng(teacher_seed))
+    rank_seed = np.random.SeedSequence([config.seed, 1])  # not the training rows' streams
+    dense_seed, *draw_seeds = rank_seed.spawn(1 + n_cat)
+    dense_rng = np.random.default_rng(dense_seed)
+    sides: dict[Side, dict[str, np.ndarray]] = {
+        Side.REQUEST: {"user_id": np.arange(1, config.rank_users + 1, dtype=np.int64)},
+        Side.CANDIDATE: {"item_id": np.arange(1, config.rank_items + 1, dtype=np.int64)},
+    }
+    for side, table in sides.items():
+        rows = len(next(iter(table.values())))
+        values = _dense_values(mu, sigma, dense_rng, rows).astype(np.float32)
+        for j, feature in enumerate(schema.dense):
+            if feature.side is side:
+                table[feature.name] = values[:, j]
+    for j, feature in enumerate(schema.categorical):
+        zipf = _ZipfTable(feature.cardinality - 1, config.zipf_exponent, table_seeds[j])
+        zipf.rng = np.random.default_rng(draw_seeds[j])  # the same hot ids, other draws
+        table = sides[feature.side]
+        table[feature.name] = zipf.draw(len(next(iter(table.values()))))
+    return pa.table(sides[Side.REQUEST]), pa.table(sides[Side.CANDIDATE])
+
+
 def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Dataset:
     """Generate the workload; identical arrays for an identical config."""
     schema = criteo_synthetic_schema(config.max_rows_per_table)
@@ -168,8 +233,7 @@ def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Da
     )
 
     teacher = np.random.default_rng(teacher_seed)
-    count_mu = teacher.uniform(0.0, 4.0, N_DENSE)  # per-field log-scale of the raw counts
-    count_sigma = teacher.uniform(0.5, 2.0, N_DENSE)  # and its spread: a heavy right tail
+    count_mu, count_sigma = _count_shape(teacher)
     weight_scale = _TEACHER_SCALE / np.sqrt(N_DENSE + n_cat)
     dense_weights = teacher.normal(0.0, weight_scale, N_DENSE) / count_sigma
     table_weights = teacher.normal(0.0, weight_scale, n_cat)
@@ -187,10 +251,7 @@ def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Da
     ):
         rows = slice(start, min(start + _CHUNK_ROWS, n))
         count = rows.stop - rows.start
-        counts = np.floor(
-            np.exp(count_mu + count_sigma * dense_rng.standard_normal((count, N_DENSE)))
-        )
-        values = np.log1p(counts)  # DLRM's standard preprocessing of Criteo's integer counts
+        values = _dense_values(count_mu, count_sigma, dense_rng, count)
         dense[rows] = values
         score = values @ dense_weights
         for j, table in enumerate(zipf):
@@ -220,4 +281,5 @@ def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Da
             "note": SYNTHETIC_NOTE,
             "positive_rate": float(label.mean()),
         },
+        feature_tables=criteo_rank_tables(config, schema),
     )

@@ -240,6 +240,11 @@ class FeatureSource(Protocol):
         """Every item id that can be ranked, sorted."""
         ...
 
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Every user id it knows."""
+        ...
+
     def knows_user(self, user_id: object) -> bool: ...
 
     def rows(
@@ -291,8 +296,9 @@ class FeatureStore:
         if dataset.encoding is None:
             raise ConfigError(
                 f"dataset {dataset.name!r} has no users or items, so it cannot serve rank requests",
-                "ranking needs a user to rank items for: serve /v1/rank with a model trained "
-                "on a dataset that has users and items (movielens-100k)",
+                "ranking needs a user to rank items for: give the server users and items "
+                "tables (--users, --items), or serve a dataset that has them (movielens-100k, "
+                "criteo-synthetic, a dataset spec of your own)",
             )
         store = cls(dataset.encoding, max_candidates=max_candidates)
         store.schema = dataset.schema
@@ -302,6 +308,11 @@ class FeatureStore:
     def catalogue(self) -> np.ndarray:
         """Every item id that can be ranked, sorted (int64, read-only)."""
         return self._catalogue
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Every user id of the dataset."""
+        return self._encoding.users.ids
 
     def knows_user(self, user_id: object) -> bool:
         """Whether `user_id` is a user of the dataset (False for anything not an integer)."""

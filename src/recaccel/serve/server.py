@@ -84,28 +84,30 @@ def feature_source_for(
     schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
     if rank.users:
         users, items = Path(rank.users), Path(rank.items)
-    else:
-        dataset = dataset if dataset is not None else dataset_of(artifact)
-        if dataset is None or "users" not in dataset.info:
-            return feature_store_for(artifact, rank.max_candidates, dataset)
-        # A dataset of your own (data/own.py): its users and items tables serve its rows.
-        users, items = Path(dataset.info["users"]), Path(dataset.info["items"])
-    return TableSource.from_parquet(schema, users, items, max_candidates=rank.max_candidates)
-
-
-def feature_store_for(
-    artifact: Path, max_candidates: int, dataset: Dataset | None = None
-) -> FeatureStore | None:
-    """The feature store of the dataset `artifact` was trained on; None (and /v1/rank answers
-    503) where that dataset has no users and items."""
+        return TableSource.from_parquet(schema, users, items, max_candidates=rank.max_candidates)
     dataset = dataset if dataset is not None else dataset_of(artifact)
     if dataset is None:
         return None
     try:
-        return FeatureStore.from_dataset(dataset, max_candidates=max_candidates)
+        return dataset_feature_source(dataset, rank.max_candidates, schema)
     except RecaccelError as error:
-        log.warning("no feature store, /v1/rank is off: %s", error.message)
+        log.warning("no feature source, /v1/rank is off: %s", error.message)
         return None
+
+
+def dataset_feature_source(
+    dataset: Dataset, max_candidates: int, schema: FeatureSchema | None = None
+) -> FeatureSource:
+    """Where a dataset's rank rows come from: its feature tables (a dataset of your own, the
+    Criteo-shaped one) or its encoding (MovieLens); ConfigError for a dataset with neither.
+
+    `schema`: the served model's, whose sides say which table a feature is read from; None
+    takes the dataset's."""
+    if dataset.feature_tables is not None:
+        users, items = dataset.feature_tables
+        source_schema = schema if schema is not None else dataset.schema
+        return TableSource(source_schema, users, items, max_candidates=max_candidates)
+    return FeatureStore.from_dataset(dataset, max_candidates=max_candidates)
 
 
 def build_app(

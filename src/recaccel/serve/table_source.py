@@ -92,6 +92,11 @@ class TableSource:
         """Every item id that can be ranked, sorted (int64, read-only)."""
         return self._catalogue
 
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Every user id of the users table."""
+        return np.fromiter(self._user_rows, dtype=np.int64, count=len(self._user_rows))
+
     def knows_user(self, user_id: object) -> bool:
         return is_user_id_in(user_id, self._user_rows)
 
