@@ -95,9 +95,14 @@ def main() -> None:
         help="pin the server and its workers to these CPUs (taskset list, e.g. 1) and this "
         "load generator to the others, so that overload tests the server, not the client",
     )
+    parser.add_argument(
+        "--dataset", default="movielens-100k", help="whose users and items the requests name"
+    )
+    parser.add_argument("--rows", type=int, help="criteo-synthetic: rows, as the artifact's")
     parser.add_argument("serve_args", nargs="+", help="arguments for `recaccel serve`")
     args = parser.parse_args()
-    dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
+    options = DatasetOptions(progress=False, synthetic_rows=args.rows)
+    dataset = load_dataset(args.dataset, options)
     workload = RankWorkload.from_dataset(dataset, n_samples=20_000, seed=0)
     print("candidates per request:", workload.stats(), flush=True)
     command = [sys.executable, "-m", "recaccel.cli", "serve", *args.serve_args]

@@ -1,5 +1,4 @@
-"""A feature source from two tables of your own: users and items, encoded once at start
-(data/tables.py reads and checks them).
+"""A feature source from two tables of your own: users and items, encoded once at start.
 
 `/v1/rank` scores one user against candidate items. Any model's rows can be assembled from
 two tables when every feature is either the user's (request side) or the item's (candidate
@@ -8,11 +7,9 @@ side), which the schema says (data/schema.py, `side`):
     users   user_id (int64) + one column per request-side feature
     items   item_id (int64) + one column per candidate-side feature
 
-Each column holds the value the model takes, already encoded: a dense feature's float, a
-categorical feature's index (0 to cardinality - 1), a multi-hot feature's list of indices (at
-most `max_len`, no padding needed). Parquet or anything Arrow reads (pyarrow): the tables are
-checked and encoded once into arrays, so a request costs two gathers and an add per kind, as
-the MovieLens store does (features.py), and no per-row Python.
+Columns hold encoded values, read and checked by data/tables.py into arrays once, so a request
+costs a gather and an add per kind, as the MovieLens store's (features.py), and no per-row
+Python.
 
 A candidate-side feature that depends on the user too (a user x item pair: the movie's age when
 this user rates it) cannot come from the items table; this source refuses a schema whose
