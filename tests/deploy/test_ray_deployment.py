@@ -22,10 +22,9 @@ import pytest
 import torch
 
 from recaccel.artifact import load_artifact
-from recaccel.data.dataset import Dataset
+from recaccel.data.dataset import Dataset, example_batch
 from recaccel.deploy.ray_cluster import HAPROXY_ENV, free_ports, local_ray_cluster
 from recaccel.deploy.ray_serve import RayOptions, deploy_ray
-from recaccel.runtime.export import example_batch
 from recaccel.serve.config import ServeConfig, load_serve_config
 from recaccel.serve.features import FeatureStore
 

@@ -12,7 +12,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as pb2
 
 from recaccel.artifact import load_artifact
-from recaccel.data.dataset import Dataset
+from recaccel.data.dataset import Dataset, example_batch
 from recaccel.deploy.triton import (
     CONFIG_FILE,
     onnx_signature,
@@ -22,7 +22,7 @@ from recaccel.deploy.triton import (
 from recaccel.deploy.triton_plan import Measurement, TritonOptions, plan_triton
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
-from recaccel.runtime.export import example_batch, onnx_session
+from recaccel.runtime.export import onnx_session
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.serve.config import ServeConfig, load_serve_config

@@ -15,16 +15,13 @@ pytest.importorskip("onnxruntime")
 import onnx
 
 from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
-from recaccel.data.dataset import Dataset, FeatureBatch
-from recaccel.data.schema import Feature, FeatureKind, FeatureSchema
+from recaccel.data.dataset import Dataset, FeatureBatch, example_batch
+from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, Feature, FeatureKind, FeatureSchema
 from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
 from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.runtime.export import (
-    INPUT_NAMES,
-    OUTPUT_NAME,
     UnsupportedOnBackendError,
-    example_batch,
     export_onnx,
     onnx_feeds,
     onnx_session,

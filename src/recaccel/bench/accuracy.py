@@ -30,8 +30,8 @@ import numpy as np
 import orjson
 
 from recaccel.data.dataset import FeatureBatch, Split
+from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME
 from recaccel.errors import RecaccelError
-from recaccel.runtime.export import INPUT_NAMES, OUTPUT_NAME
 from recaccel.train.metrics import evaluate
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

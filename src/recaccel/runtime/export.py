@@ -50,7 +50,6 @@ from recaccel.models.quantized import QuantizedEmbeddingBag
 from recaccel.runtime.executor import outermost_ops
 
 log = logging.getLogger(__name__)
-__all__ = ["INPUT_NAMES", "OUTPUT_NAME", "example_batch"]  # re-exported: callers predate data/
 
 BACKEND = "ONNX Runtime"
 # torch 2.13's exporter writes opset 20 natively (no lossy version-conversion pass), and ORT has

@@ -34,7 +34,7 @@ import numpy as np
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
-from recaccel.data.schema import FeatureSchema
+from recaccel.data.schema import OUTPUT_NAME, FeatureSchema
 from recaccel.errors import RecaccelError
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import (
@@ -44,7 +44,7 @@ from recaccel.runtime.executor import (
     probabilities,
     zeros_batch,
 )
-from recaccel.runtime.export import OUTPUT_NAME, export_onnx, import_onnxruntime, onnx_feeds
+from recaccel.runtime.export import export_onnx, import_onnxruntime, onnx_feeds
 from recaccel.runtime.onnx_quantize import quantize_onnx
 
 ONNX_DIR = "onnx"

@@ -52,10 +52,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import INPUT_NAMES
 from recaccel.errors import ConfigError
 from recaccel.runtime.export import (
     EXTERNAL_DATA_BYTES,
-    INPUT_NAMES,
     onnx_feeds,
     onnx_size_bytes,
     save_onnx,

@@ -35,8 +35,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import recaccel
+from recaccel.data.schema import OUTPUT_NAME
 from recaccel.errors import RecaccelError
-from recaccel.runtime.export import OUTPUT_NAME
 from recaccel.serve import protocol
 from recaccel.serve.admission import deadline_for
 from recaccel.serve.config import ServeConfig

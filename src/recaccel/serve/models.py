@@ -16,6 +16,7 @@ from typing import Any
 
 from recaccel.artifact import read_manifest
 from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
@@ -45,14 +46,18 @@ class ModelRepository:
     def __post_init__(self) -> None:
         if not self.initial:
             raise ConfigError("no models to serve", "name at least one artifact directory")
-        schemas = {name: read_manifest(path).schema for name, path in self.initial.items()}
-        if len({repr(s) for s in schemas.values()}) > 1:
+        # Compared as schemas, not as dicts: which side serving computes a feature on is not
+        # part of the contract (an artifact saved before sides existed has none).
+        schemas = [
+            FeatureSchema.from_dict(read_manifest(path).schema) for path in self.initial.values()
+        ]
+        if any(schema != schemas[0] for schema in schemas):
             raise ConfigError(
                 "the artifacts were trained on different feature schemas",
                 "serve models of one dataset together (the feature store is shared)",
             )
         store = self.features.schema if self.features is not None else None
-        if store is not None and store.to_dict() != next(iter(schemas.values())):
+        if store is not None and store != schemas[0]:
             raise ConfigError(
                 "the feature store was built from a dataset whose feature schema differs "
                 "from the models'",
@@ -132,7 +137,9 @@ class ModelRepository:
             manifest = read_manifest(path)
         except Exception as error:
             raise RequestError(f"cannot load {artifact}: {error}") from None
-        if self._models and manifest.schema != self._any().manifest.schema:
+        if self._models and FeatureSchema.from_dict(manifest.schema) != FeatureSchema.from_dict(
+            self._any().manifest.schema
+        ):
             raise RequestError(
                 f"{artifact} was trained on another feature schema than the served models"
             )

@@ -42,8 +42,7 @@ import numpy as np
 import orjson
 
 from recaccel.data.rows import Rows
-from recaccel.data.schema import Feature, FeatureSchema
-from recaccel.runtime.export import INPUT_NAMES, OUTPUT_NAME
+from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, Feature, FeatureSchema
 from recaccel.serve.errors import PayloadTooLargeError, RequestError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
