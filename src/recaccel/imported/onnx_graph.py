@@ -40,11 +40,14 @@ _DTYPES: dict[int, str] = {
     TensorProto.INT64: "int64",
     TensorProto.INT32: "int32",
 }
-_SOURCES = {
-    FeatureKind.DENSE: ("dense", TensorProto.FLOAT),
-    FeatureKind.CATEGORICAL: ("categorical", TensorProto.INT64),
-    FeatureKind.MULTI_HOT: ("multi_hot", TensorProto.INT64),
-}
+# The graph input each kind of feature is gathered from.
+_SOURCES = dict(
+    zip(
+        (FeatureKind.DENSE, FeatureKind.CATEGORICAL, FeatureKind.MULTI_HOT),
+        INPUT_NAMES,
+        strict=True,
+    )
+)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -187,7 +190,7 @@ def bind_onnx(
     constants: list[TensorProto] = []
     for i in order:
         b = binding.inputs[i]
-        source, _ = _SOURCES[b.kind]
+        source = _SOURCES[b.kind]
         at = f"{OWN}{b.name}"
         constants.append(_constant(f"{at}/columns", np.array(b.columns, dtype=np.int64)))
         x = f"{at}/gathered"
