@@ -859,9 +859,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="in-process: executors of the model in each front (default 1; 2+ split requests)",
     )
     serve.add_argument(
-        "--users", help="Parquet table: user_id + the request-side features (docs/importing.md)"
+        "--users",
+        help="table (.parquet, .csv): user_id + request-side features (docs/importing.md)",
     )
-    serve.add_argument("--items", help="Parquet table: item_id + the candidate-side features")
+    serve.add_argument("--items", help="table (.parquet, .csv): item_id + candidate-side features")
     serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
     serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")

@@ -108,7 +108,7 @@ def test_rank_serves_an_imported_model_from_the_users_own_tables(
     assert status == 200, body
     answer = json.loads(body)
     artifact = load_artifact(imported["artifact"])
-    source = TableSource.from_parquet(artifact.schema, imported["users"], imported["items"])
+    source = TableSource.from_files(artifact.schema, imported["users"], imported["items"])
     rows, _ = source.rows(1007, candidates)
     with torch.no_grad():
         logits = artifact.model(*(torch.from_numpy(a) for a in rows.as_tuple()))

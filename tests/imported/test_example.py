@@ -154,7 +154,7 @@ def test_the_examples_feature_tables_serve_the_imported_models_rows(
     exported: Path, imported: dict[str, Path], tiny_dataset: Dataset
 ) -> None:
     artifact = load_artifact(imported["onnx"])
-    source = TableSource.from_parquet(
+    source = TableSource.from_files(
         artifact.schema, exported / "users.parquet", exported / "items.parquet"
     )
     store = FeatureStore.from_dataset(tiny_dataset)

@@ -109,15 +109,13 @@ def test_a_wrong_table_is_refused_at_start_naming_the_column(
 def test_tables_are_read_from_parquet_and_a_missing_file_is_named(tmp_path: Path) -> None:
     pq.write_table(users(), tmp_path / "users.parquet")
     pq.write_table(items(), tmp_path / "items.parquet")
-    source = TableSource.from_parquet(
-        SCHEMA, tmp_path / "users.parquet", tmp_path / "items.parquet"
-    )
+    source = TableSource.from_files(SCHEMA, tmp_path / "users.parquet", tmp_path / "items.parquet")
     np.testing.assert_array_equal(source.rows(1, [4])[0].dense, [[0.25, 2.0]])
     with pytest.raises(ConfigError, match="no feature table at"):
-        TableSource.from_parquet(SCHEMA, tmp_path / "nope.parquet", tmp_path / "items.parquet")
+        TableSource.from_files(SCHEMA, tmp_path / "nope.parquet", tmp_path / "items.parquet")
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ConfigError, match="not a readable Parquet file"):
-        TableSource.from_parquet(SCHEMA, tmp_path / "bad.parquet", tmp_path / "items.parquet")
+        TableSource.from_files(SCHEMA, tmp_path / "bad.parquet", tmp_path / "items.parquet")
 
 
 def test_movielens_tables_serve_the_rows_its_own_store_serves(tiny_dataset: Dataset) -> None:
@@ -136,3 +134,15 @@ def test_movielens_tables_serve_the_rows_its_own_store_serves(tiny_dataset: Data
             np.testing.assert_array_equal(got_ids, want_ids)
             for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
                 np.testing.assert_array_equal(ours, theirs)
+
+
+def test_tables_may_be_csv_with_bags_as_space_separated_ids(tmp_path: Path) -> None:
+    (tmp_path / "users.csv").write_text("user_id,age\n3,0.5\n7,-1.0\n1,2.0\n")
+    (tmp_path / "items.csv").write_text("item_id,price,tags\n20,1.5,1 2\n4,0.25,\n9,-0.75,5 4 3\n")
+    source = TableSource.from_files(SCHEMA, tmp_path / "users.csv", tmp_path / "items.csv")
+    rows, _ = source.rows(7, [9, 20])
+    np.testing.assert_array_equal(rows.multi_hot[:, 0, :], [[5, 4, 3], [1, 2, 0]])
+    np.testing.assert_array_equal(rows.dense, [[-0.75, -1.0], [1.5, -1.0]])
+    (tmp_path / "items.csv").write_text("item_id,price,tags\n20,1.5,1 x\n")
+    with pytest.raises(ConfigError, match="row 0 is '1 x'"):
+        TableSource.from_files(SCHEMA, tmp_path / "users.csv", tmp_path / "items.csv")

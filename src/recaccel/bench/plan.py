@@ -220,7 +220,7 @@ def plan_bench(
 
     servers = (
         baseline_deployment(
-            BASELINE, heavy, f"the heavy FP32 model on {baseline.backend}, one request at a time"
+            BASELINE, heavy, f"the baseline FP32 model on {baseline.backend}, one request at a time"
         ),
         baseline_deployment(
             MODEL_ONLY, chosen_artifact, "the selected model on the baseline's deployment"

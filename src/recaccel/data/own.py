@@ -1,4 +1,5 @@
-"""A dataset of your own: labelled interactions plus users and items tables, by a spec file.
+"""A dataset of your own: labelled interactions plus users and items tables (Parquet or CSV),
+named by a spec file.
 
 The spec is a schema file's `[[features]]` (data/spec_file.py) with a `[data]` table naming
 the tables, paths relative to the spec's directory:

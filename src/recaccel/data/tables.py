@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from recaccel.data.rows import Rows
@@ -25,20 +26,20 @@ from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ConfigError
 
 KEYS = {Side.REQUEST: "user_id", Side.CANDIDATE: "item_id"}
-_KIND_INDEX = {FeatureKind.DENSE: 0, FeatureKind.CATEGORICAL: 1, FeatureKind.MULTI_HOT: 2}
 
 
 def read_table(path: Path) -> pa.Table:
-    """A Parquet file as an Arrow table; ConfigError for a missing or unreadable file."""
+    """A Parquet or CSV file (by suffix) as an Arrow table; ConfigError for a missing or
+    unreadable file. In CSV a multi-hot value is its ids separated by spaces ("3 17 42")."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"no feature table at {path}", "pass a Parquet file")
+        raise ConfigError(f"no feature table at {path}", "pass a Parquet or CSV file")
+    csv = path.suffix == ".csv"
     try:
-        return pq.read_table(path)
+        return pa_csv.read_csv(path) if csv else pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ConfigError(
-            f"{path} is not a readable Parquet file: {exc}", "write it again"
-        ) from None
+        problem = f"{path} is not a readable {'CSV' if csv else 'Parquet'} file: {exc}"
+        raise ConfigError(problem, "write it again") from None
 
 
 def _column(table: pa.Table, name: str, where: str) -> pa.ChunkedArray:
@@ -120,16 +121,22 @@ def _ids(values: pa.ChunkedArray, name: str, cardinality: int, where: str) -> np
 def _bags(
     values: pa.ChunkedArray, name: str, cardinality: int, max_len: int, width: int, where: str
 ) -> np.ndarray:
-    if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)) or not (
-        pa.types.is_integer(values.type.value_type)
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):  # CSV: "3 17 42"
+        bags = [_split(text, name, row, where) for row, text in enumerate(values.to_pylist())]
+    elif pa.types.is_integer(kind):  # CSV whose bags all hold one id
+        bags = [[] if i is None else [i] for i in values.to_pylist()]
+    elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_integer(
+        kind.value_type
     ):
+        bags = [bag or [] for bag in values.to_pylist()]
+    else:
         raise ConfigError(
-            f"{where} column {name!r} (a multi-hot feature) is {values.type}",
-            "store a list of integer indices per row",
+            f"{where} column {name!r} (a multi-hot feature) is {kind}",
+            "store a list of integer indices per row (in CSV: the ids separated by spaces)",
         )
     out = np.zeros((len(values), width), dtype=np.int64)
-    for row, bag in enumerate(values.to_pylist()):  # once, at start
-        bag = bag or []
+    for row, bag in enumerate(bags):  # once, at start
         if len(bag) > max_len or any(i is None or not 0 <= i < cardinality for i in bag):
             raise ConfigError(
                 f"{where} column {name!r} row {row} is {bag}",
@@ -137,6 +144,17 @@ def _bags(
             )
         out[row, : len(bag)] = bag
     return out
+
+
+def _split(text: str | None, name: str, row: int, where: str) -> list[int]:
+    """A CSV bag, "3 17 42", as its ids."""
+    try:
+        return [int(i) for i in (text or "").split()]
+    except ValueError:
+        raise ConfigError(
+            f"{where} column {name!r} row {row} is {text!r}",
+            "write a bag as its integer ids separated by spaces",
+        ) from None
 
 
 def table_keys(table: pa.Table, side: Side, where: str, *, unique: bool = True) -> np.ndarray:

@@ -84,7 +84,7 @@ def feature_source_for(
     schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
     if rank.users:
         users, items = Path(rank.users), Path(rank.items)
-        return TableSource.from_parquet(schema, users, items, max_candidates=rank.max_candidates)
+        return TableSource.from_files(schema, users, items, max_candidates=rank.max_candidates)
     dataset = dataset if dataset is not None else dataset_of(artifact)
     if dataset is None:
         return None

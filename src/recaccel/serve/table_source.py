@@ -74,7 +74,7 @@ class TableSource:
         self._request_bags = any(f.side is Side.REQUEST for f in schema.multi_hot)
 
     @classmethod
-    def from_parquet(
+    def from_files(
         cls,
         schema: FeatureSchema,
         users: Path,
