@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from recaccel.artifact import read_manifest
+from recaccel.artifact import load_artifact, read_manifest
 from recaccel.cli import main
 from recaccel.data.own import load_own_dataset
 from recaccel.data.registry import load_dataset
@@ -19,6 +20,7 @@ from recaccel.errors import ConfigError
 from recaccel.serve.config import RankSection
 from recaccel.serve.server import feature_source_for
 from recaccel.serve.table_source import TableSource
+from recaccel.train.imports import import_artifact
 
 SPEC = textwrap.dedent(
     """
@@ -186,3 +188,54 @@ def test_trained_on_your_own_data_then_ranked_from_its_tables(tmp_path: Path) ->
     items = pq.read_table(tmp_path / "items.parquet").to_pydict()
     np.testing.assert_allclose(rows.dense[:, 2], [items["price"][2], items["price"][16]])
     assert main(["data", "--dataset", str(spec)]) == 0
+
+
+MODEL_INPUTS = """
+[model]
+[[model.inputs]]
+name = "dense"
+features = ["age", "hour", "price"]
+[[model.inputs]]
+name = "ids"
+features = ["gender", "category"]
+[[model.inputs]]
+name = "tags"
+features = ["tags"]
+squeeze = true
+"""
+
+
+class ShopModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = torch.nn.Embedding(5, 4)
+        self.tags = torch.nn.EmbeddingBag(7, 4, mode="sum", padding_idx=0)
+        self.out = torch.nn.Linear(3 + 4, 1)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        pooled = self.ids(ids).sum(dim=1) + self.tags(tags)
+        return self.out(torch.cat([dense, pooled], dim=1))
+
+
+def test_a_model_of_your_own_imported_on_your_own_data_is_scored_and_ranked(
+    tmp_path: Path,
+) -> None:
+    spec = write_tables(tmp_path)
+    dataset = load_dataset(str(spec))
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1)
+    example = (torch.randn(4, 3), torch.randint(0, 3, (4, 2)), torch.randint(0, 7, (4, 2)))
+    program = torch.export.export(
+        ShopModel().eval(), example, dynamic_shapes=({0: batch}, {0: batch}, {0: batch})
+    )
+    torch.export.save(program, tmp_path / "model.pt2")
+    schema_file = tmp_path / "schema.toml"
+    schema_file.write_text(SPEC[: SPEC.index("[data]")] + MODEL_INPUTS)
+    out = tmp_path / "imported"
+    report = import_artifact(str(tmp_path / "model.pt2"), schema_file, out, dataset=dataset)
+    assert set(report.manifest.metrics) == {"validation", "test"}
+    assert report.manifest.dataset["spec"] == str(spec.resolve())
+    source = feature_source_for(out, RankSection())  # the spec's own users and items tables
+    assert isinstance(source, TableSource)
+    rows, _ = source.rows(105, [3, 17])
+    assert load_artifact(out).model(*(torch.from_numpy(a) for a in rows.as_tuple())).shape == (2,)
