@@ -252,10 +252,11 @@ def probe(model: BoundModel, schema: FeatureSchema) -> None:
             f"the model's scores on the probe batch are not finite floats ({out.dtype})",
             "check the dense features' scale and the model's weights",
         )
-    if model.binding.output is OutputKind.PROBABILITY and bool(((out < 0) | (out > 1)).any()):
+    outside = out[(out < 0) | (out > 1)]
+    if model.binding.output is OutputKind.PROBABILITY and len(outside):
         raise ConfigError(
             "the schema file says the output is a probability, but the model returned "
-            f"scores outside [0, 1] (e.g. {float(out.flatten()[0]):.4g})",
+            f"scores outside [0, 1] (e.g. {float(outside[0]):.4g})",
             'set output = "logit" in [model]',
         )
 
