@@ -196,14 +196,17 @@ def _dense_values(
     return np.log1p(counts)
 
 
-def criteo_rank_tables(config: SyntheticConfig, schema: FeatureSchema) -> tuple[pa.Table, pa.Table]:
+def _rank_tables(
+    config: SyntheticConfig,
+    schema: FeatureSchema,
+    zipf: list[_ZipfTable],
+    count_shape: tuple[np.ndarray, np.ndarray],
+) -> tuple[pa.Table, pa.Table]:
     """The users and items a rank request is made of (module docstring): each field from the
-    training rows' distribution, its hot ids the same, from streams of its own."""
-    n_cat = len(schema.categorical)
-    teacher_seed, _, _, *table_seeds = np.random.SeedSequence(config.seed).spawn(3 + n_cat)
-    mu, sigma = _count_shape(np.random.default_rng(teacher_seed))
+    training rows' distribution (their `zipf` tables and counts' shape: the same hot ids),
+    drawn from streams of its own."""
     rank_seed = np.random.SeedSequence([config.seed, 1])  # not the training rows' streams
-    dense_seed, *draw_seeds = rank_seed.spawn(1 + n_cat)
+    dense_seed, *draw_seeds = rank_seed.spawn(1 + len(zipf))
     dense_rng = np.random.default_rng(dense_seed)
     sides: dict[Side, dict[str, np.ndarray]] = {
         Side.REQUEST: {"user_id": np.arange(1, config.rank_users + 1, dtype=np.int64)},
@@ -211,15 +214,14 @@ def criteo_rank_tables(config: SyntheticConfig, schema: FeatureSchema) -> tuple[
     }
     for side, table in sides.items():
         rows = len(next(iter(table.values())))
-        values = _dense_values(mu, sigma, dense_rng, rows).astype(np.float32)
+        values = _dense_values(*count_shape, dense_rng, rows).astype(np.float32)
         for j, feature in enumerate(schema.dense):
             if feature.side is side:
                 table[feature.name] = values[:, j]
     for j, feature in enumerate(schema.categorical):
-        zipf = _ZipfTable(feature.cardinality - 1, config.zipf_exponent, table_seeds[j])
-        zipf.rng = np.random.default_rng(draw_seeds[j])  # the same hot ids, other draws
+        zipf[j].rng = np.random.default_rng(draw_seeds[j])  # the same hot ids, other draws
         table = sides[feature.side]
-        table[feature.name] = zipf.draw(len(next(iter(table.values()))))
+        table[feature.name] = zipf[j].draw(len(next(iter(table.values()))))
     return pa.table(sides[Side.REQUEST]), pa.table(sides[Side.CANDIDATE])
 
 
@@ -281,5 +283,5 @@ def make_criteo_synthetic(config: SyntheticConfig, progress: bool = False) -> Da
             "note": SYNTHETIC_NOTE,
             "positive_rate": float(label.mean()),
         },
-        feature_tables=criteo_rank_tables(config, schema),
+        feature_tables=_rank_tables(config, schema, zipf, (count_mu, count_sigma)),
     )
