@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from redis_process import RedisProcess, free_port
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
@@ -108,3 +109,11 @@ def train_tiny(tiny_dataset: Dataset) -> Callable[[str, str, Path], Artifact]:
         return load_artifact(out)
 
     return train
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A real, empty Redis server of this test's own (tests/redis_process.py)."""
+    server = RedisProcess(free_port()).start()
+    yield server
+    server.stop()

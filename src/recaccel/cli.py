@@ -495,7 +495,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "slo": {"p99_ms": args.slo_ms},
         "workers": {"min": args.min_workers, "max": args.max_workers},
         "plane": {"processes": args.processes, "execution": args.execution},
-        "rank": {"users": args.users, "items": args.items},
+        "rank": {"users": args.users, "items": args.items, "redis": args.redis},
     }
     if args.backend or args.precision or args.threads or args.lanes:
         overrides["workers"]["executors"] = [
@@ -640,6 +640,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_features_push(args: argparse.Namespace) -> int:
+    from recaccel.artifact import read_manifest
+    from recaccel.data.schema import FeatureSchema
+    from recaccel.data.tables import read_table
+    from recaccel.serve.config import RankSection
+    from recaccel.serve.redis_source import write_tables
+
+    namespace = args.namespace or RankSection.redis_namespace
+    schema = FeatureSchema.from_dict(read_manifest(Path(args.artifact)).schema)
+    users, items = read_table(Path(args.users)), read_table(Path(args.items))
+    counts = write_tables(schema, users, items, args.redis, namespace)
+    console.print(
+        f"wrote {counts['users']:,} user and {counts['items']:,} item hashes to {args.redis} "
+        f"under {namespace}:"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recaccel",
@@ -715,6 +733,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imports.add_argument("--json", action="store_true", help="print the manifest as JSON")
     imports.set_defaults(run=_cmd_import)
+
+    features = verbs.add_parser("features", help="write feature tables to an online store")
+    stores = features.add_subparsers(dest="action", required=True, metavar="ACTION")
+    push = stores.add_parser(
+        "push",
+        help="write a users and an items table to Redis, for `serve --redis`",
+        description="Check a users and an items table against an artifact's schema, as "
+        "`serve --users --items` does, and write them to Redis in the layout `serve --redis` "
+        "reads: one hash per user and item (docs/feature-sources.md).",
+    )
+    push.add_argument("artifact", help="the artifact whose schema the tables follow")
+    push.add_argument("--users", required=True, help="user_id + request-side features")
+    push.add_argument("--items", required=True, help="item_id + candidate-side features")
+    push.add_argument("--redis", required=True, help="the store, e.g. redis://localhost:6379/0")
+    push.add_argument(
+        "--namespace",
+        help="key prefix (default: serve's, recaccel): {namespace}:user:{id}, "
+        "{namespace}:item:{id}",
+    )
+    push.set_defaults(run=_cmd_features_push)
 
     inspect = verbs.add_parser("inspect", help="show an artifact's manifest")
     inspect.add_argument("artifact", help="artifact directory")
@@ -863,6 +901,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="table (.parquet, .csv): user_id + request-side features (docs/importing.md)",
     )
     serve.add_argument("--items", help="table (.parquet, .csv): item_id + candidate-side features")
+    serve.add_argument(
+        "--redis",
+        help="read each request's features from Redis at this URL instead, e.g. "
+        "redis://localhost:6379/0 (docs/feature-sources.md; write them: recaccel features push)",
+    )
     serve.add_argument("--min-workers", type=int, help="worker processes at least (default 1)")
     serve.add_argument("--max-workers", type=int, help="worker processes at most (default 2)")
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from redis_process import RedisProcess
+from server_harness import wait_for
 from torch import nn
 from torch.export import Dim
 
 from recaccel.artifact import load_artifact
+from recaccel.cli import main
 from recaccel.serve.table_source import TableSource
 from recaccel.train.imports import import_artifact
 
@@ -123,3 +127,76 @@ def test_rank_serves_an_imported_model_from_the_users_own_tables(
     assert status == 404 and b"unknown user 7" in body
     status, body = server.post("/v1/rank", {"user_id": 1007, "candidates": [5003, 42]})
     assert status == 404 and b"42" in body
+
+
+def test_rank_serves_features_from_redis_and_answers_503_while_redis_is_down(
+    imported: dict[str, Path], server_factory: Any, redis_server: RedisProcess, capsys: Any
+) -> None:
+    """`features push` writes the user's tables to a real Redis; `serve --redis` ranks from it
+    as from the tables; Redis killed mid-load gives 503s with reason feature_store and no
+    other 5xx, no request left unanswered; Redis back, ranking is back."""
+    assert main(
+        ["features", "push", str(imported["artifact"]), "--users", str(imported["users"]),
+         "--items", str(imported["items"]), "--redis", redis_server.url]
+    ) == 0  # fmt: skip
+    assert "wrote 50 user and 200 item hashes" in capsys.readouterr().out
+    sections = {
+        "rank": {"redis": redis_server.url, "redis_cache_ttl_s": 0, "redis_budget_ms": 2000},
+        "workers": {"executors": [{"backend": "onnxruntime"}]},
+        "plane": {"processes": 1},
+    }
+    server = server_factory([f"mine={imported['artifact']}"], sections)
+    tables = start_tables_twin(imported, server_factory)
+    query = {"user_id": 1007, "candidates": [5003, 5150, 5042, 5199], "k": 4}
+    status, body = server.post("/v1/rank", query)
+    assert status == 200, body
+    assert json.loads(body)["items"] == json.loads(tables.post("/v1/rank", query)[1])["items"]
+    status, body = server.post("/v1/rank", {"user_id": 7, "candidates": [5003]})
+    assert status == 404 and b"unknown user 7" in body
+
+    outcomes: list[tuple[int, bytes]] = []
+    stop = threading.Event()
+
+    def load(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            candidates = rng.choice(np.arange(5000, 5200), 20, replace=False).tolist()
+            outcomes.append(server.post("/v1/rank", {"user_id": 1007, "candidates": candidates}))
+
+    clients = [threading.Thread(target=load, args=(seed,)) for seed in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        wait_for(lambda: len(outcomes) > 20, 60, "ranks before Redis is killed")
+        redis_server.stop()
+        down = len(outcomes)
+        wait_for(lambda: len(outcomes) > down + 20, 60, "ranks while Redis is down")
+        while_down = outcomes[down + 5 :]  # past the requests in flight at the kill
+        restarted = len(outcomes)
+        redis_server.start()  # empty until pushed again: its ids unknown (404) till then
+        main(["features", "push", str(imported["artifact"]), "--users", str(imported["users"]),
+              "--items", str(imported["items"]), "--redis", redis_server.url])  # fmt: skip
+        back = len(outcomes) + len(clients)  # past those in flight while it was refilled
+        wait_for(lambda: len(outcomes) > back + 20, 60, "ranks after Redis is back")
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(60)
+    statuses = [status for status, _ in outcomes[:restarted] + outcomes[back:]]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    refilling = {status for status, _ in outcomes[restarted:back]}
+    assert refilling <= {200, 404, 503}, sorted(refilling)
+    assert {status for status, _ in while_down} == {503}
+    refusal = json.loads(while_down[-1][1])
+    assert refusal["reason"] == "feature_store" and redis_server.url in refusal["error"]
+    assert outcomes[-1][0] == 200, outcomes[-1]
+
+
+def start_tables_twin(imported: dict[str, Path], server_factory: Any) -> Any:
+    """The same model served from the same tables held in memory: the answer to match."""
+    sections = {
+        "rank": {"users": str(imported["users"]), "items": str(imported["items"])},
+        "workers": {"executors": [{"backend": "onnxruntime"}]},
+        "plane": {"processes": 1},
+    }
+    return server_factory([f"mine={imported['artifact']}"], sections)

@@ -74,7 +74,11 @@ RANK_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "an unknown model, user or item", **_ERROR},
     413: {"description": "a body or candidate list over the server's limits", **_ERROR},
     429: {"description": "refused now, to be answered in time: see Retry-After", **_ERROR},
-    503: {"description": "draining, starting, or no feature store", **_ERROR},
+    503: {
+        "description": "draining, starting, no feature store, or the feature store failed "
+        '(reason "feature_store")',
+        **_ERROR,
+    },
 }
 
 
@@ -133,9 +137,9 @@ class RankEndpoint:
             raise UnavailableError(
                 "ranking needs a feature store, and this server has none",
                 "serve an artifact trained on a dataset with users and items "
-                "(movielens-100k), or give this server --users and --items tables",
+                "(movielens-100k), or give this server --users and --items tables or --redis",
             )
-        rows, items = store.rows(query.user_id, query.candidates, query.features)
+        rows, items = await store.fetch(query.user_id, query.candidates, query.features)
         deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)
         scores = await deployment.score(rows, deadline, query.priority)
         return answer_body(

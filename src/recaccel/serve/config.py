@@ -139,12 +139,29 @@ class RankSection:
     # feature store of the dataset the first artifact names in its manifest.
     users: str = ""
     items: str = ""
+    # A Redis online store the rank rows are read from per request instead (serve/
+    # redis_source.py, docs/feature-sources.md): its URL, e.g. "redis://localhost:6379/0".
+    redis: str = ""
+    redis_namespace: str = "recaccel"  # keys are {namespace}:user:{id} and {namespace}:item:{id}
+    redis_budget_ms: float = 20.0  # a request's reads past this: 503, reason feature_store
+    redis_cache_ttl_s: float = 30.0  # rows kept in each front process this long (0: none)
+    redis_cache_rows: int = 200_000  # and at most this many (least recently used go first)
 
     def __post_init__(self) -> None:
         if bool(self.users) != bool(self.items):
             raise ConfigError(
                 "rank.users and rank.items go together",
                 "give both tables (--users and --items), or neither",
+            )
+        if self.redis and self.users:
+            raise ConfigError(
+                "rank.redis and rank.users/items are two feature sources; a server has one",
+                "give either --redis or --users and --items",
+            )
+        if self.redis_budget_ms <= 0 or self.redis_cache_ttl_s < 0 or self.redis_cache_rows < 0:
+            raise ConfigError(
+                "rank.redis_budget_ms must be > 0, redis_cache_ttl_s and redis_cache_rows >= 0",
+                f"got {self.redis_budget_ms}, {self.redis_cache_ttl_s}, {self.redis_cache_rows}",
             )
 
 

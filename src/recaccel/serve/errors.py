@@ -48,3 +48,15 @@ class UnavailableError(RequestError):
     """The server is draining, or the model is not ready."""
 
     status = 503
+
+
+class FeatureStoreError(UnavailableError):
+    """The feature store failed this request: down, slower than the request's budget, or
+    holding a value the schema cannot read. Answered 503 with reason `feature_store` and a
+    Retry-After, so a client or balancer retries elsewhere or later; never a hang or a 500."""
+
+    code = "feature_store"
+
+    def __init__(self, message: str, hint: str = "", *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, hint)
+        self.retry_after_s = retry_after_s

@@ -230,7 +230,8 @@ def row_lookup(catalogue: np.ndarray) -> np.ndarray | None:
 
 class FeatureSource(Protocol):
     """What /v1/rank asks for a request's rows: `FeatureStore` (a dataset's users and items,
-    with raw features and time) or `TableSource` (users and items tables of your own)."""
+    with raw features and time), `TableSource` (users and items tables of your own, in
+    memory) or `RedisSource` (an online store, read per request)."""
 
     schema: FeatureSchema | None  # the features its rows hold; serving checks models against it
     max_candidates: int
@@ -245,9 +246,7 @@ class FeatureSource(Protocol):
         """Every user id it knows."""
         ...
 
-    def knows_user(self, user_id: object) -> bool: ...
-
-    def rows(
+    async def fetch(
         self,
         user_id: int,
         item_ids: Sequence[int] | np.ndarray | None = None,
@@ -255,7 +254,8 @@ class FeatureSource(Protocol):
     ) -> tuple[Rows, np.ndarray]:
         """The rows of `user_id` against each candidate (None: the catalogue), and their ids.
 
-        Raises RequestError (400), PayloadTooLargeError (413) or NotFoundError (404)."""
+        Raises RequestError (400), PayloadTooLargeError (413), NotFoundError (404) or, from a
+        remote store, FeatureStoreError (503)."""
         ...
 
 
@@ -317,6 +317,15 @@ class FeatureStore:
     def knows_user(self, user_id: object) -> bool:
         """Whether `user_id` is a user of the dataset (False for anything not an integer)."""
         return is_user_id_in(user_id, self._user_rows)
+
+    async def fetch(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+        raw: Mapping[str, object] | None = None,
+    ) -> tuple[Rows, np.ndarray]:
+        """`rows`, for serving: in memory, so answered at once."""
+        return self.rows(user_id, item_ids, raw)
 
     def rows(
         self,

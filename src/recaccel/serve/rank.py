@@ -1,7 +1,7 @@
 """/v1/rank: the request, its checks, the top k and the answer, without a framework per call.
 
     query = parse_rank_request(body)                 # RequestError (400) says what is wrong
-    rows, items = store.rows(query.user_id, query.candidates, query.features)
+    rows, items = await store.fetch(query.user_id, query.candidates, query.features)
     body = answer_body(name, version, query.user_id, items, scores, k, server_ms)
 
 This is the server's hottest route. FastAPI's parameter solving and a pydantic model per

@@ -43,6 +43,7 @@ from recaccel.serve.features import FeatureSource, FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
 from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor
+from recaccel.serve.redis_source import RedisSource
 from recaccel.serve.table_source import TableSource
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,12 @@ def dataset_of(artifact: Path) -> Dataset | None:
 def feature_source_for(
     artifact: Path, rank: RankSection, dataset: Dataset | None = None
 ) -> FeatureSource | None:
-    """The users and items tables `rank` names, or else the feature store of the dataset
-    `artifact` was trained on; None (and /v1/rank answers 503) where it has no users and
-    items."""
+    """The Redis store or the users and items tables `rank` names, or else the feature store
+    of the dataset `artifact` was trained on; None (and /v1/rank answers 503) where it has no
+    users and items."""
     schema = FeatureSchema.from_dict(read_manifest(artifact).schema)
+    if rank.redis:
+        return RedisSource(schema, rank)
     if rank.users:
         users, items = Path(rank.users), Path(rank.items)
         return TableSource.from_files(schema, users, items, max_candidates=rank.max_candidates)
@@ -192,7 +195,7 @@ def serve(
     dataset = dataset if dataset is not None else dataset_of(first)
     features = (
         None
-        if dataset is None and not config.rank.users
+        if dataset is None and not (config.rank.users or config.rank.redis)
         else feature_source_for(first, config.rank, dataset)
     )
     calibration = None

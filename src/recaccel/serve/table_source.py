@@ -97,6 +97,15 @@ class TableSource:
     def knows_user(self, user_id: object) -> bool:
         return is_user_id_in(user_id, self._user_rows)
 
+    async def fetch(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+        raw: Mapping[str, object] | None = None,
+    ) -> tuple[Rows, np.ndarray]:
+        """`rows`, for serving: in memory, so answered at once."""
+        return self.rows(user_id, item_ids, raw)
+
     def rows(
         self,
         user_id: int,
