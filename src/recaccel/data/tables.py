@@ -43,12 +43,13 @@ def read_table(path: Path) -> pa.Table:
 
 
 def _column(table: pa.Table, name: str, where: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
+    try:
+        return table.column(name)
+    except KeyError:
         raise ConfigError(
             f"the {where} table has no column {name!r}",
             f"its columns: {', '.join(table.column_names)}",
-        )
-    return table.column(name)
+        ) from None
 
 
 def encoded_side(schema: FeatureSchema, side: Side, table: pa.Table, where: str) -> Rows:
