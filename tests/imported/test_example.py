@@ -3,6 +3,7 @@ PyTorch script, imported three ways, scored on the dataset, optimized where it c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -10,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from redis_process import RedisProcess
 
 from recaccel.artifact import load_artifact
+from recaccel.cli import main
 from recaccel.data.dataset import Dataset, example_batch
 from recaccel.optimize.pipeline import run_recipe
 from recaccel.optimize.recipe import parse_recipe
+from recaccel.serve.config import RankSection
 from recaccel.serve.features import FeatureStore
+from recaccel.serve.redis_source import RedisSource
 from recaccel.serve.table_source import TableSource
 from recaccel.train.imports import import_artifact
 from recaccel.train.trainer import TrainConfig
@@ -164,3 +169,28 @@ def test_the_examples_feature_tables_serve_the_imported_models_rows(
     want, _ = store.rows(user, store.catalogue[:7].tolist())
     for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_examples_tables_pushed_to_redis_serve_the_same_rows(
+    exported: Path, imported: dict[str, Path], tiny_dataset: Dataset, redis_server: RedisProcess
+) -> None:
+    tables = [
+        "--users",
+        str(exported / "users.parquet"),
+        "--items",
+        str(exported / "items.parquet"),
+    ]
+    assert (
+        main(["features", "push", str(imported["onnx"]), *tables, "--redis", redis_server.url]) == 0
+    )
+    artifact = load_artifact(imported["onnx"])
+    source = RedisSource(artifact.schema, RankSection(redis=redis_server.url))
+    store = FeatureStore.from_dataset(tiny_dataset)
+    assert tiny_dataset.encoding is not None
+    np.testing.assert_array_equal(source.catalogue, store.catalogue)
+    for user in tiny_dataset.encoding.users.ids[:3].tolist():
+        candidates = store.catalogue[user : user + 9].tolist()
+        got, _ = asyncio.run(source.fetch(user, candidates))
+        want, _ = store.rows(user, candidates)
+        for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
