@@ -13,9 +13,13 @@ from user_models import SCHEMA, UserModel, reference_logits
 from recaccel.artifact import load_artifact
 from recaccel.cli import main
 from recaccel.data.dataset import Dataset, example_batch
+from recaccel.deploy.triton import read_model_config, write_triton_model
+from recaccel.deploy.triton_plan import TritonOptions
 from recaccel.errors import ConfigError
 from recaccel.imported.model import import_model
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, load_executor
+from recaccel.runtime.export import onnx_session
+from recaccel.serve.config import ServeConfig
 from recaccel.train.imports import import_artifact
 from recaccel.train.metrics import evaluate
 from recaccel.train.trainer import predict
@@ -52,6 +56,26 @@ def test_onnx_runtime_serves_every_form_with_the_binding_inside_the_graph(
     expected = torch.sigmoid(reference_logits(user_model.module, *batch.as_tuple())).numpy()
     with load_executor(artifact, ExecutorConfig(backend="onnxruntime")) as executor:
         np.testing.assert_allclose(executor.run(batch), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_deploy_triton_writes_a_repository_whose_graph_scores_as_the_users_model(
+    user_model: UserModel, form: str, tmp_path: Path
+) -> None:
+    """The Triton repository of an import: its ONNX file, fed the config's inputs by name,
+    gives the user's model's logits (the binding travels inside the graph)."""
+    artifact_path = _import(user_model, form, tmp_path / form)
+    write_triton_model(artifact_path, tmp_path / "repo", TritonOptions(name="mine"), ServeConfig())
+    config = read_model_config(tmp_path / "repo" / "mine")
+    artifact = load_artifact(artifact_path)
+    batch = example_batch(artifact.schema, 9, seed=8)
+    arrays = dict(zip(("dense", "categorical", "multi_hot"), batch.as_tuple(), strict=True))
+    feeds = {tensor.name: arrays[tensor.name].numpy() for tensor in config.input}
+    [output] = config.output
+    model_file = tmp_path / "repo" / "mine" / "1" / "model.onnx"
+    [got] = onnx_session(model_file).run([output.name], feeds)
+    expected = reference_logits(user_model.module, *batch.as_tuple()).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["torch-eager", "torch-compile", "torch-aot"])
