@@ -29,7 +29,7 @@ from recaccel.data.movielens import (
 from recaccel.data.movielens_source import MovieLensTables
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
-from recaccel.serve.features import FeatureStore
+from recaccel.serve.features import FeatureStore, catalogue_rows, row_lookup
 
 SAMPLE = 40  # rows checked per split
 PART = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
@@ -370,3 +370,23 @@ def test_real_movielens_rows_are_reproduced() -> None:
         np.testing.assert_array_equal(batch.dense[0], data.dense[i])
         np.testing.assert_array_equal(batch.categorical[0], data.categorical[i])
         np.testing.assert_array_equal(batch.multi_hot[0], data.multi_hot[i])
+
+
+@pytest.mark.parametrize("spread", [False, True])  # ids in a lookup table, or binary search
+def test_catalogue_rows_finds_every_known_id_and_names_every_unknown_one(spread: bool) -> None:
+    rng = np.random.default_rng(0)
+    catalogue = np.unique(rng.integers(0, 200, 60)) * (1 << 40 if spread else 1)
+    lookup = row_lookup(catalogue)
+    assert (lookup is None) == spread
+    edges = np.array([-1, 0, 1, catalogue[-1], catalogue[-1] + 1, 1 << 62])
+    for _ in range(200):
+        ids = rng.choice(np.concatenate([catalogue, edges, catalogue + 1]), 5, replace=False)
+        known = np.isin(ids, catalogue)
+        if known.all():
+            rows = catalogue_rows(ids, catalogue, lookup, "hint")
+            np.testing.assert_array_equal(catalogue[rows], ids)
+        else:
+            with pytest.raises(NotFoundError) as error:
+                catalogue_rows(ids, catalogue, lookup, "hint")
+            for unknown in ids[~known].tolist():
+                assert str(unknown) in error.value.message
