@@ -27,6 +27,8 @@ from recaccel.data.movielens import (
     per_user_time_split,
 )
 from recaccel.data.movielens_source import MovieLensTables
+from recaccel.data.rank_rows import RawFeatureError, UnknownUserError
+from recaccel.data.rows import Rows
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
 from recaccel.serve.features import FeatureStore, catalogue_rows, row_lookup
@@ -77,7 +79,7 @@ def test_rows_at_now_are_the_encodings_rows_bit_for_bit(
     for row, user in enumerate(encoding.users.ids.tolist()):
         fast, _ = store.rows(user, items)
         slow = encoding.encode_rows(
-            encoding.users, np.array([row]), item_rows, np.array([float(store.now)])
+            encoding.users, np.array([row]), item_rows, np.array([float(encoding.last_timestamp)])
         )
         for got, want in zip(fast.as_tuple(), slow, strict=True):
             assert got.dtype == want.dtype
@@ -163,13 +165,17 @@ def test_numpy_candidates_are_accepted_and_never_aliased(store: FeatureStore) ->
     assert again.categorical[:, COL["item_id"]].tolist() == [5, 6, 7]
 
 
-def test_now_is_the_datasets_last_rating(store: FeatureStore, tiny_tables: MovieLensTables) -> None:
-    assert store.now == int(tiny_tables.ratings["timestamp"].max())
+def test_now_is_the_datasets_last_rating(
+    store: FeatureStore, tiny_dataset: Dataset, tiny_tables: MovieLensTables
+) -> None:
+    assert tiny_dataset.encoding is not None
+    now = tiny_dataset.encoding.rank_rows().now
+    assert now == int(tiny_tables.ratings["timestamp"].max())
     items = [2, 3]  # item 1 has no release year, so no movie age
-    at_now, _ = store.rows(4, items, raw={"timestamp": store.now})
+    at_now, _ = store.rows(4, items, raw={"timestamp": now})
     default, _ = store.rows(4, items)
     np.testing.assert_array_equal(default.dense, at_now.dense)
-    later, _ = store.rows(4, items, raw={"timestamp": store.now + 365 * 86_400})
+    later, _ = store.rows(4, items, raw={"timestamp": now + 365 * 86_400})
     movie_age, tenure = DENSE_COL["movie_age"], DENSE_COL["user_tenure"]
     assert (later.dense[:, movie_age] > default.dense[:, movie_age]).all()
     assert (later.dense[:, tenure] > default.dense[:, tenure]).all()
@@ -390,3 +396,38 @@ def test_catalogue_rows_finds_every_known_id_and_names_every_unknown_one(spread:
                 catalogue_rows(ids, catalogue, lookup, "hint")
             for unknown in ids[~known].tolist():
                 assert str(unknown) in error.value.message
+
+
+class TwoUsers:
+    """A `RankRows` of no dataset: rows are (user row, item row), one raw value, `boost`."""
+
+    user_ids = np.array([10, 20])
+    item_ids = np.array([1, 2, 3])
+    raw_features = ("boost",)
+    user_features = ("boost",)
+
+    def rows(self, user_row: int | None, item_rows: np.ndarray, raw: object) -> Rows:
+        boost = (raw or {}).get("boost") if isinstance(raw, dict) else None
+        if boost is not None and not isinstance(boost, int):
+            raise RawFeatureError("boost must be an integer", "e.g. 2")
+        if user_row is None and boost is None:
+            raise UnknownUserError("nobody")
+        n = len(item_rows)
+        user = -1 if user_row is None else user_row
+        categorical = np.stack([np.full(n, user), item_rows], axis=1)
+        return Rows(np.zeros((n, 0), np.float32), categorical, np.zeros((n, 0, 1), np.int64))
+
+
+def test_the_store_serves_any_datasets_rank_rows_and_answers_its_refusals() -> None:
+    store = FeatureStore(TwoUsers())
+    rows, ids = store.rows(20, [3, 1])
+    assert ids.tolist() == [3, 1] and rows.categorical.tolist() == [[1, 2], [1, 0]]
+    rows, _ = store.rows(99, [2], {"boost": 1})  # a new user, described by a raw value
+    assert rows.categorical.tolist() == [[-1, 1]]
+    with pytest.raises(NotFoundError, match="unknown user 99") as error:
+        store.rows(99, [2])
+    assert "(boost)" in error.value.hint
+    with pytest.raises(RequestError, match="boost must be an integer"):
+        store.rows(10, [2], {"boost": "lots"})
+    with pytest.raises(NotFoundError, match="unknown item id"):
+        store.rows(10, [4])

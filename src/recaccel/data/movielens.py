@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from recaccel.data.dataset import Dataset, Split
 from recaccel.data.movielens_source import MovieLensTables
 from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ChecksumError
+
+if TYPE_CHECKING:
+    from recaccel.data.movielens_rank import MovieLensRankRows
 
 LIKED_RATING = 4
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -235,6 +238,12 @@ class MovieLensEncoding:
         categorical[:, _USER_COLUMNS] = users.categorical.take(user_rows, axis=0)
         categorical[:, _ITEM_COLUMNS] = items.categorical.take(item_rows, axis=0)
         return dense, categorical, items.genres.take(item_rows, axis=0)
+
+    def rank_rows(self) -> MovieLensRankRows:
+        """What `/v1/rank`'s store builds a request's rows with (movielens_rank.py)."""
+        from recaccel.data.movielens_rank import MovieLensRankRows  # it imports this module
+
+        return MovieLensRankRows(self)
 
     def at(self, rated_at: float) -> EncodedAt:
         """Every user's and every item's share of a row scored at `rated_at`, encoded once:

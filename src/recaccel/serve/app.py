@@ -136,8 +136,8 @@ class RankEndpoint:
         if store is None:
             raise UnavailableError(
                 "ranking needs a feature store, and this server has none",
-                "serve an artifact trained on a dataset with users and items "
-                "(movielens-100k), or give this server --users and --items tables or --redis",
+                "serve an artifact trained on a dataset with users and items, or give this "
+                "server --users and --items tables, or --redis",
             )
         rows, items = await store.fetch(query.user_id, query.candidates, query.features)
         deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)

@@ -1,28 +1,11 @@
 """The embedded feature store: (user id, candidate item ids) -> the model's input rows.
 
-/v1/rank scores one user against candidate items. The model learned from rows the dataset
-pipeline encoded, and a served score equals the model's score on the same (user, item) row only
-if serving encodes that row the same way. So this module re-implements no encoding: it keeps the
-dataset's `MovieLensEncoding` (every user and item encoded once, plus the training statistics
-that standardise the dense features) and sends each request's rows through the same
-encoding the training rows went through. Most requests are scored at the store's now with
-stored users: for those, every user's and every item's share of a row is encoded once at
-start-up (`MovieLensEncoding.at`), and a request costs two numpy gathers. A request with its
-own time or raw user values goes through `encode_rows` itself. Either way: numpy arrays
-(`Rows`), no torch, no pandas and no per-row Python.
-
-Time. Two dense features depend on when a row is scored: the movie's age and the user's
-tenure. A request is scored "now", and the store's now is the dataset's last rating time, the
-end of the catalogue's time frame, not the wall clock: MovieLens-100K ends in April 1998, and
-a wall-clock now would put every row decades past anything the model saw, far outside the
-range its dense inputs were standardised on. A request may name its own time with the raw
-feature `timestamp` (unix seconds), which is also how a dataset row is reproduced at its time.
-
-Raw features. A request may carry raw user values (`age`, `gender`, `occupation`,
-`zip_code`) that replace the stored ones for every row, encoded as training encodes them,
-including its rule that a string outside a vocabulary is the unknown id 0. That is how a user
-the store does not know is scored: with at least one raw user feature it is a new user (unknown
-user id, features it did not send unknown, no rating history so tenure 0); with none it is 404.
+/v1/rank scores one user against candidate items. A dataset with users and items (MovieLens,
+a dataset spec of your own) says how its rows are encoded through the `RankRows` protocol
+(data/rank_rows.py): the raw values a request may bring, what time means, how a new user is
+encoded. The store here is the HTTP side of it, the same for every dataset: the candidate
+list checked, the user and the items found, the dataset's refusals answered as statuses.
+Other sources of rows (tables of your own, Redis) share the protocol below and the checks.
 
 Candidates. Absent means the whole catalogue. Otherwise a non-empty list of distinct integer
 item ids, at most `max_candidates` (413 beyond). Duplicates are refused (400): top-k over a
@@ -32,116 +15,20 @@ quietly would answer fewer rows than the client sent.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from recaccel.data.dataset import Dataset
-from recaccel.data.movielens import AGE_BINS, MovieLensEncoding, UserTable
+from recaccel.data.rank_rows import RankRows, RawFeatureError, UnknownUserError
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
 
 DEFAULT_MAX_CANDIDATES = 10_000
-USER_FEATURES = ("age", "gender", "occupation", "zip_code")
-RAW_FEATURES = (*USER_FEATURES, "timestamp")
 _SHOWN = 10  # ids named in one error message
-_MIN_AGE, _MAX_AGE = AGE_BINS[0], AGE_BINS[-1]  # the ages the training encoding has buckets for
-# Unix seconds up to 2106 (2**32): past that a movie's age, in float32, is no longer a number a
-# model has any use for, and far enough past it is inf.
-_MAX_TIMESTAMP = 2**32
-
-
-@dataclass(frozen=True)
-class RawFeatures:
-    """A request's raw feature values; None where it sent none."""
-
-    age: float | None = None
-    gender: str | None = None
-    occupation: str | None = None
-    zip_code: str | None = None
-    timestamp: float | None = None
-
-    @property
-    def describes_user(self) -> bool:
-        """Whether any raw user feature (USER_FEATURES) was sent."""
-        return not (
-            self.age is None
-            and self.gender is None
-            and self.occupation is None
-            and self.zip_code is None
-        )
-
-
-def _as_float(value: object) -> float:
-    """An int or float (numpy's too) as a float; NaN for anything else, bool included (JSON
-    true is not a number of years) and ints too large for a float."""
-    if isinstance(value, bool | np.bool_) or not isinstance(
-        value, int | float | np.integer | np.floating
-    ):
-        return math.nan
-    try:
-        return float(value)
-    except OverflowError:
-        return math.nan
-
-
-def _number(name: str, value: object, low: float, high: float, what: str) -> float:
-    number = _as_float(value)
-    if not low <= number < high:  # NaN and inf fail too
-        raise RequestError(f"raw feature {name!r} must be {what}, got {value!r}")
-    return number
-
-
-def _string(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise RequestError(
-            f"raw feature {name!r} must be a string, got {value!r} ({type(value).__name__})"
-        )
-    return value
-
-
-def parse_raw(raw: Mapping[str, object] | None) -> RawFeatures:
-    """Check a request's raw feature values: known names, right types, ages and times in range.
-
-    Strings are not checked against a vocabulary: training encodes a value outside it as the
-    unknown id 0, and so does serving.
-    """
-    if raw is None:
-        return RawFeatures()
-    if not isinstance(raw, Mapping):
-        raise RequestError(
-            f"raw features must be an object of name: value, got {type(raw).__name__}",
-            f"known features: {', '.join(RAW_FEATURES)}",
-        )
-    unknown = sorted(str(name) for name in raw if name not in RAW_FEATURES)
-    if unknown:
-        raise RequestError(
-            f"unknown raw feature(s): {', '.join(unknown)}",
-            f"known features: {', '.join(RAW_FEATURES)}",
-        )
-    numbers: dict[str, float] = {}
-    strings: dict[str, str] = {}
-    for name, value in raw.items():
-        if name == "age":
-            what = f"a number of years from {_MIN_AGE} to {_MAX_AGE - 1}"
-            numbers[name] = _number(name, value, _MIN_AGE, _MAX_AGE, what)
-        elif name == "timestamp":
-            what = f"unix seconds from 0 to {_MAX_TIMESTAMP - 1}"
-            numbers[name] = _number(name, value, 0, _MAX_TIMESTAMP, what)
-        else:
-            strings[name] = _string(name, value)
-    return RawFeatures(
-        age=numbers.get("age"),
-        gender=strings.get("gender"),
-        occupation=strings.get("occupation"),
-        zip_code=strings.get("zip_code"),
-        timestamp=numbers.get("timestamp"),
-    )
 
 
 def describe_ids(ids: np.ndarray) -> str:
@@ -260,30 +147,27 @@ class FeatureSource(Protocol):
 
 
 class FeatureStore:
-    """Users and items encoded once at start-up; `rows` builds a request's model input.
-
-    `now` is the time a request without a `timestamp` is scored at: the dataset's last rating.
+    """A dataset's users and items, encoded once at start-up; `rows` builds a request's model
+    input through the dataset's `RankRows` (module docstring).
 
     Args:
-        encoding: the dataset's encoding (`Dataset.encoding`).
+        rank_rows: the dataset's (`Dataset.encoding.rank_rows()`).
         max_candidates: the longest candidate list a request may send (413 beyond).
     """
 
     def __init__(
-        self, encoding: MovieLensEncoding, *, max_candidates: int = DEFAULT_MAX_CANDIDATES
+        self, rank_rows: RankRows, *, max_candidates: int = DEFAULT_MAX_CANDIDATES
     ) -> None:
         if max_candidates < 1:
             raise ConfigError(f"max_candidates={max_candidates} < 1", "allow at least 1")
-        self._encoding = encoding
+        self._rank_rows = rank_rows
         self.max_candidates = max_candidates
         # A dict answers one user id in ~50 ns; users are looked up one per request.
-        self._user_rows = {int(u): row for row, u in enumerate(encoding.users.ids.tolist())}
-        self._catalogue = encoding.items.ids.copy()
+        self._user_rows = {int(u): row for row, u in enumerate(rank_rows.user_ids.tolist())}
+        self._catalogue = rank_rows.item_ids.copy()
         self._catalogue.setflags(write=False)
         self._row_of_id = row_lookup(self._catalogue)
         self._all_items = np.arange(len(self._catalogue))
-        self.now = encoding.last_timestamp
-        self._at_now = encoding.at(self.now)
         # The schema of the dataset the store was built from; serving checks a model's
         # against it, so rows are never encoded for a model trained on other vocabularies.
         self.schema: FeatureSchema | None = None
@@ -300,7 +184,7 @@ class FeatureStore:
                 "tables (--users, --items), or serve a dataset that has them (movielens-100k, "
                 "criteo-synthetic, a dataset spec of your own)",
             )
-        store = cls(dataset.encoding, max_candidates=max_candidates)
+        store = cls(dataset.encoding.rank_rows(), max_candidates=max_candidates)
         store.schema = dataset.schema
         return store
 
@@ -312,7 +196,7 @@ class FeatureStore:
     @property
     def user_ids(self) -> np.ndarray:
         """Every user id of the dataset."""
-        return self._encoding.users.ids
+        return self._rank_rows.user_ids
 
     def knows_user(self, user_id: object) -> bool:
         """Whether `user_id` is a user of the dataset (False for anything not an integer)."""
@@ -338,53 +222,35 @@ class FeatureStore:
         Args:
             user_id: a user the store knows, or any id when `raw` describes the user.
             item_ids: candidate item ids, distinct; None ranks the whole catalogue.
-            raw: raw feature values (RAW_FEATURES) that replace the stored ones in every row;
-                `timestamp` scores the rows at that time instead of `self.now`.
+            raw: raw feature values (the dataset's `raw_features`) that replace the stored
+                ones in every row.
 
         Returns:
             The rows and the int64 item ids in their order (the request's order).
 
         Raises:
-            RequestError: a malformed request (400); PayloadTooLargeError: too many candidates
-            (413); NotFoundError: an unknown user without raw features, or unknown items (404).
+            RequestError: a malformed request or raw value (400); PayloadTooLargeError: too
+            many candidates (413); NotFoundError: an unknown user without raw features, or
+            unknown items (404).
         """
         user = user_id_of(user_id)
-        features = parse_raw(raw)
         ids = (
             self._catalogue.copy()
             if item_ids is None
             else candidate_ids(item_ids, self.max_candidates)
         )
-        users, user_row = self._user(user, features)
         item_rows = self._all_items if item_ids is None else self._item_rows(ids)
-        if users is self._encoding.users and features.timestamp in (None, self.now):
-            return Rows(*self._at_now.rows(user_row, item_rows)), ids
-        rated_at = float(self.now if features.timestamp is None else features.timestamp)
-        # One user at one time against every candidate: length-1 rows broadcast.
-        encoded = self._encoding.encode_rows(
-            users, np.array([user_row]), item_rows, np.array([rated_at])
-        )
-        return Rows(*encoded), ids
-
-    def _user(self, user: int, features: RawFeatures) -> tuple[UserTable, int]:
-        """The user table and row the request's rows take their user features from."""
-        row = self._user_rows.get(user)
-        if not features.describes_user:
-            if row is None:
-                raise NotFoundError(
-                    f"unknown user {user}",
-                    "send a known user_id, or the user's raw features "
-                    f"({', '.join(USER_FEATURES)}) to score a new user",
-                )
-            return self._encoding.users, row
-        one = self._encoding.user(
-            row,
-            age=features.age,
-            gender=features.gender,
-            occupation=features.occupation,
-            zip_code=features.zip_code,
-        )
-        return one, 0
+        rank_rows = self._rank_rows
+        try:
+            return rank_rows.rows(self._user_rows.get(user), item_rows, raw), ids
+        except RawFeatureError as error:
+            raise RequestError(error.message, error.hint) from None
+        except UnknownUserError:
+            raise NotFoundError(
+                f"unknown user {user}",
+                "send a known user_id, or the user's raw features "
+                f"({', '.join(rank_rows.user_features)}) to score a new user",
+            ) from None
 
     def _item_rows(self, ids: np.ndarray) -> np.ndarray:
         """Each id's row in the catalogue; NotFoundError naming the ids it does not hold."""
