@@ -669,7 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="fetch, cache and summarise a dataset")
     data.add_argument(
-        "--dataset", default="movielens-100k", help="movielens-100k (default) or criteo-synthetic"
+        "--dataset",
+        default="movielens-100k",
+        help="movielens-100k (default), criteo-synthetic, or a dataset spec file of your own "
+        "(.toml: your interactions, users and items; docs/importing.md)",
     )
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(run=_cmd_data)
