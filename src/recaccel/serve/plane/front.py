@@ -279,6 +279,10 @@ class Supervisor:
         front.process.join(5)  # reaped: its exit code is known
         front.channel.close()
         assert self._state is not None
+        # Its last published readiness, read before it is cleared: a front killed between
+        # becoming ready (clients saw it so) and `_watch_readiness`'s next look was taken for
+        # one that never started, and its death stopped the whole server.
+        front.ever_ready = front.ever_ready or bool(self._state.ready[front.index])
         self._state.ready[front.index] = 0
         _forget_metrics_of(front.process.pid)
         if self._fronts.get(front.index) is front:
