@@ -139,8 +139,12 @@ class RankEndpoint:
                 "serve an artifact trained on a dataset with users and items, or give this "
                 "server --users and --items tables, or --redis",
             )
-        rows, items = await store.fetch(query.user_id, query.candidates, query.features)
         deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)
+        if store.remote and isinstance(query.candidates, list):
+            # A remote store's read costs a round trip and its server's work: a request that
+            # admission would refuse is refused before it (once more after, as every request).
+            deployment.admit(len(query.candidates), deadline, query.priority)
+        rows, items = await store.fetch(query.user_id, query.candidates, query.features)
         scores = await deployment.score(rows, deadline, query.priority)
         return answer_body(
             deployment.name,

@@ -310,9 +310,11 @@ class Deployment:
 
     # the request path ------------------------------------------------------------------------
 
-    async def score(self, batch: Rows, deadline: float, priority: int = 0) -> np.ndarray:
-        """Click probabilities for `batch`'s rows, by `deadline` (time.monotonic()) or a 429."""
-        now = time.monotonic()
+    def admit(self, rows: int, deadline: float, priority: int = 0, now: float | None = None) -> int:
+        """Refuse now (503 not serving, 429 overloaded or late) a request of `rows` rows that
+        `score` would refuse; else the parts it is cut into. `score` calls it; a caller about
+        to spend time on a request's rows first (a remote feature store) calls it before."""
+        now = time.monotonic() if now is None else now
         if self.draining or not self.ready:
             raise UnavailableError(
                 f"model {self.model.name} version {self.model.version} is not serving "
@@ -320,8 +322,14 @@ class Deployment:
             )
         latency = self.latency
         workers = sum(len(k.workers) for k in self.kinds)
-        parts = batcher_policy.split_count(len(batch), workers, latency, self.config.slo.p99_ms / 2)
-        self._admit(len(batch), parts, now, deadline, priority, latency, workers)
+        parts = batcher_policy.split_count(rows, workers, latency, self.config.slo.p99_ms / 2)
+        self._admit(rows, parts, now, deadline, priority, latency, workers)
+        return parts
+
+    async def score(self, batch: Rows, deadline: float, priority: int = 0) -> np.ndarray:
+        """Click probabilities for `batch`'s rows, by `deadline` (time.monotonic()) or a 429."""
+        now = time.monotonic()
+        parts = self.admit(len(batch), deadline, priority, now)
         request = Request(
             batch, now, deadline, asyncio.get_running_loop().create_future(), priority
         )

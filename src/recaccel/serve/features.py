@@ -122,6 +122,7 @@ class FeatureSource(Protocol):
 
     schema: FeatureSchema | None  # the features its rows hold; serving checks models against it
     max_candidates: int
+    remote: bool  # a read leaves the process (admission is checked before it, app.py)
 
     @property
     def catalogue(self) -> np.ndarray:
@@ -162,6 +163,7 @@ class FeatureStore:
             raise ConfigError(f"max_candidates={max_candidates} < 1", "allow at least 1")
         self._rank_rows = rank_rows
         self.max_candidates = max_candidates
+        self.remote = False
         # A dict answers one user id in ~50 ns; users are looked up one per request.
         self._user_rows = {int(u): row for row, u in enumerate(rank_rows.user_ids.tolist())}
         self._catalogue = rank_rows.item_ids.copy()

@@ -39,8 +39,9 @@ class RankRequest(BaseModel):
     k: int | None = Field(default=None, ge=1, description="how many items to return")
     features: dict[str, Any] | None = Field(
         default=None,
-        description="raw feature values overriding the stored ones (e.g. age, gender, "
-        "occupation, zip_code, timestamp), so an unknown user can still be ranked",
+        description="raw feature values in place of the stored ones, where the server's "
+        "feature store takes them (a dataset's own store: its raw user fields and time, so an "
+        "unknown user can still be ranked; tables and Redis take none)",
     )
     model: str | None = Field(default=None, description="model name; absent: the default")
     deadline_ms: float | None = Field(

@@ -86,6 +86,7 @@ class RedisSource:
             raise ConfigError("a Redis feature source needs rank.redis, the store's URL")
         self.schema: FeatureSchema | None = schema
         self.max_candidates = rank.max_candidates
+        self.remote = True
         self._rank = rank
         self._fields = {side: [f.name for f in side_features(schema, side)] for side in Side}
         self._catalogues: dict[Side, np.ndarray] = {}

@@ -61,6 +61,7 @@ class TableSource:
             raise ConfigError(f"max_candidates={max_candidates} < 1", "allow at least 1")
         self.schema: FeatureSchema | None = schema
         self.max_candidates = max_candidates
+        self.remote = False
         user_ids = table_keys(users, Side.REQUEST, "users")
         self._user_rows = {int(u): row for row, u in enumerate(user_ids.tolist())}
         self._users = encoded_side(schema, Side.REQUEST, users, "users")
