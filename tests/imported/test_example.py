@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 from redis_process import RedisProcess
+from starlette.testclient import TestClient
 
 from recaccel.artifact import load_artifact
 from recaccel.cli import main
 from recaccel.data.dataset import Dataset, example_batch
 from recaccel.optimize.pipeline import run_recipe
 from recaccel.optimize.recipe import parse_recipe
-from recaccel.serve.config import RankSection
+from recaccel.serve.config import RankSection, load_serve_config
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.redis_source import RedisSource
+from recaccel.serve.server import build_app
 from recaccel.serve.table_source import TableSource
 from recaccel.train.imports import import_artifact
 from recaccel.train.trainer import TrainConfig
@@ -194,3 +196,40 @@ def test_the_examples_tables_pushed_to_redis_serve_the_same_rows(
         want, _ = store.rows(user, candidates)
         for ours, theirs in zip(got.as_tuple(), want.as_tuple(), strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_example_serves_and_ranks_over_http_from_its_tables_and_from_redis(
+    exported: Path, imported: dict[str, Path], tiny_dataset: Dataset, redis_server: RedisProcess
+) -> None:
+    """What the example's README runs with `recaccel serve` and curl, in process: the ONNX
+    import served from users.parquet and items.parquet, then from Redis; both rankings are the
+    model's own scores of the dataset's rows."""
+    users, items = exported / "users.parquet", exported / "items.parquet"
+    artifact = load_artifact(imported["onnx"])
+    push = ["features", "push", str(imported["onnx"]), "--users", str(users)]
+    assert main([*push, "--items", str(items), "--redis", redis_server.url]) == 0
+    config = load_serve_config(None, {"workers": {"executors": [{"backend": "onnxruntime"}]}})
+    sources = {
+        "tables": TableSource.from_files(artifact.schema, users, items),
+        "redis": RedisSource(artifact.schema, RankSection(redis=redis_server.url)),
+    }
+    store = FeatureStore.from_dataset(tiny_dataset)
+    assert tiny_dataset.encoding is not None
+    user = int(tiny_dataset.encoding.users.ids[1])
+    candidates = store.catalogue[:12].tolist()
+    rows, _ = store.rows(user, candidates)
+    with torch.no_grad():
+        logits = artifact.model(*(torch.from_numpy(a) for a in rows.as_tuple()))
+    expected = dict(zip(candidates, torch.sigmoid(logits).tolist(), strict=True))
+    best_first = sorted(expected, key=lambda item: -expected[item])
+    for name, source in sources.items():
+        app = build_app({"mine": imported["onnx"]}, config, features=source)
+        with TestClient(app) as client:
+            answer = client.post("/v1/rank", json={"user_id": user, "candidates": candidates})
+            assert answer.status_code == 200, (name, answer.text)
+            ranked = answer.json()["items"]
+            assert [i["item_id"] for i in ranked] == best_first[:10], name
+            for item in ranked:
+                assert item["score"] == pytest.approx(expected[item["item_id"]], abs=1e-5)
+            unknown = client.post("/v1/rank", json={"user_id": user, "candidates": [10**9]})
+            assert unknown.status_code == 404, name
