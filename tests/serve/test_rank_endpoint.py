@@ -70,3 +70,11 @@ def test_a_refused_request_reads_a_remote_store_never_and_a_local_one_once(remot
     assert answer.status_code == 429 and answer.json()["reason"] == "server_overloaded"
     assert store.reads == (0 if remote else 1)
     assert deployment.admitted_rows == [3]  # judged on the request's own candidate count
+
+
+def test_a_candidate_list_past_the_limit_is_left_to_the_store_to_refuse_as_too_large() -> None:
+    """Not a 429 first: the store's 413 says what to fix (this fake store reads it anyway)."""
+    store, deployment = Store(remote=True), Overloaded()
+    client = TestClient(RankEndpoint(Repository(store, deployment), ServeConfig()))  # type: ignore[arg-type]
+    client.post("/v1/rank", json={"user_id": 1, "candidates": list(range(101))})
+    assert store.reads == 1  # no admission before the read

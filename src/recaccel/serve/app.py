@@ -140,10 +140,16 @@ class RankEndpoint:
                 "server --users and --items tables, or --redis",
             )
         deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)
-        if store.remote and isinstance(query.candidates, list):
+        candidates = query.candidates
+        if (
+            store.remote
+            and isinstance(candidates, list)
+            and len(candidates) <= store.max_candidates
+        ):
             # A remote store's read costs a round trip and its server's work: a request that
             # admission would refuse is refused before it (once more after, as every request).
-            deployment.admit(len(query.candidates), deadline, query.priority)
+            # A list past the limit goes on to its 413, which says what to fix.
+            deployment.admit(len(candidates), deadline, query.priority)
         rows, items = await store.fetch(query.user_id, query.candidates, query.features)
         scores = await deployment.score(rows, deadline, query.priority)
         return answer_body(
