@@ -53,6 +53,8 @@ def test_rows_from_redis_are_the_rows_of_the_tables_written_there(
         for a, b in zip(got.as_tuple(), want.as_tuple(), strict=True):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
+    with redis_server.client() as client:
+        client.hset("t:item:draft", "price", "1.0")  # a key of someone else's: not an id
     np.testing.assert_array_equal(source.catalogue, [4, 9, 20])
     np.testing.assert_array_equal(source.user_ids, [1, 3, 7])
 

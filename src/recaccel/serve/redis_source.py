@@ -117,7 +117,8 @@ class RedisSource:
             try:
                 with redis.Redis.from_url(self._rank.redis) as client:
                     keys = client.scan_iter(match=prefix + b"*", count=10_000)
-                    ids = sorted(int(key[len(prefix) :]) for key in keys)
+                    tails = (key[len(prefix) :] for key in keys)
+                    ids = sorted(int(t) for t in tails if t.lstrip(b"-").isdigit())
             except RedisError as error:
                 raise FeatureStoreError(f"Redis at {self._rank.redis} failed: {error}") from None
             self._catalogues[side] = np.asarray(ids, dtype=np.int64)
