@@ -59,6 +59,20 @@ def test_rows_from_redis_are_the_rows_of_the_tables_written_there(
     np.testing.assert_array_equal(source.user_ids, [1, 3, 7])
 
 
+def test_a_cache_smaller_than_a_request_still_gives_each_candidate_its_own_row(
+    redis_server: RedisProcess,
+) -> None:
+    """Two rows held, three asked: the row read for 20 takes the slot of 4, a hit of the same
+    request, which must already have been taken."""
+    source = source_for(redis_server, redis_cache_rows=2)
+    tables = TableSource(SCHEMA, users(), items())
+    for candidates in ([4, 9], [4, 9, 20], [20, 4, 9], [9]):
+        got, _ = fetch(source, 7, candidates)
+        want, _ = tables.rows(7, candidates)
+        for a, b in zip(got.as_tuple(), want.as_tuple(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_a_request_redis_cannot_answer_is_refused_with_its_status(
     redis_server: RedisProcess,
 ) -> None:

@@ -150,6 +150,9 @@ class RedisSource:
         users_cache, items_cache = self._caches()
         slots = items_cache.find(items, now) if items_cache else np.full(len(items), -1)
         unread = [i for i, slot in zip(items, slots.tolist(), strict=True) if slot < 0]
+        hit = slots >= 0
+        # Taken before the read: writing what it reads may reuse the hits' slots.
+        cached = items_cache.take(slots[hit]) if items_cache and hit.any() else None
         user_row = None
         if self._fields[Side.REQUEST]:  # a model with no request-side feature reads no user
             slot = users_cache.find([user], now) if users_cache else np.full(1, -1)
@@ -163,21 +166,16 @@ class RedisSource:
             if unread:
                 fresh = self._known(Side.CANDIDATE, unread, item_hashes, items_cache, now)
         if fresh is None:
-            assert items_cache is not None  # every candidate was a hit
-            rows = items_cache.take(slots)
-        elif len(unread) == len(items):
+            assert cached is not None  # every candidate was a hit
+            rows = cached
+        elif cached is None:
             rows = fresh
         else:  # the hits from the cache, the rest as just read, each at its candidate's place
-            assert items_cache is not None
             rows = self._empty(len(items))
-            hit = slots >= 0
-            for out, cached, read in zip(
-                rows.as_tuple(),
-                items_cache.take(slots[hit]).as_tuple(),
-                fresh.as_tuple(),
-                strict=True,
+            for out, old, read in zip(
+                rows.as_tuple(), cached.as_tuple(), fresh.as_tuple(), strict=True
             ):
-                out[hit] = cached
+                out[hit] = old
                 out[~hit] = read
         if user_row is not None:  # the user's columns added to each candidate's (theirs are 0)
             for out, mine in zip(rows.as_tuple(), user_row.as_tuple(), strict=True):
