@@ -54,7 +54,7 @@ def _column(table: pa.Table, name: str, where: str) -> pa.ChunkedArray:
 
 def encoded_side(schema: FeatureSchema, side: Side, table: pa.Table, where: str) -> Rows:
     """The side's features of every row of `table` (see `encoded`)."""
-    return encoded(schema, [f for f in schema.features if f.side is side], table, where)
+    return encoded(schema, schema.on_side(side), table, where)
 
 
 def encoded(

@@ -15,6 +15,7 @@ quietly would answer fewer rows than the client sent.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -147,7 +148,30 @@ class FeatureSource(Protocol):
         ...
 
 
-class FeatureStore:
+class InMemorySource(ABC):
+    """A feature source whose rows are in this process: `fetch` is `rows`, answered at once."""
+
+    remote = False
+
+    @abstractmethod
+    def rows(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+        raw: Mapping[str, object] | None = None,
+    ) -> tuple[Rows, np.ndarray]:
+        """The rows of `user_id` against each candidate (None: the catalogue), and their ids."""
+
+    async def fetch(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray | None = None,
+        raw: Mapping[str, object] | None = None,
+    ) -> tuple[Rows, np.ndarray]:
+        return self.rows(user_id, item_ids, raw)
+
+
+class FeatureStore(InMemorySource):
     """A dataset's users and items, encoded once at start-up; `rows` builds a request's model
     input through the dataset's `RankRows` (module docstring).
 
@@ -163,7 +187,6 @@ class FeatureStore:
             raise ConfigError(f"max_candidates={max_candidates} < 1", "allow at least 1")
         self._rank_rows = rank_rows
         self.max_candidates = max_candidates
-        self.remote = False
         # A dict answers one user id in ~50 ns; users are looked up one per request.
         self._user_rows = {int(u): row for row, u in enumerate(rank_rows.user_ids.tolist())}
         self._catalogue = rank_rows.item_ids.copy()
@@ -203,15 +226,6 @@ class FeatureStore:
     def knows_user(self, user_id: object) -> bool:
         """Whether `user_id` is a user of the dataset (False for anything not an integer)."""
         return is_user_id_in(user_id, self._user_rows)
-
-    async def fetch(
-        self,
-        user_id: int,
-        item_ids: Sequence[int] | np.ndarray | None = None,
-        raw: Mapping[str, object] | None = None,
-    ) -> tuple[Rows, np.ndarray]:
-        """`rows`, for serving: in memory, so answered at once."""
-        return self.rows(user_id, item_ids, raw)
 
     def rows(
         self,

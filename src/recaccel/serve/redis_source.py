@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from recaccel.data.rows import Rows
-from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
+from recaccel.data.schema import FeatureKind, FeatureSchema, Side
 from recaccel.data.tables import encoded_side, table_keys
 from recaccel.errors import ConfigError
 from recaccel.serve.config import RankSection
@@ -69,10 +69,6 @@ def entity_key(namespace: str, side: Side, entity_id: int) -> str:
     return f"{namespace}:{ENTITIES[side]}:{entity_id}"
 
 
-def side_features(schema: FeatureSchema, side: Side) -> list[Feature]:
-    return [f for f in schema.features if f.side is side]
-
-
 class RedisSource:
     """Rows for (user, candidates) from Redis hashes (module docstring).
 
@@ -81,14 +77,15 @@ class RedisSource:
         rank: the server's rank section: `redis` (URL), its namespace, budget and cache.
     """
 
+    remote = True
+
     def __init__(self, schema: FeatureSchema, rank: RankSection) -> None:
         if not rank.redis:
             raise ConfigError("a Redis feature source needs rank.redis, the store's URL")
         self.schema: FeatureSchema | None = schema
         self.max_candidates = rank.max_candidates
-        self.remote = True
         self._rank = rank
-        self._fields = {side: [f.name for f in side_features(schema, side)] for side in Side}
+        self._fields = {side: [f.name for f in schema.on_side(side)] for side in Side}
         self._catalogues: dict[Side, np.ndarray] = {}
         self._client: redis.asyncio.Redis | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -325,7 +322,7 @@ def _encode_rows(schema: FeatureSchema, side: Side, table: pa.Table) -> Iterator
     """Each row of a side's table as its hash: feature name -> encoded value as text."""
     rows = encoded_side(schema, side, table, ENTITIES[side] + "s")  # checked as tables are
     columns = []
-    for feature in side_features(schema, side):
+    for feature in schema.on_side(side):
         column = schema.of_kind(feature.kind).index(feature)
         if feature.kind is FeatureKind.DENSE:
             columns.append((feature.name, [repr(v) for v in rows.dense[:, column].tolist()]))
@@ -348,7 +345,7 @@ def write_tables(
         side: list(
             zip(
                 table_keys(table, side, ENTITIES[side] + "s").tolist(),
-                _encode_rows(schema, side, table) if side_features(schema, side) else [],
+                _encode_rows(schema, side, table) if schema.on_side(side) else [],
                 strict=False,
             )
         )

@@ -31,6 +31,7 @@ from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, RequestError
 from recaccel.serve.features import (
     DEFAULT_MAX_CANDIDATES,
+    InMemorySource,
     candidate_ids,
     catalogue_rows,
     is_user_id_in,
@@ -39,7 +40,7 @@ from recaccel.serve.features import (
 )
 
 
-class TableSource:
+class TableSource(InMemorySource):
     """Rows for (user, candidates) from a users table and an items table (module docstring).
 
     Args:
@@ -61,7 +62,6 @@ class TableSource:
             raise ConfigError(f"max_candidates={max_candidates} < 1", "allow at least 1")
         self.schema: FeatureSchema | None = schema
         self.max_candidates = max_candidates
-        self.remote = False
         user_ids = table_keys(users, Side.REQUEST, "users")
         self._user_rows = {int(u): row for row, u in enumerate(user_ids.tolist())}
         self._users = encoded_side(schema, Side.REQUEST, users, "users")
@@ -97,15 +97,6 @@ class TableSource:
 
     def knows_user(self, user_id: object) -> bool:
         return is_user_id_in(user_id, self._user_rows)
-
-    async def fetch(
-        self,
-        user_id: int,
-        item_ids: Sequence[int] | np.ndarray | None = None,
-        raw: Mapping[str, object] | None = None,
-    ) -> tuple[Rows, np.ndarray]:
-        """`rows`, for serving: in memory, so answered at once."""
-        return self.rows(user_id, item_ids, raw)
 
     def rows(
         self,
