@@ -150,6 +150,14 @@ class FeatureSchema:
         """The features of one side, in schema order."""
         return tuple(f for f in self.features if f.side is side)
 
+    def columns_on_side(self, side: Side) -> tuple[tuple[int, ...], ...]:
+        """The columns of one side's features in each of the three tensors (dense,
+        categorical, multi-hot), e.g. to copy a request's row into its candidates' rows."""
+        return tuple(
+            tuple(i for i, f in enumerate(self.of_kind(kind)) if f.side is side)
+            for kind in (FeatureKind.DENSE, FeatureKind.CATEGORICAL, FeatureKind.MULTI_HOT)
+        )
+
     @property
     def multi_hot_len(self) -> int:
         """L, the padded bag length of the multi-hot tensor (1 when there is no such field)."""

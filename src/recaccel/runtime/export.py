@@ -180,23 +180,27 @@ class _GatherBag(nn.Module):
         return total / kept.sum(dim=1).clamp(min=1).to(rows.dtype)
 
 
-def _shared_copy(model: nn.Module) -> nn.Module:
+def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree that shares every parameter and buffer (no weights copied),
     so export can switch modes and swap submodules without touching the caller's model."""
     shared: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return copy.deepcopy(model, shared).eval()
 
 
-def _with_gather_bags(model: nn.Module) -> nn.Module:
-    for name, module in list(model.named_modules()):
+def with_gather_bags(model: nn.Module) -> nn.Module:
+    """Every `nn.EmbeddingBag` in `model` as a `_GatherBag`, under each name that holds it (a
+    split twin holds a table twice: in the model's arch and in its side's lookups)."""
+    gathers: dict[int, _GatherBag] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, nn.EmbeddingBag):
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, _GatherBag(module))
+            gather = gathers.setdefault(id(module), _GatherBag(module))
+            setattr(model.get_submodule(parent), child, gather)
     return model
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Mute exporter chatter that says nothing about the model: a warning per missing
     torchvision op, the graph optimizer's per-node INFO lines, a FutureWarning torch.export
     raises inside itself, and a note that the three inputs share the "batch" axis (intended)."""
@@ -217,7 +221,7 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _strip_metadata(model: onnx.ModelProto) -> None:
+def strip_metadata(model: onnx.ModelProto) -> None:
     """Drop the per-node metadata the exporter records: each node's Python stack trace (with
     the build machine's absolute paths) and FX names. They leak paths and make up about half
     of a small model's file, which would hide what quantization saves."""
@@ -293,12 +297,12 @@ def export_onnx(
             op, BACKEND, f"{where} ({name or 'root'}{more})", _float_hint(artifact)
         )
 
-    reference = _shared_copy(model)
-    form = _with_gather_bags(_shared_copy(reference))
+    reference = shared_copy(model)
+    form = with_gather_bags(shared_copy(reference))
     batch = Dim("batch", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_exporter():
+        with quiet_exporter():
             program = torch.onnx.export(
                 form,
                 example_batch(schema, TRACE_ROWS).as_tuple(),
@@ -319,7 +323,7 @@ def export_onnx(
         ) from exc
     assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
-    _strip_metadata(proto)
+    strip_metadata(proto)
     save_onnx(proto, path)
 
     check = example if example is not None else example_batch(schema, VERIFY_ROWS, seed=1)

@@ -1,0 +1,59 @@
+"""Request-level reuse: a zoo model cut into the part computed once per rank request (the
+user's and the context's features) and the part computed per candidate (docs/reuse.md)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from recaccel.data.schema import FeatureSchema, Side
+from recaccel.errors import ConfigError
+from recaccel.models.dcn import DCNv2
+from recaccel.models.deepfm import DeepFM
+from recaccel.models.dlrm import DLRM
+from recaccel.models.split.families import (
+    SplitDCNv2,
+    SplitDeepFM,
+    SplitDLRM,
+    SplitModel,
+    SplitWideDeep,
+)
+from recaccel.models.wide_deep import WideDeep
+
+__all__ = ["SplitModel", "from_model"]
+
+_TWINS: dict[type[nn.Module], type[SplitModel]] = {
+    DLRM: SplitDLRM,
+    DeepFM: SplitDeepFM,
+    DCNv2: SplitDCNv2,
+    WideDeep: SplitWideDeep,
+}
+
+
+def from_model(model: nn.Module, schema: FeatureSchema) -> SplitModel:
+    """The split twin of a zoo model: the same logits, the request part computed once.
+
+    The twin shares the model's tables and layers (it copies only the first layers' weights it
+    cuts), is in eval mode, and takes its sides from `schema` (the dataset's: an artifact saved
+    before sides existed has none). ConfigError for a model that is not one of the zoo's four
+    families (an imported graph: its inside is not ours to cut) or that has nothing to split.
+    """
+    twin_type = _TWINS.get(type(model))
+    if twin_type is None:
+        raise ConfigError(
+            f"no request/candidate split for a {type(model).__name__}",
+            f"reuse splits the zoo's families ({', '.join(t.__name__ for t in _TWINS)}); "
+            "serve this model without it",
+        )
+    if not schema.on_side(Side.REQUEST):
+        raise ConfigError(
+            f"schema {schema.name!r} marks no feature request-side, so nothing is computed once",
+            "mark the user's and the context's features side = \"request\" in the schema",
+        )
+    try:
+        twin = twin_type(model, schema)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(
+            f"cannot split this {type(model).__name__}: {error}",
+            "serve it without reuse",
+        ) from None
+    return twin.eval()
