@@ -1,36 +1,39 @@
 """Per-request model compute with and without request-level reuse: the table in docs/reuse.md.
 
     .venv/bin/python scripts/reuse_cost.py [--presets small,base,heavy] [--families ...]
-        [--artifact artifacts/dlrm-heavy-optimized/02-prune-1] [--rounds 5]
+        [--artifact artifacts/dlrm-heavy-optimized/02-prune-1] [--aot] [--rounds 5]
 
 For each zoo family × preset (random weights: compute does not depend on them) and each
 artifact given, one rank request — one user against 10, 100 and 1,000 MovieLens candidate
 rows — is scored by the model as it is (every row holds the user's columns) and by its split
-twin (models/split: the user's part once), on PyTorch eager and on ONNX Runtime, one thread
-each. Medians of interleaved rounds, µs per request; the split's predictions are checked equal
-first (max |Δ logit| printed). The machine's speed drifts: compare within one run.
+twin (models/split: the user's part once), on PyTorch eager, ONNX Runtime and (`--aot`)
+AOTInductor, one thread each. Medians of interleaved rounds, µs per request; the largest
+|Δ logit| between the two forms is printed beside them. The machine's speed drifts: compare
+within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.export import Dim
 
 from recaccel.artifact import load_artifact
 from recaccel.data.registry import load_dataset
-from recaccel.data.rows import Rows
-from recaccel.data.schema import Side
+from recaccel.data.schema import INPUT_NAMES, FeatureSchema, Side
 from recaccel.models.registry import MODELS, build_model, preset_config
-from recaccel.models.split import from_model
-from recaccel.runtime.export import export_onnx, onnx_feeds, onnx_session
+from recaccel.models.split import SplitModel, from_model, split_example
+from recaccel.runtime.export import export_onnx, onnx_session
 from recaccel.runtime.split_export import SPLIT_INPUT_NAMES, export_split_onnx
 
 SIZES = (10, 100, 1000)
@@ -48,41 +51,85 @@ def _time_us(call: Callable[[], object], budget_s: float = 0.15) -> float:
     return statistics.median(times) * 1e6
 
 
+def _aot(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: tuple[str, ...], path: Path
+) -> Callable[..., object]:
+    """`module` compiled by AOTInductor (as the torch-aot backend does), each input's first
+    axis dynamic under the named dim; the loader's flat `run`, as the executor calls it."""
+    dims = {name: Dim(name, min=1) for name in set(axes)}
+    program = torch.export.export(module, example, dynamic_shapes=tuple({0: dims[a]} for a in axes))
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    loader = torch._inductor.aoti_load_package(str(path)).loader
+    return lambda *inputs: loader.run(list(inputs))
+
+
+def _runners(
+    model: torch.nn.Module, twin: SplitModel, schema: FeatureSchema, tmp: Path, aot: bool
+) -> dict[str, tuple[Callable[..., object], Callable[..., object]]]:
+    """Per runtime, (unsplit, split) callables taking torch tensors."""
+    plain = onnx_session(export_onnx(model, schema, tmp / "plain.onnx"))
+    split = onnx_session(export_split_onnx(twin, schema, tmp / "split.onnx"))
+
+    def on_ort(session: Any, names: Sequence[str]) -> Callable[..., object]:
+        return lambda *inputs: session.run(
+            None, {k: t.numpy() for k, t in zip(names, inputs, strict=True)}
+        )
+
+    runners: dict[str, tuple[Callable[..., object], Callable[..., object]]] = {
+        "torch": (torch.no_grad()(model), torch.no_grad()(twin)),
+        "ORT": (on_ort(plain, INPUT_NAMES), on_ort(split, SPLIT_INPUT_NAMES)),
+    }
+    if aot:
+        example = split_example(schema, 2, 4)
+        runners["torch-aot"] = (
+            _aot(model, example[3:6], ("rows",) * 3, tmp / "plain.pt2"),
+            _aot(twin, example, ("requests",) * 3 + ("rows",) * 4, tmp / "split.pt2"),
+        )
+    return runners
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="small,base,heavy")
     parser.add_argument("--families", default=",".join(MODELS))
     parser.add_argument("--artifact", action="append", default=[], type=Path)
+    parser.add_argument("--aot", action="store_true", help="also AOTInductor (~30 s a form)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = load_dataset("movielens-100k")
     schema = dataset.schema
     rows = dataset.test.features(slice(0, max(SIZES)))
-    models: list[tuple[str, torch.nn.Module]] = []
-    for family in args.families.split(","):
-        for preset in args.presets.split(","):
-            torch.manual_seed(0)
-            models.append(
-                (f"{family} {preset}", build_model(family, schema, preset_config(family, preset)))
-            )
-    for path in args.artifact:
-        models.append((path.name, load_artifact(path).model))
+    models: list[tuple[str, torch.nn.Module]] = [
+        (f"{family} {preset}", build_model(family, schema, preset_config(family, preset)))
+        for family in args.families.split(",")
+        if family
+        for preset in args.presets.split(",")
+    ]
+    models += [(path.name, load_artifact(path).model) for path in args.artifact]
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print("| model | rows | torch unsplit | torch split | ORT unsplit | ORT split | max |Δ| |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, model in models:
-            model = model.eval()
-            twin = from_model(model, schema)
-            plain_path = export_onnx(model, schema, Path(tmp) / f"{label}.onnx")
-            split_path = export_split_onnx(twin, schema, Path(tmp) / f"{label}-split.onnx")
-            plain_session, split_session = onnx_session(plain_path), onnx_session(split_path)
+    runtimes = ["torch", "ORT"] + (["torch-aot"] if args.aot else [])
+    print(
+        "| model | rows | "
+        + " | ".join(f"{r} unsplit | {r} split" for r in runtimes)
+        + " | max \\|Δ\\| |"
+    )
+    print("|---|---:|" + "---:|---:|" * len(runtimes) + "---:|")
+    for label, model in models:
+        model = model.eval()
+        twin = from_model(model, schema)
+        with tempfile.TemporaryDirectory() as tmp:
+            runners = _runners(model, twin, schema, Path(tmp), args.aot)
             for n in SIZES:
-                dense, categorical, multi_hot = (t[:n] for t in rows.as_tuple())
+                dense, categorical, multi_hot = (t[:n].contiguous() for t in rows.as_tuple())
                 request = (dense[:1], categorical[:1], multi_hot[:1])
-                owner = torch.zeros(n, dtype=torch.long)
-                split_inputs = (*request, dense, categorical, multi_hot, owner)
+                split_inputs = (
+                    *request,
+                    dense,
+                    categorical,
+                    multi_hot,
+                    torch.zeros(n, dtype=torch.long),
+                )
                 # The unsplit model's rows, as serving builds them: the user's columns in each.
                 plain_inputs = tuple(t.clone() for t in (dense, categorical, multi_hot))
                 for columns, full, one in zip(
@@ -91,28 +138,18 @@ def main() -> None:
                     full[:, list(columns)] = one[:, list(columns)]
                 with torch.no_grad():
                     delta = float((model(*plain_inputs) - twin(*split_inputs)).abs().max())
-                plain_feeds = onnx_feeds(Rows(*(t.numpy() for t in plain_inputs)))
-                split_feeds = {
-                    k: t.numpy() for k, t in zip(SPLIT_INPUT_NAMES, split_inputs, strict=True)
-                }
-                cells: dict[str, list[float]] = {k: [] for k in ("tp", "ts", "op", "os")}
+                cells: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
                 for _ in range(args.rounds):
-                    with torch.no_grad():
-                        cells["tp"].append(_time_us(functools.partial(model, *plain_inputs)))
-                        cells["ts"].append(_time_us(functools.partial(twin, *split_inputs)))
-                    cells["op"].append(
-                        _time_us(functools.partial(plain_session.run, None, plain_feeds))
-                    )
-                    cells["os"].append(
-                        _time_us(functools.partial(split_session.run, None, split_feeds))
-                    )
-                med = {k: statistics.median(v) for k, v in cells.items()}
-                print(
-                    f"| {label} | {n:,} | {med['tp']:,.0f} | {med['ts']:,.0f} "
-                    f"({med['tp'] / med['ts']:.2f}×) | {med['op']:,.0f} | {med['os']:,.0f} "
-                    f"({med['op'] / med['os']:.2f}×) | {delta:.1e} |",
-                    flush=True,
-                )
+                    for runtime, pair in runners.items():
+                        for form, (run, inputs) in enumerate(
+                            zip(pair, (plain_inputs, split_inputs), strict=True)
+                        ):
+                            cells[runtime, form].append(_time_us(functools.partial(run, *inputs)))
+                line = f"| {label} | {n:,} |"
+                for runtime in runners:
+                    plain_us, split_us = (statistics.median(cells[runtime, f]) for f in (0, 1))
+                    line += f" {plain_us:,.0f} | {split_us:,.0f} ({plain_us / split_us:.2f}×) |"
+                print(f"{line} {delta:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -497,12 +497,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "plane": {"processes": args.processes, "execution": args.execution},
         "rank": {"users": args.users, "items": args.items, "redis": args.redis},
     }
-    if args.backend or args.precision or args.threads or args.lanes:
+    if args.backend or args.precision or args.threads or args.lanes or args.reuse:
         overrides["workers"]["executors"] = [
             {
                 "backend": args.backend or "onnxruntime",
                 "precision": args.precision or "fp32",
                 "threads": args.threads or 1,
+                "reuse": args.reuse,
                 **({"count": args.lanes} if args.lanes else {}),
             }
         ]
@@ -914,6 +915,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", help="executor backend for the workers (default onnxruntime)")
     serve.add_argument("--precision", help="executor precision (default fp32)")
     serve.add_argument("--threads", type=int, help="threads per worker (default 1)")
+    serve.add_argument(
+        "--reuse",
+        action="store_true",
+        help="compute each rank request's user part once, not per candidate (fp32 on "
+        "torch-eager, torch-aot, onnxruntime; docs/reuse.md)",
+    )
     serve.add_argument(
         "--select",
         action="store_true",

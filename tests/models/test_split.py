@@ -19,11 +19,11 @@ from recaccel.models.deepfm import DeepFM, DeepFMConfig
 from recaccel.models.quantized import quantize_embeddings
 from recaccel.models.quantized_dense import quantize_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
-from recaccel.models.split import SplitModel, from_model
-from recaccel.models.split.families import SplitDCNv2, SplitDeepFM
-from recaccel.models.split.parts import SplitLinear
+from recaccel.models.split import SplitModel, from_model, split_example
+from recaccel.models.split.families import SplitDCNv2, SplitDeepFM, SplitDLRM
+from recaccel.models.split.parts import SplitLinear, worth_cutting
 from recaccel.runtime.export import onnx_session
-from recaccel.runtime.split_export import export_split_onnx, split_example, split_feeds
+from recaccel.runtime.split_export import export_split_onnx, split_feeds
 
 ALL = [(m, p) for m, spec in MODELS.items() for p in spec.presets]
 TOLERANCE = 1e-5
@@ -116,6 +116,10 @@ def test_the_split_saves_compute_where_it_says(tiny_dataset: Dataset) -> None:
     # DCNv2's float layers are permuted to [request, candidate] columns: no per-row reorder.
     dcn = from_model(build_model("dcnv2", schema, preset_config("dcnv2", "small")), schema)
     assert isinstance(dcn, SplitDCNv2) and dcn.permuted
+    # DLRM's bottom MLP reads 2 request columns of 4 into 64: not worth cutting; its top MLP's
+    # request columns (the user x user dots) are.
+    dlrm = from_model(build_model("dlrm", schema, preset_config("dlrm", "small")), schema)
+    assert isinstance(dlrm, SplitDLRM) and not dlrm.bottom_first.cut and dlrm.top_first.cut
 
 
 @pytest.mark.parametrize("layout", ["fused", "per-table"])
@@ -156,6 +160,36 @@ def test_a_pruned_model_with_dropped_and_narrowed_fields(tiny_dataset: Dataset) 
         dataclasses.replace(preset_config("wide_deep", "small"), mixed_dim_alpha=0.5),
     )
     _assert_twin_matches(_perturbed(wide), from_model(wide, schema), schema, 3, 50)
+
+
+def test_a_model_reading_no_request_side_dense_column(tiny_dataset: Dataset) -> None:
+    """With the user's dense features dropped, each first layer has no request column."""
+    schema = tiny_dataset.schema
+    for family in MODELS:
+        config = preset_config(family, "small")
+        config = dataclasses.replace(config, dropped_fields=("age", "user_tenure"))
+        model = _perturbed(build_model(family, schema, config))
+        _assert_twin_matches(model, from_model(model, schema), schema, 2, 40)
+
+
+@pytest.mark.parametrize(
+    ("request_columns", "out_features", "cut"),
+    [
+        (128, 64, True),
+        (8, 1024, True),
+        (7, 1024, False),
+        (2, 256, False),
+        (2, 1, True),
+        (0, 1, True),
+        (0, 64, False),
+    ],
+)
+def test_a_layer_is_cut_only_where_it_pays(
+    request_columns: int, out_features: int, cut: bool
+) -> None:
+    assert worth_cutting(request_columns, out_features) is cut
+    flags = [True] * request_columns + [False] * 3
+    assert SplitLinear(nn.Linear(len(flags), out_features), flags).cut is cut
 
 
 def test_a_schema_without_a_request_side_is_refused(tiny_dataset: Dataset) -> None:

@@ -58,6 +58,11 @@ def test_yaml_works_too(tmp_path: Path) -> None:
         ("[workers]\nexecutors = [{backend = 'tensorflow'}]\n", {}, "workers.executors[0]"),
         ("[workers]\nexecutors = [{precision = 'int3'}]\n", {}, "unknown precision"),
         ("[workers]\nexecutors = [{threads = 0}]\n", {}, "threads"),
+        (
+            "[workers]\nexecutors = [{backend = 'openvino', reuse = true}]\n",
+            {},
+            "workers.executors[0].reuse: openvino does not run reuse",
+        ),
         ("token = 'abc'\n", {}, "RECACCEL_TOKEN only"),
         ("[slo\n", {}, "not valid TOML"),
         ("[admission]\noverload_target_ms = -5\n", {}, "admission.overload_target_ms"),

@@ -53,6 +53,21 @@ class Overloaded:
         raise AssertionError("unreachable")
 
 
+class Scoring(Overloaded):
+    """A deployment that admits everything and keeps the rows it is asked to score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[Rows] = []
+
+    def admit(self, rows: int, deadline: float, priority: int = 0, now: Any = None) -> int:
+        return 1
+
+    async def score(self, rows: Rows, deadline: float, priority: int = 0) -> np.ndarray:
+        self.scored.append(rows)
+        return np.linspace(0.1, 0.9, len(rows), dtype=np.float32)
+
+
 class Repository:
     def __init__(self, store: Store, deployment: Overloaded) -> None:
         self.features = store
@@ -78,3 +93,13 @@ def test_a_candidate_list_past_the_limit_is_left_to_the_store_to_refuse_as_too_l
     client = TestClient(RankEndpoint(Repository(store, deployment), ServeConfig()))  # type: ignore[arg-type]
     client.post("/v1/rank", json={"user_id": 1, "candidates": list(range(101))})
     assert store.reads == 1  # no admission before the read
+
+
+def test_a_rank_requests_rows_reach_the_deployment_as_one_request() -> None:
+    """So an executor with reuse computes the user's part once for all its candidates."""
+    store, deployment = Store(remote=False), Scoring()
+    client = TestClient(RankEndpoint(Repository(store, deployment), ServeConfig()))  # type: ignore[arg-type]
+    answer = client.post("/v1/rank", json={"user_id": 1, "candidates": [4, 5, 6, 7]})
+    assert answer.status_code == 200, answer.text
+    (rows,) = deployment.scored
+    assert rows.requests is not None and rows.requests.tolist() == [4]

@@ -36,6 +36,7 @@ from torch.export import Dim
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
+from recaccel.models.split import SplitModel, split_example
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, zeros_batch
 from recaccel.runtime.torch_exec import (
@@ -62,7 +63,7 @@ def form_path(
     """Where the artifact's package for `config` is (or will be) cached (`calibration` unused:
     the same signature as the other backends' `form_path`)."""
     key = f"{artifact_id}-{config.precision}-{config.device_type}-t{config.threads}"
-    key += f"-v{PACKAGE_FORMAT}"
+    key += f"{'-split' if config.reuse else ''}-v{PACKAGE_FORMAT}"
     return cache_dir(artifact_path, AOTI_DIR) / key / PACKAGE_FILE
 
 
@@ -80,15 +81,44 @@ class ClickProbability(nn.Module):
         return torch.sigmoid(self.model(dense, categorical, multi_hot).float())
 
 
+class SplitClickProbability(nn.Module):
+    """`ClickProbability` of a split twin: its seven inputs (runtime/reuse.py) in, (N,) out."""
+
+    def __init__(self, twin: SplitModel) -> None:
+        super().__init__()
+        self.twin = twin
+
+    def forward(
+        self,
+        request_dense: torch.Tensor,
+        request_categorical: torch.Tensor,
+        request_multi_hot: torch.Tensor,
+        dense: torch.Tensor,
+        categorical: torch.Tensor,
+        multi_hot: torch.Tensor,
+        owner: torch.Tensor,
+    ) -> torch.Tensor:
+        request = (request_dense, request_categorical, request_multi_hot)
+        logits = self.twin(*request, dense, categorical, multi_hot, owner)
+        return torch.sigmoid(logits.float())
+
+
 def compile_package(model: nn.Module, schema: FeatureSchema, path: Path) -> None:
-    """Export `model`'s click probabilities with a dynamic batch axis and compile them into the
-    package `path`, with the process's current thread count."""
-    example = zeros_batch(schema, TRACE_ROWS).as_tuple()
-    batch = Dim("batch", min=1)
+    """Export `model`'s click probabilities with a dynamic batch axis (a split twin: dynamic
+    request and row axes) and compile them into the package `path`, with the process's
+    current thread count."""
+    if isinstance(model, SplitModel):
+        example = split_example(schema, 2, TRACE_ROWS)
+        requests, rows = Dim("requests", min=1), Dim("rows", min=1)
+        axes: tuple[dict[int, Dim], ...] = ({0: requests},) * 3 + ({0: rows},) * 4
+        wrapped: nn.Module = SplitClickProbability(model)
+    else:
+        example = zeros_batch(schema, TRACE_ROWS).as_tuple()
+        batch = Dim("batch", min=1)
+        axes = tuple({0: batch} for _ in example)
+        wrapped = ClickProbability(model)
     with quiet_inductor():
-        program = torch.export.export(
-            ClickProbability(model), example, dynamic_shapes=tuple({0: batch} for _ in example)
-        )
+        program = torch.export.export(wrapped, example, dynamic_shapes=axes)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

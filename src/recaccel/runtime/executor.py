@@ -72,12 +72,15 @@ class ExecutorConfig:
         threads: intra-op threads. 1 by default: serving scales by worker processes, and
             several workers each spawning a thread per core oversubscribe the machine.
         precision: one of PRECISIONS (see the module docstring); each backend takes a subset.
+        reuse: run the model's split twin (models/split, docs/reuse.md), which computes each
+            rank request's user and context part once instead of once per candidate row.
     """
 
     backend: str
     device: str = "cpu"
     threads: int = 1
     precision: str = "fp32"
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         if not _DEVICE.fullmatch(self.device):
@@ -99,8 +102,9 @@ class ExecutorConfig:
         return int(self.device.partition(":")[2] or 0)
 
     def label(self) -> str:
-        """Short and unique per config, e.g. "onnxruntime/cpu/int8-dynamic/t2"."""
-        return f"{self.backend}/{self.device}/{self.precision}/t{self.threads}"
+        """Short and unique per config, e.g. "onnxruntime/cpu/int8-dynamic/t2" (and "/reuse")."""
+        label = f"{self.backend}/{self.device}/{self.precision}/t{self.threads}"
+        return label + ("/reuse" if self.reuse else "")
 
 
 class ExecutorError(RecaccelError):
@@ -129,6 +133,8 @@ class BackendSpec:
     # Runs the model's ONNX graph, so it can serve a model imported as ONNX (which PyTorch
     # can only call through ONNX Runtime, not compile).
     runs_onnx: bool = False
+    # Runs a zoo model's split twin (`ExecutorConfig.reuse`), at fp32.
+    runs_split: bool = False
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -142,6 +148,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("cpu", "cuda"),
             ("fp32", "fp16", "bf16"),
             "",
+            runs_split=True,
         ),
         BackendSpec(
             "torch-compile",
@@ -161,6 +168,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("fp32", "fp16", "bf16"),
             "",
             caches_form=True,
+            runs_split=True,
         ),
         BackendSpec(
             "onnxruntime",
@@ -172,6 +180,7 @@ BACKENDS: dict[str, BackendSpec] = {
             "pip install onnxruntime onnx onnxscript (onnxruntime-gpu for CUDA)",
             caches_form=True,
             runs_onnx=True,
+            runs_split=True,
         ),
         BackendSpec(
             "openvino",
@@ -232,6 +241,13 @@ def check_config(
                 for other in backends.values()
                 if config.precision in other.precisions
             ),
+        )
+    if config.reuse and not (spec.runs_split and config.precision == "fp32"):
+        split = ", ".join(b.name for b in backends.values() if b.runs_split)
+        raise ExecutorError(
+            config,
+            f"request-level reuse does not run on {spec.name} at {config.precision}",
+            f"reuse runs at fp32 on {split}; or serve without reuse",
         )
     return spec
 

@@ -7,6 +7,7 @@ Forms, cached under `<artifact>/onnx/<key>/model.onnx`, each made on first use:
     <artifact_id>-int8-static-<rows>      ... calibrated on the given training rows, `<rows>` a
                                           digest of them: other rows make another file
     <artifact_id>-fp16                    ... float16 weights and arithmetic
+    <artifact_id>-fp32-split              the split twin's graph (reuse; runtime/split_export.py)
 
 Keys start with the artifact id; forms are staged and renamed into place (runtime/cache.py), so
 worker processes that load the same artifact at once never read a half-written file.
@@ -46,6 +47,8 @@ from recaccel.runtime.executor import (
 )
 from recaccel.runtime.export import export_onnx, import_onnxruntime, onnx_feeds
 from recaccel.runtime.onnx_quantize import quantize_onnx
+from recaccel.runtime.reuse import split_inputs, split_twin
+from recaccel.runtime.split_export import export_split_onnx, split_feeds
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -88,7 +91,22 @@ def form_path(
     calibration: FeatureBatch | None = None,
 ) -> Path:
     """The file an executor of `config` loads, found without loading the artifact."""
+    if config.reuse:
+        return split_form_file(artifact_path, artifact_id)
     return form_file(artifact_path, artifact_id, config.precision, calibration)
+
+
+def split_form_file(artifact_path: Path, artifact_id: str) -> Path:
+    return cache_dir(artifact_path, ONNX_DIR) / f"{artifact_id}-fp32-split" / MODEL_FILE
+
+
+def cached_split_onnx(artifact: Artifact, config: ExecutorConfig) -> Path:
+    """The graph of the artifact's split twin (fp32), exported on first use."""
+    twin = split_twin(artifact.model, artifact.schema, config)
+    return cached(
+        split_form_file(artifact.path, artifact.manifest.artifact_id),
+        lambda path: export_split_onnx(twin, artifact.schema, path),
+    )
 
 
 def cached_onnx(
@@ -194,7 +212,11 @@ class OnnxRuntimeExecutor(Executor):
                 "pass calibration= a FeatureBatch of training rows (a few thousand), e.g. "
                 "dataset.train.features(slice(0, 2048))",
             )
-        self.onnx_path = cached_onnx(artifact, config.precision, calibration)
+        self.onnx_path = (
+            cached_split_onnx(artifact, config)
+            if config.reuse
+            else cached_onnx(artifact, config.precision, calibration)
+        )
         wanted = choose_providers(
             config, ort.get_available_providers(), self.schema, self.onnx_path.parent.parent
         )
@@ -224,7 +246,8 @@ class OnnxRuntimeExecutor(Executor):
     def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         if self._session is None:
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
-        logits: np.ndarray = self._session.run([OUTPUT_NAME], onnx_feeds(batch))[0]
+        feeds = split_feeds(split_inputs(batch)) if self.config.reuse else onnx_feeds(batch)
+        logits: np.ndarray = self._session.run([OUTPUT_NAME], feeds)[0]
         return probabilities(logits)
 
     def _details(self) -> dict[str, Any]:

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch.export import Dim
 
-from recaccel.data.dataset import example_batch
 from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, FeatureSchema
-from recaccel.models.split import SplitModel
+from recaccel.models.split import SplitModel, split_example
 from recaccel.runtime.export import (
     DEFAULT_OPSET,
     EXPORT_ATOL,
@@ -36,19 +35,12 @@ OWNER_NAME = "owner"
 SPLIT_INPUT_NAMES = (*REQUEST_INPUT_NAMES, *INPUT_NAMES, OWNER_NAME)
 
 
-def split_example(
-    schema: FeatureSchema, requests: int, rows: int, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
-    """Random valid inputs of the split graph: `requests` request rows, `rows` candidate
-    rows dealt round-robin among them."""
-    request = example_batch(schema, requests, seed=seed)
-    candidates = example_batch(schema, rows, seed=seed + 1)
-    owner = torch.arange(rows, dtype=torch.long) % requests
-    return (*request.as_tuple(), *candidates.as_tuple(), owner)
-
-
-def split_feeds(inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-    return {name: t.numpy() for name, t in zip(SPLIT_INPUT_NAMES, inputs, strict=True)}
+def split_feeds(inputs: tuple[torch.Tensor | np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """The graph's input dict for the twin's seven inputs (tensors or arrays, no copy)."""
+    return {
+        name: t.numpy() if isinstance(t, torch.Tensor) else t
+        for name, t in zip(SPLIT_INPUT_NAMES, inputs, strict=True)
+    }
 
 
 def export_split_onnx(

@@ -48,12 +48,14 @@ from recaccel.runtime.executor import (
     probabilities,
     zeros_batch,
 )
+from recaccel.runtime.reuse import split_inputs, split_twin
 
 # Rows of the warm-up batch: any size works for the unbacked graph; >1 so that eager warm-up
 # also exercises the batched kernels (FBGEMM packs weights on first use).
 WARMUP_ROWS = 8
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# Three tensors (dense, categorical, multi-hot), or the split twin's seven (runtime/reuse.py).
+Scorer = Callable[..., torch.Tensor]
 
 
 def _cpu_only_op(module: nn.Module) -> str | None:
@@ -126,7 +128,10 @@ class TorchEagerExecutor(Executor):
         super().__init__(artifact, config)
         self.device = torch.device(config.device)
         torch.set_num_threads(config.threads)  # before any compile: inductor bakes it in
-        self.model: nn.Module | None = _prepare(owned_copy(artifact, loaded_here), config)
+        model = _prepare(owned_copy(artifact, loaded_here), config)
+        if config.reuse:
+            model = split_twin(model, self.schema, config)
+        self.model: nn.Module | None = model
         self._forward: Scorer | None = self._build(self.model)
         self._warm_up()
 
@@ -134,7 +139,12 @@ class TorchEagerExecutor(Executor):
         return model
 
     def _inputs(self, batch: FeatureBatch | Rows) -> tuple[torch.Tensor, ...]:
-        tensors = batch.as_tuple() if isinstance(batch, FeatureBatch) else _tensors(batch)
+        if self.config.reuse:
+            tensors = _tensors(split_inputs(batch))
+        else:
+            tensors = (
+                batch.as_tuple() if isinstance(batch, FeatureBatch) else _tensors(batch.as_tuple())
+            )
         return tuple(t.to(self.device) for t in tensors)  # no copy on CPU
 
     def _score(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -162,10 +172,10 @@ class TorchEagerExecutor(Executor):
             torch.cuda.empty_cache()
 
 
-def _tensors(rows: Rows) -> tuple[torch.Tensor, ...]:
-    """Numpy rows as tensors over the same memory (a read-only array is copied: torch tensors
-    are writable)."""
-    return tuple(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in rows.as_tuple())
+def _tensors(arrays: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
+    """Numpy arrays as tensors over the same memory (a read-only array is copied: torch
+    tensors are writable)."""
+    return tuple(torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays)
 
 
 def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:

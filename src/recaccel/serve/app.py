@@ -151,7 +151,8 @@ class RankEndpoint:
             # A list past the limit goes on to its 413, which says what to fix.
             deployment.admit(len(candidates), deadline, query.priority)
         rows, items = await store.fetch(query.user_id, query.candidates, query.features)
-        scores = await deployment.score(rows, deadline, query.priority)
+        # One user against its candidates: an executor with reuse computes the user once.
+        scores = await deployment.score(rows.as_one_request(), deadline, query.priority)
         return answer_body(
             deployment.name,
             deployment.version,

@@ -316,7 +316,9 @@ def apply_served(config: ServeConfig, selection: ServedSelection) -> tuple[str, 
     candidate, layout = chosen.candidate, chosen.candidate.layout
     c = candidate.config
     lanes = layout.lanes if layout.execution == IN_PROCESS else None
-    executor = ExecutorSection(c.backend, c.device, c.precision, c.threads, lanes)
+    executor = ExecutorSection(
+        c.backend, c.device, c.precision, c.threads, reuse=c.reuse, count=lanes
+    )
     workers = dataclasses.replace(
         config.workers,
         min=layout.lanes if layout.execution == WORKER_PROCESSES else config.workers.min,

@@ -4,7 +4,7 @@
     [plane]      processes, execution, inline_max_ms
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
-    [workers]    min, max, executors = [{backend, device, precision, threads, count}]
+    [workers]    min, max, executors = [{backend, device, precision, threads, reuse, count}]
     [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
                  interval_s
     [admission]  max_queue_rows, max_queue_requests, overload_target_ms
@@ -95,12 +95,17 @@ class ExecutorSection:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 1
+    # Request-level reuse: the model's split twin, the user's part once per rank request
+    # (docs/reuse.md). Off by default: it pays on some models and not others; measure it.
+    reuse: bool = False
     # workers: a fixed number of worker processes of this kind (None: the autoscaler decides);
     # in-process: lanes of this kind in each front (None: 1).
     count: int | None = None
 
     def executor_config(self) -> ExecutorConfig:
-        return ExecutorConfig(self.backend, self.device, self.threads, self.precision)
+        return ExecutorConfig(
+            self.backend, self.device, self.threads, self.precision, reuse=self.reuse
+        )
 
 
 @dataclass(frozen=True)
@@ -347,6 +352,13 @@ def _check(config: ServeConfig) -> ServeConfig:
                 f"workers.executors[{i}].precision: {executor.backend} does not run "
                 f"{executor.precision}",
                 f"it runs {', '.join(spec.precisions)}",
+            )
+        if executor.reuse and not (spec.runs_split and executor.precision == "fp32"):
+            raise ConfigError(
+                f"workers.executors[{i}].reuse: {executor.backend} does not run reuse at "
+                f"{executor.precision}",
+                "reuse runs at fp32 on "
+                + ", ".join(b.name for b in BACKENDS.values() if b.runs_split),
             )
         if executor.count is not None and executor.count < 1:
             raise ConfigError(f"workers.executors[{i}].count: must be >= 1")

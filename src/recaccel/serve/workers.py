@@ -156,10 +156,11 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
             return  # the server is gone
         if task is None:
             return
-        batch_id, dense, categorical, multi_hot = task
+        batch_id, dense, categorical, multi_hot, requests = task
         start = time.perf_counter()
         try:
-            outcome: tuple[str, Any] = ("ok", executor.run(Rows(dense, categorical, multi_hot)))
+            rows = Rows(dense, categorical, multi_hot, requests)
+            outcome: tuple[str, Any] = ("ok", executor.run(rows))
         except Exception as error:
             outcome = ("error", f"{type(error).__name__}: {error}")
         busy_s = time.perf_counter() - start
@@ -286,7 +287,7 @@ class WorkerProcess:
             return future
         batch_id = next(_ids)
         self._pending[batch_id] = _Pending(future, len(batch))
-        self._send((batch_id, *batch.as_tuple()))
+        self._send((batch_id, *batch.as_tuple(), batch.requests))
         return future
 
     def _send(self, message: Any) -> None:

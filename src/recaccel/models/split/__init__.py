@@ -3,8 +3,10 @@ user's and the context's features) and the part computed per candidate (docs/reu
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from recaccel.data.dataset import example_batch
 from recaccel.data.schema import FeatureSchema, Side
 from recaccel.errors import ConfigError
 from recaccel.models.dcn import DCNv2
@@ -19,7 +21,7 @@ from recaccel.models.split.families import (
 )
 from recaccel.models.wide_deep import WideDeep
 
-__all__ = ["SplitModel", "from_model"]
+__all__ = ["SplitModel", "from_model", "split_example"]
 
 _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DLRM: SplitDLRM,
@@ -57,3 +59,14 @@ def from_model(model: nn.Module, schema: FeatureSchema) -> SplitModel:
             "serve it without reuse",
         ) from None
     return twin.eval()
+
+
+def split_example(
+    schema: FeatureSchema, requests: int, rows: int, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Random valid inputs of the split graph: `requests` request rows, `rows` candidate
+    rows dealt round-robin among them."""
+    request = example_batch(schema, requests, seed=seed)
+    candidates = example_batch(schema, rows, seed=seed + 1)
+    owner = torch.arange(rows, dtype=torch.long) % requests
+    return (*request.as_tuple(), *candidates.as_tuple(), owner)

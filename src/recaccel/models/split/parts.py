@@ -33,6 +33,22 @@ def index_buffer(module: nn.Module, name: str, values: Sequence[int]) -> None:
     module.register_buffer(name, torch.tensor(list(values), dtype=torch.long), persistent=False)
 
 
+# Below this many request columns a layer is not cut unless its output is no wider than them.
+# Cutting saves out × k_r multiply-adds a row but makes every row copy the out-wide request
+# part instead of k_r inputs; a copied float costs several multiply-adds of a GEMM (measured:
+# DLRM's bottom MLP, 2 request columns of 4 into 256, ran slower cut; scripts/reuse_cost.py).
+MIN_CUT_COLUMNS = 8
+
+
+def worth_cutting(request_columns: int, out_features: int) -> bool:
+    """Whether to cut a linear layer with `request_columns` request-side inputs.
+
+    >>> worth_cutting(128, 64), worth_cutting(2, 256), worth_cutting(2, 1)
+    (True, False, True)
+    """
+    return request_columns >= MIN_CUT_COLUMNS or out_features <= max(request_columns, 1)
+
+
 class SplitLinear(nn.Module):
     """A layer over concatenated columns, some request-side: W·x + b = (W_r·x_r + b) + W_c·x_c.
 
@@ -41,7 +57,8 @@ class SplitLinear(nn.Module):
     W_r·x_r + b (H wide) and a row costs only W_c·x_c. Any other layer (an int8 or half-precision
     one, whose weights cannot be cut without changing its numbers) is kept whole: its request
     part is x_r itself, and a row reassembles x in the original column order and runs the layer.
-    Exact either way; only the plain form saves compute.
+    So is a plain layer with too few request columns to pay (`worth_cutting`). Exact either
+    way; only the cut form saves compute.
 
     Args:
         layer: the layer; its input is the concatenation the flags describe.
@@ -55,7 +72,7 @@ class SplitLinear(nn.Module):
     def __init__(self, layer: nn.Module, flags: Sequence[bool]) -> None:
         super().__init__()
         request_cols, candidate_cols = positions(flags, True), positions(flags, False)
-        self.cut = type(layer) is nn.Linear
+        self.cut = type(layer) is nn.Linear and worth_cutting(len(request_cols), layer.out_features)
         if isinstance(layer, nn.Linear) and self.cut:
             weight = layer.weight.detach()
             bias = layer.bias.detach() if layer.bias is not None else weight.new_zeros(len(weight))

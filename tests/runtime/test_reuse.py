@@ -1,0 +1,84 @@
+"""Executors with request-level reuse (runtime/reuse.py) score a batch of several rank requests
+as the model does, on every backend that runs the split twin; rows carry their request grouping
+through slicing and batching; the backends that do not run it refuse it by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recaccel.artifact import Artifact
+from recaccel.data.dataset import Dataset
+from recaccel.data.rows import Rows
+from recaccel.data.schema import Side
+from recaccel.runtime.executor import ExecutorConfig, ExecutorError, check_config, load_executor
+
+SPLIT_BACKENDS = ["torch-eager", "onnxruntime", "torch-aot"]
+COUNTS = (20, 1, 29)  # three requests' candidate rows
+
+
+def _three_requests(dataset: Dataset) -> Rows:
+    """50 test rows as three rank requests: each run of rows holds its first row's user."""
+    batch = dataset.test.features(slice(0, sum(COUNTS)))
+    arrays = tuple(t.numpy().copy() for t in batch.as_tuple())
+    starts = np.cumsum(COUNTS) - COUNTS
+    for columns, array in zip(dataset.schema.columns_on_side(Side.REQUEST), arrays, strict=True):
+        for start, count in zip(starts, COUNTS, strict=True):
+            array[start : start + count, list(columns)] = array[start, list(columns)]
+    return Rows(*arrays, np.array(COUNTS))
+
+
+@pytest.mark.parametrize("backend", SPLIT_BACKENDS)
+@pytest.mark.parametrize("family", ["dlrm", "deepfm"])
+def test_reuse_scores_several_requests_as_the_model_does(
+    trained: dict[str, Artifact], tiny_dataset: Dataset, backend: str, family: str
+) -> None:
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    artifact = trained[family]
+    rows = _three_requests(tiny_dataset)
+    ungrouped = Rows(*rows.as_tuple())
+    with load_executor(artifact.path, ExecutorConfig(backend)) as plain:
+        expected = plain.run(ungrouped)
+    with load_executor(artifact.path, ExecutorConfig(backend, reuse=True)) as split:
+        assert split.name.endswith("/reuse")
+        np.testing.assert_allclose(split.run(rows), expected, rtol=0, atol=1e-5)
+        # Without a grouping each row is its own request: exact, no saving.
+        np.testing.assert_allclose(split.run(ungrouped), expected, rtol=0, atol=1e-5)
+        # A grouping that lies (one user for rows of three) is read as given: a check that the
+        # executor really takes each request's row once rather than every row's own columns.
+        lying = Rows(*rows.as_tuple(), np.array([len(rows)]))
+        assert not np.allclose(split.run(lying)[COUNTS[0] :], expected[COUNTS[0] :], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        (ExecutorConfig("openvino", reuse=True), "does not run on openvino at fp32"),
+        (ExecutorConfig("torch-compile", reuse=True), "does not run on torch-compile"),
+        (ExecutorConfig("onnxruntime", precision="int8-dynamic", reuse=True), "int8-dynamic"),
+    ],
+)
+def test_a_backend_without_the_split_refuses_reuse(config: ExecutorConfig, says: str) -> None:
+    with pytest.raises(ExecutorError, match=says) as caught:
+        check_config(config, cuda_devices=0)
+    assert "torch-eager, torch-aot, onnxruntime" in caught.value.hint
+
+
+def test_a_slice_keeps_the_requests_it_cuts_through() -> None:
+    rows = Rows(*(np.zeros((10, 1)) for _ in range(3)), np.array([4, 1, 5]))
+    assert rows[2:7].requests.tolist() == [2, 1, 2]  # type: ignore[union-attr]
+    assert rows[4:5].requests.tolist() == [1]  # type: ignore[union-attr]
+    assert rows[0:4].requests.tolist() == [4]  # type: ignore[union-attr]
+    assert Rows(*(np.zeros((3, 1)) for _ in range(3)))[1:2].requests is None
+
+
+def test_a_batch_of_requests_keeps_each_ones_rows_together() -> None:
+    grouped = Rows(*(np.zeros((5, 1)) for _ in range(3)), np.array([2, 3]))
+    loose = Rows(*(np.zeros((2, 1)) for _ in range(3)))  # an OIP batch: each row its own
+    batch = Rows.concat([grouped, loose, grouped.as_one_request()])
+    assert batch.requests.tolist() == [2, 3, 1, 1, 5]  # type: ignore[union-attr]
+    starts, owner = batch.request_starts()
+    assert starts.tolist() == [0, 2, 5, 6, 7]
+    assert owner.tolist() == [0, 0, 1, 1, 1, 2, 3, 4, 4, 4, 4, 4]
+    assert Rows.concat([loose, loose]).requests is None
