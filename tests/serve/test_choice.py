@@ -103,6 +103,21 @@ def test_the_best_runtimes_are_tried_on_each_layout_one_thread_each() -> None:
     assert [c.layout for c in heavy if c.config.backend == "onnxruntime"] == layouts(2, True)
 
 
+def test_a_runtime_that_runs_the_split_is_tried_with_reuse_once_more() -> None:
+    """After its layouts, on the first of them; never on a backend without the split."""
+    todo = candidates(PROFILE, NEEDS, max_runtimes=3, reuse=lambda e: e.model == "deepfm")
+    tried = [(c.config.backend, c.config.reuse, c.layout) for c in todo]
+    assert tried[:3] == [
+        ("onnxruntime", False, Layout(1)),
+        ("onnxruntime", False, Layout(2)),
+        ("onnxruntime", True, Layout(1)),
+    ]
+    assert [c for c in todo if c.config.reuse and c.config.backend != "onnxruntime"] == []
+    assert "--reuse" in todo[2].serve_args() and "--reuse" not in todo[0].serve_args()
+    assert todo[2].label.endswith("/reuse, 1 front × 1 lane")
+    assert not any(c.config.reuse for c in candidates(PROFILE, NEEDS, reuse=lambda e: False))
+
+
 def test_a_model_is_heavy_by_the_largest_batch_the_server_may_run_not_the_profiled_one() -> None:
     # p99 19.2 ms at 1,000 rows, the largest profiled; 38 ms at 2,048, the default batch cap.
     middling = entry(SMALL, "onnxruntime", per_row_ms=0.015)
@@ -228,6 +243,16 @@ def test_a_worker_layout_is_served_with_that_many_workers() -> None:
     assert (config.plane.processes, config.plane.execution) == (1, "workers")
     assert (config.workers.min, config.workers.max) == (2, 2)
     assert config.workers.executors[0].count is None  # the autoscaler's kind, fixed by min=max
+    assert not config.workers.executors[0].reuse
+
+
+def test_a_choice_with_reuse_is_served_with_reuse() -> None:
+    split = ExecutorConfig("onnxruntime", reuse=True)
+    candidate = Candidate("k", "/art/x", split, Layout(1), 1.0)
+    chosen = ServedSelection(50, "", (Tried(candidate, 100.0, 20.0, 1.0, 3, 9.0),), (), 100.0,
+                             1.0, 1.0)  # fmt: skip
+    _, config = apply_served(load_serve_config(None, environ={}), chosen)
+    assert config.workers.executors[0].executor_config() == split
 
 
 def test_a_selection_that_found_nothing_cannot_be_served() -> None:

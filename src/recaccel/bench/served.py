@@ -37,13 +37,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recaccel.artifact import read_manifest
 from recaccel.bench.fleet import SERVE_COMMAND, ServerFleet
 from recaccel.bench.loadgen import DEFAULT_MIN_QUERY_COUNT, find_max_qps
 from recaccel.bench.plan import ArtifactRef, ServerPlan
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.sut import RANK_PATH
 from recaccel.bench.workload import RankWorkload
-from recaccel.runtime.profile import Profile
+from recaccel.data.schema import FeatureSchema
+from recaccel.errors import RecaccelError
+from recaccel.models.split import splits
+from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.runtime.select import Requirements
 from recaccel.serve.choice import Candidate, ServedSelection, Tried, candidates, rank_tried
 
@@ -152,6 +156,15 @@ def _search(options: ServedOptions, tried: Sequence[Tried]) -> SearchPolicy:
     return dataclasses.replace(options.search, min_qps=floor)
 
 
+def has_split_twin(entry: ProfileEntry) -> bool:
+    """Whether the entry's artifact has a split twin (its manifest read, not its weights)."""
+    try:
+        manifest = read_manifest(Path(entry.artifact))
+        return splits(manifest.model, FeatureSchema.from_dict(manifest.schema))
+    except RecaccelError:
+        return False  # the selection's own start of that artifact says what is wrong
+
+
 def select_served(
     profile: Profile,
     workload: RankWorkload,
@@ -168,7 +181,7 @@ def select_served(
     needs = Requirements(
         options.slo_ms, profile.serving_batch, options.relative_budget, options.cores
     )
-    todo = candidates(profile, needs, options.max_runtimes)
+    todo = candidates(profile, needs, options.max_runtimes, reuse=has_split_twin)
 
     def served(candidate: Candidate, out: Path, search: SearchPolicy) -> Tried:
         entry = profile.entry(candidate.key)

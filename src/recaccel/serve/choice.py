@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recaccel.errors import ConfigError
-from recaccel.runtime.executor import ExecutorConfig
-from recaccel.runtime.profile import Profile
+from recaccel.runtime.executor import BACKENDS, ExecutorConfig
+from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.runtime.select import Judgement, Requirements, select
 from recaccel.serve.config import (
     IN_PROCESS,
@@ -89,7 +89,8 @@ class Candidate:
     def serve_args(self) -> tuple[str, ...]:
         """`recaccel serve` arguments that serve this configuration (port not included)."""
         c = self.config
-        executor = ("--backend", c.backend, "--precision", c.precision, "--threads", str(c.threads))
+        executor: tuple[str, ...] = ("--backend", c.backend, "--precision", c.precision)
+        executor += ("--threads", str(c.threads), *(("--reuse",) if c.reuse else ()))
         return (f"{Path(self.artifact).name}={self.artifact}", *executor, *self.layout.args())
 
     @property
@@ -135,10 +136,14 @@ def candidates(
     needs: Requirements,
     max_runtimes: int = 3,
     largest_batch: int = BatchingSection.max_rows,
+    reuse: Callable[[ProfileEntry], bool] | None = None,
 ) -> list[Candidate]:
     """What to try, in order: each of the best runtimes on each of its layouts. A pure
     function of the profile (module docstring); `largest_batch`: the most rows the server
-    batches. ConfigError if nothing is eligible."""
+    batches. `reuse`: whether an entry's artifact has a split twin (models/split); for those
+    on a backend that runs it, the runtime with reuse on its first layout comes next, so the
+    selection measures whether computing the user once pays, on this model, here.
+    ConfigError if nothing is eligible."""
     selection = select(profile, needs)
     runtimes = _runtimes(selection.table, profile, max_runtimes)
     if not runtimes:
@@ -153,11 +158,22 @@ def candidates(
         largest = max(entry.points[-1].batch, largest_batch)  # past the profile: extrapolated
         heavy = entry.latency_model().predict_ms(largest) > HEAVY_SHARE_OF_SLO * needs.slo_p99_ms
         config = ExecutorConfig(row.backend, row.device, 1, row.precision)
-        for layout in layouts(needs.cores, heavy):
+        tried = layouts(needs.cores, heavy)
+        for layout in tried:
             found.append(
                 Candidate(row.key, entry.artifact, config, layout, row.requests_per_second)
             )
+        split = dataclasses.replace(config, reuse=True)
+        if reuse is not None and reuse(entry) and _runs_split(split):
+            found.append(
+                Candidate(row.key, entry.artifact, split, tried[0], row.requests_per_second)
+            )
     return found
+
+
+def _runs_split(config: ExecutorConfig) -> bool:
+    spec = BACKENDS.get(config.backend)
+    return spec is not None and spec.runs_split and config.precision == "fp32"
 
 
 @dataclass(frozen=True)

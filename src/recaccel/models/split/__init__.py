@@ -21,7 +21,7 @@ from recaccel.models.split.families import (
 )
 from recaccel.models.wide_deep import WideDeep
 
-__all__ = ["SplitModel", "from_model", "split_example"]
+__all__ = ["SplitModel", "from_model", "split_example", "splits"]
 
 _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DLRM: SplitDLRM,
@@ -29,6 +29,14 @@ _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DCNv2: SplitDCNv2,
     WideDeep: SplitWideDeep,
 }
+_FAMILIES = ("dlrm", "deepfm", "dcnv2", "wide_deep")  # the zoo's names of those classes
+
+
+def splits(model_name: str, schema: FeatureSchema) -> bool:
+    """Whether a model of the zoo family `model_name` on `schema` has a split twin: a zoo
+    family, and a schema that marks some feature request-side. What serving selection asks
+    before it offers reuse as a candidate (reading a manifest, not loading weights)."""
+    return model_name in _FAMILIES and bool(schema.on_side(Side.REQUEST))
 
 
 def from_model(model: nn.Module, schema: FeatureSchema) -> SplitModel:
