@@ -19,7 +19,7 @@ from recaccel.models.deepfm import DeepFM, DeepFMConfig
 from recaccel.models.quantized import quantize_embeddings
 from recaccel.models.quantized_dense import quantize_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
-from recaccel.models.split import SplitModel, from_model, split_example
+from recaccel.models.split import OneRankRequest, SplitModel, from_model, split_example
 from recaccel.models.split.families import SplitDCNv2, SplitDeepFM, SplitDLRM
 from recaccel.models.split.parts import SplitLinear, worth_cutting
 from recaccel.runtime.export import onnx_session
@@ -241,3 +241,16 @@ def test_the_split_graph_runs_in_onnx_runtime(
             expected = model(*_joined(schema, inputs[:3], inputs[3:6], inputs[6]))  # type: ignore[arg-type]
         assert got.shape == (rows,)
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_one_rank_request_scores_rows_as_the_first_rows_user(tiny_dataset: Dataset) -> None:
+    """What the search times: the twin on B rows as one request, the first row's user."""
+    schema = tiny_dataset.schema
+    model = _perturbed(build_model("deepfm", schema, preset_config("deepfm", "small")))
+    _, candidates, _ = _requests(schema, 1, 40, seed=4)
+    owner = torch.zeros(40, dtype=torch.long)
+    first = tuple(t[:1] for t in candidates)
+    with torch.no_grad():
+        expected = model(*_joined(schema, first, candidates, owner))  # type: ignore[arg-type]
+        got = OneRankRequest(from_model(model, schema))(*candidates)
+    torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=TOLERANCE)

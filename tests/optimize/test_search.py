@@ -3,6 +3,7 @@ non-dominated, `pick` takes the fastest accepted trial, and the outputs are writ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
+from recaccel.data.schema import FeatureSchema, Side
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.models.registry import build_model
+from recaccel.models.split import OneRankRequest, SplitModel
 from recaccel.optimize.pareto import SearchResult, TrialRecord, dominates, pareto_front, pick
 from recaccel.optimize.search import search
 from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
@@ -256,3 +259,46 @@ def test_a_mixed_dimension_student_shrinks_its_big_tables(tiny_dataset: Dataset)
     assert mixed.mixed_dim_alpha == 0.5 and uniform.mixed_dim_alpha == 0.0
     widths = build_model("deepfm", tiny_dataset.schema, mixed).sparse_arch.dims
     assert max(widths) == 16 and min(widths) < 16  # the largest table is the narrowest
+
+
+def test_a_search_with_reuse_times_each_student_as_one_rank_request_of_its_twin(
+    tmp_path: Path,
+    tiny_dataset: Dataset,
+    teacher: Artifact,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import recaccel.optimize.search_trial as trial_module
+
+    timed: list[dict[str, Any]] = []
+    real_measure = trial_module.measure_interleaved
+
+    def recorded(scorers: dict[str, Any], *args: Any) -> Any:
+        timed.append(dict(scorers))
+        return real_measure(scorers, *args)
+
+    monkeypatch.setattr(trial_module, "measure_interleaved", recorded)
+    result = search(
+        teacher, tiny_dataset, tmp_path, 120, n_trials=2, train_config=ONE_EPOCH,
+        space=TINY_SPACE, latency_repeats=5, progress=False, reuse=True,
+    )  # fmt: skip
+    assert result.reuse and json.loads((tmp_path / "search.json").read_text())["reuse"]
+    assert len(timed) == 2
+    for scorers in timed:
+        student = scorers["student"]
+        assert isinstance(student, OneRankRequest) and isinstance(student.twin, SplitModel)
+        assert scorers["teacher"] is teacher.model  # the teacher as it serves without reuse
+
+
+def test_a_search_with_reuse_needs_request_side_features(
+    tmp_path: Path, tiny_dataset: Dataset, teacher: Artifact
+) -> None:
+    flat = FeatureSchema(
+        tuple(dataclasses.replace(f, side=Side.CANDIDATE) for f in tiny_dataset.schema.features),
+        tiny_dataset.schema.label,
+        tiny_dataset.schema.name,
+    )
+    with pytest.raises(ConfigError, match="marks no feature request-side"):
+        search(
+            teacher, dataclasses.replace(tiny_dataset, schema=flat), tmp_path, 60,
+            train_config=ONE_EPOCH, space=TINY_SPACE, progress=False, reuse=True,
+        )  # fmt: skip

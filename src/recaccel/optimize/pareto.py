@@ -86,6 +86,7 @@ class SearchResult:
     serving_batch: int
     threads: int
     space: SearchSpace
+    reuse: bool = False  # students timed with request-level reuse (their split twin)
 
     @property
     def front_trials(self) -> list[TrialRecord]:
@@ -106,6 +107,7 @@ class SearchResult:
             "seed": self.seed,
             "serving_batch": self.serving_batch,
             "threads": self.threads,
+            "reuse": self.reuse,
             "space": self.space.to_dict(),
             "front": list(self.front),
             "trials": [t.to_dict() for t in self.trials],
@@ -214,6 +216,7 @@ def write_outputs(result: SearchResult, out: Path) -> None:
     title = (
         f"{len(result.trials)} trials; teacher {result.teacher['model']} "
         f"{result.teacher_latency_ms or float('nan'):.2f} ms at batch {result.serving_batch}"
+        + ("; students with reuse" if result.reuse else "")
     )
     plot_front(
         result.trials, result.front_trials, result.teacher_val_auc, out / "pareto.png", title

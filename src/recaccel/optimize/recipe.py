@@ -48,7 +48,15 @@ STEP_PARAMETERS: dict[str, frozenset[str]] = {
         {"student", "preset", "config", "alpha", "learning_rate", "max_epochs", "weight_decay"}
     ),
     "search": frozenset(
-        {"budget_seconds", "n_trials", "alpha", "learning_rate", "max_epochs", "weight_decay"}
+        {
+            "budget_seconds",
+            "n_trials",
+            "alpha",
+            "learning_rate",
+            "max_epochs",
+            "weight_decay",
+            "reuse",
+        }
     ),
     "prune": frozenset({"keep_fraction", "learning_rate", "max_epochs", "weight_decay"}),
     "prune_fields": frozenset({"tolerance", "max_fields", "learning_rate", "max_epochs"}),

@@ -30,6 +30,7 @@ from torch import nn
 
 from recaccel.artifact import Artifact, LineageStep, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
+from recaccel.data.schema import Side
 from recaccel.errors import ConfigError
 from recaccel.optimize.distill import DEFAULT_ALPHA, blended_targets
 from recaccel.optimize.latency import SERVING_BATCH, sample_rows
@@ -152,6 +153,7 @@ def search(
     progress: bool = True,
     space: SearchSpace | None = None,
     latency_repeats: int = TRIAL_LATENCY_REPEATS,
+    reuse: bool = False,
 ) -> SearchResult:
     """Search `space` for distilled students of `teacher` within `budget_seconds`.
 
@@ -168,6 +170,10 @@ def search(
         seed: the sampler's seed and the timed rows' seed.
         space: the architectures to search (default: `SearchSpace()`).
         latency_repeats: timed rounds per trial (each round runs teacher and student once).
+        reuse: time each student as it serves with request-level reuse (docs/reuse.md): its
+            split twin on one rank request of `serving_batch` candidates, against the teacher
+            as it is. The front then ranks students by what a rank request costs them served
+            so; ConfigError for a schema with no request-side feature.
     """
     started = time.monotonic()
     deadline = started + budget_seconds
@@ -183,6 +189,11 @@ def search(
             "search on the dataset the teacher was trained on",
         )
     space = space or SearchSpace()
+    if reuse and not dataset.schema.on_side(Side.REQUEST):
+        raise ConfigError(
+            f"search with reuse: dataset {dataset.name!r} marks no feature request-side",
+            'search without reuse, or mark the user\'s features side = "request"',
+        )
     teacher_train = predict(teacher.model, dataset.train)  # once for every student
     soft_labels = blended_targets(dataset.train.label, teacher_train, alpha)
     soft = replace(dataset, train=replace(dataset.train, label=soft_labels))
@@ -197,6 +208,7 @@ def search(
         repeats=latency_repeats,
         threads=threads,
         progress=progress,
+        reuse=reuse,
     )
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [objective.after_trial]
     if n_trials is not None:
@@ -238,6 +250,7 @@ def search(
         serving_batch=serving_batch,
         threads=threads,
         space=space,
+        reuse=reuse,
     )
     write_outputs(result, out)
     return result

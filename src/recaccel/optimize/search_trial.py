@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.models.registry import ModelConfig, build_model, config_to_dict
+from recaccel.models.split import OneRankRequest, from_model
 from recaccel.optimize.latency import measure_interleaved
 from recaccel.optimize.pareto import TrialRecord
 from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
@@ -50,6 +51,9 @@ class TrialRunner:
     repeats: int = TRIAL_LATENCY_REPEATS
     threads: int = 1
     progress: bool = True
+    # Time each student as it would serve with request-level reuse (models/split): its split
+    # twin on one rank request of the batch's rows, against the teacher as it is.
+    reuse: bool = False
     seen: dict[tuple[str, ModelConfig], int] = field(default_factory=dict)  # -> first trial
     duplicates_in_a_row: int = 0
     exhausted: bool = False  # stopped because only duplicates came
@@ -69,7 +73,7 @@ class TrialRunner:
         model = build_model(name, self.soft.schema, config)
         fitted = fit(model, self.soft, self.config, progress=False, deadline=self.deadline)
         stats = measure_interleaved(
-            {"teacher": self.teacher, "student": model},
+            {"teacher": self.teacher, "student": self._timed(model)},
             self.batch,
             self.repeats,
             TRIAL_LATENCY_WARMUP,
@@ -90,6 +94,12 @@ class TrialRunner:
         self.models[trial.number] = model
         self._report(trial.number, name, val_auc, student_ms, ratio, attrs)
         return val_auc, ratio
+
+    def _timed(self, model: nn.Module) -> nn.Module:
+        """The student as the search times it: its twin on one rank request with reuse."""
+        if not self.reuse:
+            return model
+        return OneRankRequest(from_model(model, self.soft.schema))
 
     def after_trial(self, study: optuna.Study, _trial: FrozenTrial) -> None:
         """Drop the models that left the front; stop once only duplicates come."""

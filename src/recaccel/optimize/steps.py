@@ -178,6 +178,7 @@ def _run_search(ctx: StepContext, parent: Artifact, params: dict[str, Any], out:
         serving_batch=ctx.recipe.measure.serving_batch,
         threads=ctx.recipe.measure.threads,
         progress=ctx.progress,
+        reuse=bool(params.get("reuse", False)),
     )
     chosen = pick(result, ctx.original_validation.auc, ctx.recipe.relative_budget)
     if chosen is None or chosen.artifact is None:

@@ -78,3 +78,21 @@ def split_example(
     candidates = example_batch(schema, rows, seed=seed + 1)
     owner = torch.arange(rows, dtype=torch.long) % requests
     return (*request.as_tuple(), *candidates.as_tuple(), owner)
+
+
+class OneRankRequest(nn.Module):
+    """A twin called as a model: (dense, categorical, multi_hot) of B rows, scored as one rank
+    request whose request row is the first. What the search times a student as when it
+    serves with reuse (its cost per request is the same whichever user the rows hold)."""
+
+    def __init__(self, twin: SplitModel) -> None:
+        super().__init__()
+        self.twin = twin
+
+    def forward(
+        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+    ) -> torch.Tensor:
+        owner = torch.zeros(dense.shape[0], dtype=torch.long, device=dense.device)
+        request = (dense[:1], categorical[:1], multi_hot[:1])
+        logits: torch.Tensor = self.twin(*request, dense, categorical, multi_hot, owner)
+        return logits
