@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/reuse_cost.py [--presets small,base,heavy] [--families ...]
         [--artifact artifacts/dlrm-heavy-optimized/02-prune-1] [--aot] [--rounds 5]
+    .venv/bin/python scripts/reuse_cost.py --auc --artifact ARTIFACT   # test AUC, both ways
 
 For each zoo family × preset (random weights: compute does not depend on them) and each
 artifact given, one rank request — one user against 10, 100 and 1,000 MovieLens candidate
@@ -25,16 +26,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.export import Dim
 
 from recaccel.artifact import load_artifact
 from recaccel.data.registry import load_dataset
+from recaccel.data.rows import Rows
 from recaccel.data.schema import INPUT_NAMES, FeatureSchema, Side
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.models.split import SplitModel, from_model, split_example
+from recaccel.runtime.executor import ExecutorConfig, load_executor
 from recaccel.runtime.export import export_onnx, onnx_session
 from recaccel.runtime.split_export import SPLIT_INPUT_NAMES, export_split_onnx
+from recaccel.train.metrics import evaluate
 
 SIZES = (10, 100, 1000)
 
@@ -88,6 +93,26 @@ def _runners(
     return runners
 
 
+def test_auc_with_reuse(path: Path) -> None:
+    """The artifact's test-split AUC scored by each backend with and without reuse, the rows
+    grouped as rank requests: each run of consecutive rows of one user is one request."""
+    dataset = load_dataset("movielens-100k")
+    split = dataset.test
+    batch = split.features(slice(0, len(split)))
+    rows = Rows(*(t.numpy() for t in batch.as_tuple()))
+    user_column = [f.name for f in dataset.schema.categorical].index("user_id")
+    users = rows.categorical[:, user_column]
+    runs = np.flatnonzero(np.diff(users)) + 1
+    counts = np.diff(np.concatenate(([0], runs, [len(users)])))
+    grouped = Rows(*rows.as_tuple(), counts)
+    print(f"{path}: {len(rows):,} test rows as {len(counts):,} rank requests")
+    for backend in ("onnxruntime", "torch-aot"):
+        plain = evaluate(split.label, load_executor(path, ExecutorConfig(backend)).run(rows))
+        scores = load_executor(path, ExecutorConfig(backend, reuse=True)).run(grouped)
+        split_auc = evaluate(split.label, scores).auc
+        print(f"  {backend}: test AUC {plain.auc:.6f} without reuse, {split_auc:.6f} with")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="small,base,heavy")
@@ -95,7 +120,16 @@ def main() -> None:
     parser.add_argument("--artifact", action="append", default=[], type=Path)
     parser.add_argument("--aot", action="store_true", help="also AOTInductor (~30 s a form)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--auc",
+        action="store_true",
+        help="only: each --artifact's test AUC through its executors with and without reuse",
+    )
     args = parser.parse_args()
+    if args.auc:
+        for path in args.artifact:
+            test_auc_with_reuse(path)
+        return
     torch.set_num_threads(1)
     dataset = load_dataset("movielens-100k")
     schema = dataset.schema
