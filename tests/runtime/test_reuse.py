@@ -4,6 +4,9 @@ through slicing and batching; the backends that do not run it refuse it by name.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +85,36 @@ def test_a_batch_of_requests_keeps_each_ones_rows_together() -> None:
     assert starts.tolist() == [0, 2, 5, 6, 7]
     assert owner.tolist() == [0, 0, 1, 1, 1, 2, 3, 4, 4, 4, 4, 4]
     assert Rows.concat([loose, loose]).requests is None
+
+
+def test_reuse_on_onnxruntime_names_a_pytorch_only_op(
+    trained: dict[str, Artifact], tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from recaccel.models.quantized_dense import quantize_dense
+    from recaccel.runtime.export import UnsupportedOnBackendError
+
+    artifact = trained["deepfm"]
+    model, _ = quantize_dense(artifact.model, "int8-dynamic")
+    quantized = dataclasses.replace(artifact, model=model, path=tmp_path)
+    with pytest.raises(UnsupportedOnBackendError, match="the split twin") as caught:
+        load_executor(quantized, ExecutorConfig("onnxruntime", reuse=True))
+    assert "torch-eager" in caught.value.hint
+
+
+def test_a_servers_latency_model_times_each_batch_as_one_rank_request(
+    tiny_dataset: Dataset,
+) -> None:
+    """So an executor with reuse is timed as /v1/rank runs it, its request part once."""
+    from recaccel.serve.workers import startup_latency
+
+    seen: list[Rows] = []
+
+    class Recording:
+        def run(self, batch: Rows) -> np.ndarray:
+            seen.append(batch)
+            return np.zeros(len(batch), np.float32)
+
+    startup_latency(Recording(), tiny_dataset.schema, (1, 64))
+    assert {len(b) for b in seen} == {1, 64}
+    assert all(b.requests is not None and b.requests.tolist() == [len(b)] for b in seen)

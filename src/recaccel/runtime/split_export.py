@@ -18,15 +18,18 @@ from torch.export import Dim
 from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, FeatureSchema
 from recaccel.models.split import SplitModel, split_example
 from recaccel.runtime.export import (
+    BACKEND,
     DEFAULT_OPSET,
     EXPORT_ATOL,
     EXPORT_RTOL,
     ExportMismatchError,
+    UnsupportedOnBackendError,
     onnx_session,
     quiet_exporter,
     save_onnx,
     shared_copy,
     strip_metadata,
+    unsupported_ops,
     with_gather_bags,
 )
 
@@ -48,7 +51,17 @@ def export_split_onnx(
 ) -> Path:
     """Write the twin's graph to `path`, checked against PyTorch on 3 requests × 37 rows.
 
-    Raises ExportMismatchError (and removes the file) when ORT's logits are not PyTorch's."""
+    Raises UnsupportedOnBackendError for a model with PyTorch-only quantized ops, and
+    ExportMismatchError (removing the file) when ORT's logits are not PyTorch's."""
+    if unsupported := unsupported_ops(twin):
+        (name, op), *_ = unsupported
+        raise UnsupportedOnBackendError(
+            op,
+            BACKEND,
+            f"the split twin ({name})",
+            "serve its float parent with reuse on onnxruntime, or this artifact with reuse on "
+            "torch-eager",
+        )
     form = with_gather_bags(shared_copy(twin))
     requests, rows = Dim("requests", min=1), Dim("rows", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)

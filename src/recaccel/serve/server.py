@@ -98,9 +98,20 @@ def feature_source_for(
         return None
 
 
+def feature_store_for(artifact: Path, max_candidates: int) -> FeatureStore | TableSource | None:
+    """The in-memory features of the dataset `artifact` was trained on, as a server without
+    a `[rank]` section serves them (what the comparison scripts score peers on); None for a
+    dataset without users and items."""
+    dataset = dataset_of(Path(artifact))
+    if dataset is None or (dataset.encoding is None and dataset.feature_tables is None):
+        return None
+    schema = FeatureSchema.from_dict(read_manifest(Path(artifact)).schema)
+    return dataset_feature_source(dataset, max_candidates, schema)
+
+
 def dataset_feature_source(
     dataset: Dataset, max_candidates: int, schema: FeatureSchema | None = None
-) -> FeatureSource:
+) -> FeatureStore | TableSource:
     """Where a dataset's rank rows come from: its feature tables (a dataset of your own, the
     Criteo-shaped one) or its encoding (MovieLens); ConfigError for a dataset with neither.
 
