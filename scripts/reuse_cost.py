@@ -95,21 +95,32 @@ def _runners(
 
 def test_auc_with_reuse(path: Path) -> None:
     """The artifact's test-split AUC scored by each backend with and without reuse, the rows
-    grouped as rank requests: each run of consecutive rows of one user is one request."""
+    grouped as rank requests: the rows of one user at one time."""
     dataset = load_dataset("movielens-100k")
     split = dataset.test
     batch = split.features(slice(0, len(split)))
-    rows = Rows(*(t.numpy() for t in batch.as_tuple()))
-    user_column = [f.name for f in dataset.schema.categorical].index("user_id")
-    users = rows.categorical[:, user_column]
-    runs = np.flatnonzero(np.diff(users)) + 1
-    counts = np.diff(np.concatenate(([0], runs, [len(users)])))
-    grouped = Rows(*rows.as_tuple(), counts)
+    # A rank request is one user at one time: rows whose request-side columns are all equal
+    # (a test row's user tenure is its own rating's, so one user's rows are several requests).
+    arrays = [t.numpy() for t in batch.as_tuple()]
+    request_columns = dataset.schema.columns_on_side(Side.REQUEST)
+    key = np.concatenate(
+        [
+            a[:, list(c)].reshape(len(a), -1).astype(np.float64)
+            for a, c in zip(arrays, request_columns, strict=True)
+        ],
+        axis=1,
+    )
+    _, request_of_row = np.unique(key, axis=0, return_inverse=True)
+    order = np.argsort(request_of_row, kind="stable")
+    rows = Rows(*(a[order] for a in arrays))
+    labels = split.label[order]
+    counts = np.bincount(request_of_row)
+    grouped = Rows(*rows.as_tuple(), counts[counts > 0])
     print(f"{path}: {len(rows):,} test rows as {len(counts):,} rank requests")
     for backend in ("onnxruntime", "torch-aot"):
-        plain = evaluate(split.label, load_executor(path, ExecutorConfig(backend)).run(rows))
+        plain = evaluate(labels, load_executor(path, ExecutorConfig(backend)).run(rows))
         scores = load_executor(path, ExecutorConfig(backend, reuse=True)).run(grouped)
-        split_auc = evaluate(split.label, scores).auc
+        split_auc = evaluate(labels, scores).auc
         print(f"  {backend}: test AUC {plain.auc:.6f} without reuse, {split_auc:.6f} with")
 
 
