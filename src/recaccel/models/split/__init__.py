@@ -21,7 +21,7 @@ from recaccel.models.split.families import (
 )
 from recaccel.models.wide_deep import WideDeep
 
-__all__ = ["SplitModel", "from_model", "split_example", "splits"]
+__all__ = ["OneRankRequest", "SplitModel", "from_model", "split_example", "splits"]
 
 _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DLRM: SplitDLRM,
