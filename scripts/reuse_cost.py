@@ -35,7 +35,7 @@ from recaccel.data.registry import load_dataset
 from recaccel.data.rows import Rows
 from recaccel.data.schema import INPUT_NAMES, FeatureSchema, Side
 from recaccel.models.registry import MODELS, build_model, preset_config
-from recaccel.models.split import SplitModel, from_model, split_example
+from recaccel.models.split import SplitModel, from_model, joined_rows, split_example
 from recaccel.runtime.executor import ExecutorConfig, load_executor
 from recaccel.runtime.export import export_onnx, onnx_session
 from recaccel.runtime.split_export import SPLIT_INPUT_NAMES, export_split_onnx
@@ -166,21 +166,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runners = _runners(model, twin, schema, Path(tmp), args.aot)
             for n in SIZES:
-                dense, categorical, multi_hot = (t[:n].contiguous() for t in rows.as_tuple())
-                request = (dense[:1], categorical[:1], multi_hot[:1])
-                split_inputs = (
-                    *request,
-                    dense,
-                    categorical,
-                    multi_hot,
-                    torch.zeros(n, dtype=torch.long),
-                )
+                candidates = tuple(t[:n].contiguous() for t in rows.as_tuple())
+                request = tuple(t[:1] for t in candidates)
+                owner = torch.zeros(n, dtype=torch.long)
+                split_inputs = (*request, *candidates, owner)
                 # The unsplit model's rows, as serving builds them: the user's columns in each.
-                plain_inputs = tuple(t.clone() for t in (dense, categorical, multi_hot))
-                for columns, full, one in zip(
-                    schema.columns_on_side(Side.REQUEST), plain_inputs, request, strict=True
-                ):
-                    full[:, list(columns)] = one[:, list(columns)]
+                plain_inputs = joined_rows(schema, request, candidates, owner)
                 with torch.no_grad():
                     delta = float((model(*plain_inputs) - twin(*split_inputs)).abs().max())
                 cells: dict[tuple[str, int], list[float]] = collections.defaultdict(list)

@@ -19,7 +19,13 @@ from recaccel.models.deepfm import DeepFM, DeepFMConfig
 from recaccel.models.quantized import quantize_embeddings
 from recaccel.models.quantized_dense import quantize_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
-from recaccel.models.split import OneRankRequest, SplitModel, from_model, split_example
+from recaccel.models.split import (
+    OneRankRequest,
+    SplitModel,
+    from_model,
+    joined_rows,
+    split_example,
+)
 from recaccel.models.split.families import SplitDCNv2, SplitDeepFM, SplitDLRM
 from recaccel.models.split.parts import SplitLinear, worth_cutting
 from recaccel.runtime.export import onnx_session
@@ -50,18 +56,6 @@ def _requests(
     return inputs[:3], inputs[3:6], owner  # type: ignore[return-value]
 
 
-def _joined(
-    schema: FeatureSchema, request: Tensors, candidates: Tensors, owner: torch.Tensor
-) -> Tensors:
-    """The unsplit model's rows: each candidate row with its request's request-side columns."""
-    rows = tuple(t.clone() for t in candidates)
-    for columns, full, part in zip(
-        schema.columns_on_side(Side.REQUEST), rows, request, strict=True
-    ):
-        full[:, list(columns)] = part[owner][:, list(columns)]
-    return rows  # type: ignore[return-value]
-
-
 def _assert_twin_matches(
     model: nn.Module,
     twin: SplitModel,
@@ -72,7 +66,7 @@ def _assert_twin_matches(
 ) -> None:
     request, candidates, owner = _requests(schema, requests, rows, seed)
     with torch.no_grad():
-        expected = model(*_joined(schema, request, candidates, owner))
+        expected = model(*joined_rows(schema, request, candidates, owner))
         got = twin(*request, *candidates, owner)
     assert got.shape == (rows,)
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=TOLERANCE)
@@ -238,7 +232,7 @@ def test_the_split_graph_runs_in_onnx_runtime(
         inputs = split_example(schema, requests, rows, seed=rows)
         got = session.run(None, split_feeds(inputs))[0]
         with torch.no_grad():
-            expected = model(*_joined(schema, inputs[:3], inputs[3:6], inputs[6]))  # type: ignore[arg-type]
+            expected = model(*joined_rows(schema, inputs[:3], inputs[3:6], inputs[6]))  # type: ignore[arg-type]
         assert got.shape == (rows,)
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
 
@@ -251,6 +245,6 @@ def test_one_rank_request_scores_rows_as_the_first_rows_user(tiny_dataset: Datas
     owner = torch.zeros(40, dtype=torch.long)
     first = tuple(t[:1] for t in candidates)
     with torch.no_grad():
-        expected = model(*_joined(schema, first, candidates, owner))  # type: ignore[arg-type]
+        expected = model(*joined_rows(schema, first, candidates, owner))  # type: ignore[arg-type]
         got = OneRankRequest(from_model(model, schema))(*candidates)
     torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=TOLERANCE)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import Dataset
 from recaccel.data.rows import Rows
-from recaccel.data.schema import Side
+from recaccel.models.split import joined_rows
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, check_config, load_executor
 
 SPLIT_BACKENDS = ["torch-eager", "onnxruntime", "torch-aot"]
@@ -22,13 +23,12 @@ COUNTS = (20, 1, 29)  # three requests' candidate rows
 
 def _three_requests(dataset: Dataset) -> Rows:
     """50 test rows as three rank requests: each run of rows holds its first row's user."""
-    batch = dataset.test.features(slice(0, sum(COUNTS)))
-    arrays = tuple(t.numpy().copy() for t in batch.as_tuple())
-    starts = np.cumsum(COUNTS) - COUNTS
-    for columns, array in zip(dataset.schema.columns_on_side(Side.REQUEST), arrays, strict=True):
-        for start, count in zip(starts, COUNTS, strict=True):
-            array[start : start + count, list(columns)] = array[start, list(columns)]
-    return Rows(*arrays, np.array(COUNTS))
+    candidates = dataset.test.features(slice(0, sum(COUNTS))).as_tuple()
+    owner = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))
+    starts = torch.cumsum(torch.tensor(COUNTS), 0) - torch.tensor(COUNTS)
+    request = tuple(t[starts] for t in candidates)
+    rows = joined_rows(dataset.schema, request, candidates, owner)
+    return Rows(*(t.numpy() for t in rows), np.array(COUNTS))
 
 
 # torch-aot on one family only: each compile of a form takes ~20 s of the suite.

@@ -136,6 +136,16 @@ class BackendSpec:
     # Runs a zoo model's split twin (`ExecutorConfig.reuse`), at fp32.
     runs_split: bool = False
 
+    def runs_reuse(self, precision: str) -> bool:
+        """Whether this backend runs the split twin (request-level reuse) at `precision`."""
+        return self.runs_split and precision == "fp32"
+
+
+def reuse_hint(backends: Mapping[str, BackendSpec] | None = None) -> str:
+    """Where reuse runs, for a refusal's hint."""
+    split = (b.name for b in (backends or BACKENDS).values() if b.runs_split)
+    return f"reuse runs at fp32 on {', '.join(split)}"
+
 
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
@@ -242,12 +252,11 @@ def check_config(
                 if config.precision in other.precisions
             ),
         )
-    if config.reuse and not (spec.runs_split and config.precision == "fp32"):
-        split = ", ".join(b.name for b in backends.values() if b.runs_split)
+    if config.reuse and not spec.runs_reuse(config.precision):
         raise ExecutorError(
             config,
             f"request-level reuse does not run on {spec.name} at {config.precision}",
-            f"reuse runs at fp32 on {split}; or serve without reuse",
+            f"{reuse_hint(backends)}; or serve without reuse",
         )
     return spec
 

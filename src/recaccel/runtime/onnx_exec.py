@@ -101,11 +101,11 @@ def split_form_file(artifact_path: Path, artifact_id: str) -> Path:
 
 
 def cached_split_onnx(artifact: Artifact, config: ExecutorConfig) -> Path:
-    """The graph of the artifact's split twin (fp32), exported on first use."""
-    twin = split_twin(artifact.model, artifact.schema, config)
+    """The graph of the artifact's split twin (fp32), exported (the twin built) on first use."""
+    schema = artifact.schema
     return cached(
         split_form_file(artifact.path, artifact.manifest.artifact_id),
-        lambda path: export_split_onnx(twin, artifact.schema, path),
+        lambda path: export_split_onnx(split_twin(artifact.model, schema, config), schema, path),
     )
 
 

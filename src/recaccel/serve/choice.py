@@ -164,16 +164,12 @@ def candidates(
                 Candidate(row.key, entry.artifact, config, layout, row.requests_per_second)
             )
         split = dataclasses.replace(config, reuse=True)
-        if reuse is not None and reuse(entry) and _runs_split(split):
+        spec = BACKENDS.get(split.backend)
+        if reuse is not None and reuse(entry) and spec and spec.runs_reuse(split.precision):
             found.append(
                 Candidate(row.key, entry.artifact, split, tried[0], row.requests_per_second)
             )
     return found
-
-
-def _runs_split(config: ExecutorConfig) -> bool:
-    spec = BACKENDS.get(config.backend)
-    return spec is not None and spec.runs_split and config.precision == "fp32"
 
 
 @dataclass(frozen=True)

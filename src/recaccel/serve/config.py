@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from recaccel.errors import ConfigError
-from recaccel.runtime.executor import BACKENDS, ExecutorConfig
+from recaccel.runtime.executor import BACKENDS, ExecutorConfig, reuse_hint
 from recaccel.serve.autoscaler import AutoscalerConfig
 
 ENV_PREFIX = "RECACCEL_"
@@ -353,12 +353,11 @@ def _check(config: ServeConfig) -> ServeConfig:
                 f"{executor.precision}",
                 f"it runs {', '.join(spec.precisions)}",
             )
-        if executor.reuse and not (spec.runs_split and executor.precision == "fp32"):
+        if executor.reuse and not spec.runs_reuse(executor.precision):
             raise ConfigError(
                 f"workers.executors[{i}].reuse: {executor.backend} does not run reuse at "
                 f"{executor.precision}",
-                "reuse runs at fp32 on "
-                + ", ".join(b.name for b in BACKENDS.values() if b.runs_split),
+                reuse_hint(),
             )
         if executor.count is not None and executor.count < 1:
             raise ConfigError(f"workers.executors[{i}].count: must be >= 1")

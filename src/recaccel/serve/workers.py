@@ -103,11 +103,11 @@ def startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> Lat
     does for /v1/rank; timed as many one-row requests, the pruned DeepFM's 1,000-row batch
     took 1.7× as long on ONNX Runtime, and the batcher planned with that)."""
     from recaccel.runtime.executor import zeros_batch
+    from recaccel.runtime.reuse import as_rows
 
     points = []
     for rows in batches:
-        tensors = zeros_batch(schema, rows).as_tuple()
-        batch = Rows(*(t.numpy() for t in tensors)).as_one_request()
+        batch = as_rows(zeros_batch(schema, rows)).as_one_request()
         executor.run(batch)  # warm this size
         times = []
         for _ in range(STARTUP_REPEATS):

@@ -21,7 +21,14 @@ from recaccel.models.split.families import (
 )
 from recaccel.models.wide_deep import WideDeep
 
-__all__ = ["OneRankRequest", "SplitModel", "from_model", "split_example", "splits"]
+__all__ = [
+    "OneRankRequest",
+    "SplitModel",
+    "from_model",
+    "joined_rows",
+    "split_example",
+    "splits",
+]
 
 _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DLRM: SplitDLRM,
@@ -67,6 +74,22 @@ def from_model(model: nn.Module, schema: FeatureSchema) -> SplitModel:
             "serve it without reuse",
         ) from None
     return twin.eval()
+
+
+def joined_rows(
+    schema: FeatureSchema,
+    request: tuple[torch.Tensor, ...],
+    candidates: tuple[torch.Tensor, ...],
+    owner: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The unsplit model's rows for the twin's inputs: each candidate row (copied) with its
+    request's request-side columns, so `model(*joined_rows(...))` is what the twin scores."""
+    rows = tuple(t.clone() for t in candidates)
+    for columns, full, part in zip(
+        schema.columns_on_side(Side.REQUEST), rows, request, strict=True
+    ):
+        full[:, list(columns)] = part[owner][:, list(columns)]
+    return rows
 
 
 def split_example(

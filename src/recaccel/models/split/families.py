@@ -22,10 +22,11 @@ from recaccel.models.split.parts import (
     DenseSides,
     SideEmbedding,
     SplitLinearTerm,
+    column_flags,
     index_buffer,
     permuted_cross_layer,
     positions,
-    request_flags,
+    side_embeddings,
     split_first_layer,
     with_permuted_input,
 )
@@ -90,9 +91,9 @@ class SplitDeepFM(SplitModel):
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
         self.first_order = SplitLinearTerm(model.first_order, schema, self.dense)
-        sparse_flags = request_flags(schema, model.sparse_arch.fields)
-        self.request_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, True))
-        self.candidate_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, False))
+        sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
+            model.sparse_arch, schema
+        )
         vectors = model.dense_fields.vectors.detach()
         self.request_dense_vectors = nn.Parameter(vectors[list(self.dense.request_kept)].clone())
         self.candidate_dense_vectors = nn.Parameter(
@@ -101,8 +102,8 @@ class SplitDeepFM(SplitModel):
         dim = vectors.shape[1]
         # The deep MLP reads the fields flattened, dense fields first: D columns per field.
         field_flags = (*self.dense.flags, *sparse_flags)
-        column_flags = [flag for flag in field_flags for _ in range(dim)]
-        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, column_flags)
+        columns = column_flags(field_flags, [dim] * len(field_flags))
+        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, columns)
         self.over_arch = model.over_arch
         self.dim = dim
 
@@ -166,14 +167,15 @@ class SplitWideDeep(SplitModel):
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
         self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
-        sparse_flags = request_flags(schema, model.sparse_arch.fields)
-        self.request_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, True))
-        self.candidate_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, False))
+        sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
+            model.sparse_arch, schema
+        )
         # The deep MLP reads [dense, each sparse vector at its own width].
-        column_flags = list(self.dense.flags)
-        for flag, width in zip(sparse_flags, model.sparse_arch.out_dims, strict=True):
-            column_flags += [flag] * width
-        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, column_flags)
+        columns = column_flags(
+            (*self.dense.flags, *sparse_flags),
+            (*[1] * len(self.dense.flags), *model.sparse_arch.out_dims),
+        )
+        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, columns)
         self.over_arch = model.over_arch
 
     def request(
@@ -218,24 +220,25 @@ class SplitDCNv2(SplitModel):
     def __init__(self, model: DCNv2, schema: FeatureSchema) -> None:
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
-        sparse_flags = request_flags(schema, model.sparse_arch.fields)
-        self.request_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, True))
-        self.candidate_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, False))
-        column_flags = list(self.dense.flags)
-        for flag, width in zip(sparse_flags, model.sparse_arch.out_dims, strict=True):
-            column_flags += [flag] * width
-        request_cols = positions(column_flags, True)
+        sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
+            model.sparse_arch, schema
+        )
+        columns = column_flags(
+            (*self.dense.flags, *sparse_flags),
+            (*[1] * len(self.dense.flags), *model.sparse_arch.out_dims),
+        )
+        request_cols = positions(columns, True)
         self.request_width = len(request_cols)
-        perm = [*request_cols, *positions(column_flags, False)]
+        perm = [*request_cols, *positions(columns, False)]
         permuted = [permuted_cross_layer(layer, perm) for layer in model.cross_arch.layers]
         deep = with_permuted_input(model.deep_arch, perm)
         layers = [layer for layer in permuted if layer is not None]
         self.permuted = deep is not None and len(layers) == len(permuted)
         if deep is not None and self.permuted:
-            first_flags = [True] * len(request_cols) + [False] * (len(perm) - len(request_cols))
+            first_flags = [columns[i] for i in perm]  # the columns' flags, permuted
             self.deep_arch = deep
         else:
-            first_flags, layers = column_flags, list(model.cross_arch.layers)
+            first_flags, layers = columns, list(model.cross_arch.layers)
             self.deep_arch = model.deep_arch
             index_buffer(self, "order", sorted(range(len(perm)), key=perm.__getitem__))
         first, *rest = layers
@@ -294,9 +297,9 @@ class SplitDLRM(SplitModel):
             self.bottom_first, self.bottom_rest = split_first_layer(
                 model.dense_arch, self.dense.flags
             )
-        sparse_flags = request_flags(schema, model.sparse_arch.fields)
-        self.request_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, True))
-        self.candidate_fields = SideEmbedding(model.sparse_arch, positions(sparse_flags, False))
+        sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
+            model.sparse_arch, schema
+        )
         # Vector 0 is the bottom MLP's output, then the sparse fields (DLRM's order).
         vector_flags = (self.dense_is_request, *sparse_flags)
         request_vectors = positions(vector_flags, True)

@@ -207,6 +207,21 @@ class SideEmbedding(nn.Module):
         ]
 
 
+def side_embeddings(
+    arch: SparseArch, schema: FeatureSchema
+) -> tuple[tuple[bool, ...], SideEmbedding, SideEmbedding]:
+    """Whether each of a sparse arch's fields is request-side, and each side's embedding."""
+    flags = request_flags(schema, arch.fields)
+    request = SideEmbedding(arch, positions(flags, True))
+    return flags, request, SideEmbedding(arch, positions(flags, False))
+
+
+def column_flags(flags: Sequence[bool], widths: Sequence[int]) -> list[bool]:
+    """Per column of a concatenation of blocks (`widths` columns each, e.g. a field's vector),
+    whether it is request-side, from each block's flag."""
+    return [flag for flag, width in zip(flags, widths, strict=True) for _ in range(width)]
+
+
 class DenseSides(nn.Module):
     """A model's kept dense columns split by side: (B, n_dense) → (B, k) of one side.
 
@@ -248,9 +263,7 @@ class SplitLinearTerm(nn.Module):
         self.dense = SplitLinear(term.dense, dense.flags)
         if not self.dense.cut:
             raise ValueError(f"a first-order term's dense layer is a {type(term.dense).__name__}")
-        sparse_flags = request_flags(schema, term.sparse.fields)
-        self.request_fields = SideEmbedding(term.sparse, positions(sparse_flags, True))
-        self.candidate_fields = SideEmbedding(term.sparse, positions(sparse_flags, False))
+        _, self.request_fields, self.candidate_fields = side_embeddings(term.sparse, schema)
 
     def request(
         self, dense_r: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
