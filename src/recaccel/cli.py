@@ -496,6 +496,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "workers": {"min": args.min_workers, "max": args.max_workers},
         "plane": {"processes": args.processes, "execution": args.execution},
         "rank": {"users": args.users, "items": args.items, "redis": args.redis},
+        "part_cache": {"ttl_s": args.part_cache_ttl_s},
     }
     if args.backend or args.precision or args.threads or args.lanes or args.reuse:
         overrides["workers"]["executors"] = [
@@ -920,6 +921,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute each rank request's user part once, not per candidate (fp32 on "
         "torch-eager, torch-aot, onnxruntime; docs/reuse.md)",
+    )
+    serve.add_argument(
+        "--part-cache-ttl-s",
+        type=float,
+        help="with --reuse: keep each user's request part this many seconds and reuse it "
+        "across requests (torch-eager, onnxruntime; default 0: off; docs/reuse.md)",
     )
     serve.add_argument(
         "--select",

@@ -83,3 +83,67 @@ def test_each_user_in_a_merged_batch_gets_the_models_scores(
     scores = json.loads(body)["outputs"][0]["data"]
     np.testing.assert_allclose(scores, _scores(served_artifact, batch), rtol=0, atol=1e-5)
     assert_drained(server)
+
+
+def _cache_lookups(server: Server) -> tuple[float, float]:
+    hits, misses = (
+        server.metric("recaccel_part_cache_lookups_total", model=MODEL, result=result)
+        for result in ("hit", "miss")
+    )
+    return hits, misses
+
+
+@pytest.mark.parametrize("execution", ["in-process", "workers"])
+def test_the_part_cache_serves_a_returning_user_and_starts_empty_after_a_hot_swap(
+    server_factory: object,
+    served_artifact: Path,
+    trained: object,
+    tiny_dataset: Dataset,
+    execution: str,
+) -> None:
+    """The second request of a user is a hit scored as the model scores it; after a swap to
+    a model of the same family and shapes (other weights) the same user is scored by the new
+    model, a miss: no request part of version 1 outlives it."""
+    from server_harness import TOKEN
+
+    retrained: Path = trained("dlrm", "small", 3)  # type: ignore[operator]
+    sections = {
+        "plane": {"processes": 1, "execution": execution},
+        "workers": {"min": 1, "max": 1, "executors": [{"backend": "onnxruntime", "reuse": True}]},
+        "part_cache": {"ttl_s": 600},
+        "server": {"management": True},
+    }
+    server: Server = server_factory(  # type: ignore[operator]
+        [f"{MODEL}={served_artifact}"], sections, env={"RECACCEL_TOKEN": TOKEN}
+    )
+    store = FeatureStore.from_dataset(tiny_dataset)
+    candidates = [int(i) for i in store.catalogue[:25]]
+    rows, _ = store.rows(3, candidates)
+    before, after = (_scores(a, rows) for a in (served_artifact, retrained))
+    assert np.abs(before - after).max() > 1e-3  # the two versions are told apart
+
+    def rank() -> np.ndarray:
+        status, body = server.post(
+            "/v1/rank", {"user_id": 3, "candidates": candidates, "k": len(candidates)}
+        )
+        assert status == 200, body
+        scores = {i["item_id"]: i["score"] for i in json.loads(body)["items"]}
+        return np.array([scores[c] for c in candidates])
+
+    start = _cache_lookups(server)  # the startup batches' all-zero user
+    np.testing.assert_allclose(rank(), before, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rank(), before, rtol=0, atol=1e-5)
+    hits, misses = np.subtract(_cache_lookups(server), start)
+    assert (hits, misses) == (1, 1)
+    assert server.metric("recaccel_part_cache_hit_age_seconds_total", model=MODEL) > 0
+    status, body = server.post(
+        f"/v2/repository/models/{MODEL}/load",
+        {"parameters": {"artifact": str(retrained)}},
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert status == 200, body
+    swapped = _cache_lookups(server)
+    np.testing.assert_allclose(rank(), after, rtol=0, atol=1e-5)
+    hits, misses = np.subtract(_cache_lookups(server), swapped)
+    assert misses == 1 and hits == 0
+    assert_drained(server)

@@ -63,6 +63,14 @@ def test_yaml_works_too(tmp_path: Path) -> None:
             {},
             "workers.executors[0].reuse: openvino does not run reuse",
         ),
+        ("[part_cache]\nttl_s = 60\n", {}, "workers.executors[0] runs without reuse"),
+        (
+            "[workers]\nexecutors = [{backend = 'torch-aot', reuse = true}]\n",
+            {"RECACCEL_PART_CACHE_TTL_S": "60"},
+            "runs torch-aot, which runs the split twin as one graph",
+        ),
+        ("[part_cache]\nttl_s = -1\n", {}, "part_cache.ttl_s must be >= 0"),
+        ("[part_cache]\nmax_entries = 0\n", {}, "part_cache.max_entries >= 1"),
         ("token = 'abc'\n", {}, "RECACCEL_TOKEN only"),
         ("[slo\n", {}, "not valid TOML"),
         ("[admission]\noverload_target_ms = -5\n", {}, "admission.overload_target_ms"),
@@ -76,6 +84,15 @@ def test_a_bad_setting_is_named(
     with pytest.raises(ConfigError) as error:
         load_serve_config(path, environ=environ)
     assert message in str(error.value)
+
+
+def test_the_part_cache_is_off_unless_given_a_ttl_and_on_with_one(tmp_path: Path) -> None:
+    assert load_serve_config(environ={}).part_cache.settings() is None
+    path = tmp_path / "serve.toml"
+    path.write_text("[workers]\nexecutors = [{backend = 'torch-eager', reuse = true}]\n")
+    config = load_serve_config(path, environ={"RECACCEL_PART_CACHE_TTL_S": "30"})
+    settings = config.part_cache.settings()
+    assert settings is not None and (settings.ttl_s, settings.max_entries) == (30, 100_000)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from recaccel.data.dataset import Dataset
 from recaccel.data.rows import Rows
 from recaccel.runtime.executor import ExecutorConfig, load_executor
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
+from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
 from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.serve.config import load_serve_config
 from recaccel.serve.deployment import Deployment, ModelVersion
@@ -62,6 +63,9 @@ class FakeExecutor:
         if self.fail:
             raise ValueError("bad batch")
         return batch.dense[:, 0].copy()
+
+    def run_counted(self, batch: Rows) -> tuple[np.ndarray, CacheCounts]:
+        return self.run(batch), NO_COUNTS
 
     def close(self) -> None:
         self.closed += 1

@@ -38,7 +38,7 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.models.split import SplitModel, split_example
 from recaccel.runtime.cache import cache_dir, cached
-from recaccel.runtime.executor import ExecutorConfig, ExecutorError, zeros_batch
+from recaccel.runtime.executor import Executor, ExecutorConfig, ExecutorError, zeros_batch
 from recaccel.runtime.torch_exec import (
     Scorer,
     TorchEagerExecutor,
@@ -169,6 +169,9 @@ class AotInductorExecutor(TorchEagerExecutor):
 
     def _warm_up(self) -> None:
         self._score(self._inputs(zeros_batch(self.schema, TRACE_ROWS)))
+
+    def _split_halves(self) -> int:
+        return Executor._split_halves(self)  # one compiled graph: the halves do not run apart
 
     def _details(self) -> dict[str, Any]:
         return {"torch": torch.__version__, "compiler": "aotinductor", "package": str(self.package)}

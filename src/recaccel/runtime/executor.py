@@ -57,6 +57,13 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.imported.model import ImportedConfig
+from recaccel.runtime.part_cache import (
+    NO_COUNTS,
+    CacheCounts,
+    PartCache,
+    PartCacheSettings,
+    RequestRows,
+)
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -135,10 +142,19 @@ class BackendSpec:
     runs_onnx: bool = False
     # Runs a zoo model's split twin (`ExecutorConfig.reuse`), at fp32.
     runs_split: bool = False
+    # Runs the twin's two halves apart, so request parts can be kept across requests
+    # (`Executor.use_part_cache`).
+    caches_parts: bool = False
 
     def runs_reuse(self, precision: str) -> bool:
         """Whether this backend runs the split twin (request-level reuse) at `precision`."""
         return self.runs_split and precision == "fp32"
+
+
+def part_cache_hint(backends: Mapping[str, BackendSpec] | None = None) -> str:
+    """Where the request-part cache runs, for a refusal's hint."""
+    caching = (b.name for b in (backends or BACKENDS).values() if b.caches_parts)
+    return f"the request-part cache runs with reuse at fp32 on {', '.join(caching)}"
 
 
 def reuse_hint(backends: Mapping[str, BackendSpec] | None = None) -> str:
@@ -159,6 +175,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("fp32", "fp16", "bf16"),
             "",
             runs_split=True,
+            caches_parts=True,
         ),
         BackendSpec(
             "torch-compile",
@@ -191,6 +208,7 @@ BACKENDS: dict[str, BackendSpec] = {
             caches_form=True,
             runs_onnx=True,
             runs_split=True,
+            caches_parts=True,
         ),
         BackendSpec(
             "openvino",
@@ -307,6 +325,13 @@ def probabilities(logits: np.ndarray | torch.Tensor) -> np.ndarray:
         return np.reciprocal(np.exp(-x) + np.float32(1.0))
 
 
+def as_rows(batch: FeatureBatch | Rows) -> Rows:
+    """A batch as numpy rows (serving's form) without copying numpy rows."""
+    if isinstance(batch, Rows):
+        return batch
+    return Rows(*(t.detach().cpu().numpy() for t in batch.as_tuple()))
+
+
 class Executor(ABC):
     """An artifact on one backend and device. Build it with `load_executor`.
 
@@ -319,6 +344,7 @@ class Executor(ABC):
     """
 
     concurrent_runs = False
+    _part_cache: PartCache | None = None
 
     def __init__(self, artifact: Artifact, config: ExecutorConfig) -> None:
         self.config = config
@@ -335,14 +361,64 @@ class Executor(ABC):
     def run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         """Click probabilities sigmoid(logit), (B,) float32 on the host, for B rows: torch
         tensors (`FeatureBatch`) or numpy arrays (`Rows`, what serving sends)."""
+        return self.run_counted(batch)[0]
+
+    def run_counted(self, batch: FeatureBatch | Rows) -> tuple[np.ndarray, CacheCounts]:
+        """`run`, and what the request-part cache did for it (nothing when it is off)."""
         check_batch(self.schema, batch)
         if len(batch) == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self._run(batch)
+            return np.zeros(0, dtype=np.float32), NO_COUNTS
+        if self._part_cache is None:
+            return self._run(batch), NO_COUNTS
+        rows = as_rows(batch)
+        starts, owner = rows.request_starts()
+        request: RequestRows = (
+            rows.dense.take(starts, axis=0),
+            rows.categorical.take(starts, axis=0),
+            rows.multi_hot.take(starts, axis=0),
+        )
+        parts, counts = self._part_cache.parts(request, self._request_parts)
+        return probabilities(self._candidate_logits(parts, owner, rows)), counts
 
     @abstractmethod
     def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         """`run` on a checked, non-empty batch."""
+
+    def use_part_cache(self, settings: PartCacheSettings) -> None:
+        """From now on, keep each request's part (the split twin's request half) for
+        `settings.ttl_s` and reuse it for that request's columns (runtime/part_cache.py).
+
+        Raises ExecutorError on an executor without reuse, or whose backend cannot run the
+        twin's halves apart."""
+        if not self.config.reuse:
+            raise ExecutorError(
+                self.config,
+                "the request-part cache keeps the split twin's request parts; this executor "
+                "runs the model unsplit",
+                "turn reuse on for it (serve --reuse, or reuse = true in [workers.executors])",
+            )
+        self._part_cache = PartCache(self.schema, settings, self._split_halves())
+
+    def _split_halves(self) -> int:
+        """Make the twin's halves runnable apart (`_request_parts`, `_candidate_logits`);
+        the request part's width."""
+        raise ExecutorError(
+            self.config,
+            f"{self.config.backend} runs the split twin as one graph, so its request parts "
+            "cannot be kept",
+            part_cache_hint(),
+        )
+
+    def _request_parts(self, request: RequestRows) -> np.ndarray:
+        """(R, K) float32 request parts of R request rows."""
+        raise NotImplementedError  # only called once `_split_halves` has succeeded
+
+    def _candidate_logits(
+        self, parts: np.ndarray, owner: np.ndarray, rows: Rows
+    ) -> np.ndarray | torch.Tensor:
+        """(N,) logits of N candidate rows, row i of request `owner[i]` whose part is
+        `parts[owner[i]]`."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the config, the artifact and what the backend actually runs."""

@@ -8,6 +8,8 @@ Forms, cached under `<artifact>/onnx/<key>/model.onnx`, each made on first use:
                                           digest of them: other rows make another file
     <artifact_id>-fp16                    ... float16 weights and arithmetic
     <artifact_id>-fp32-split              the split twin's graph (reuse; runtime/split_export.py)
+    <artifact_id>-fp32-split-halves       ... as two graphs, model.onnx and request.onnx (reuse
+                                          with the request-part cache)
 
 Keys start with the artifact id; forms are staged and renamed into place (runtime/cache.py), so
 worker processes that load the same artifact at once never read a half-written file.
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from recaccel.artifact import Artifact
+from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import OUTPUT_NAME, FeatureSchema
@@ -42,13 +44,23 @@ from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
     ExecutorError,
+    as_rows,
     probabilities,
     zeros_batch,
 )
 from recaccel.runtime.export import export_onnx, import_onnxruntime, onnx_feeds
 from recaccel.runtime.onnx_quantize import quantize_onnx
+from recaccel.runtime.part_cache import RequestRows
 from recaccel.runtime.reuse import split_inputs, split_twin
-from recaccel.runtime.split_export import export_split_onnx, split_feeds
+from recaccel.runtime.split_export import (
+    PART_INPUT_NAMES,
+    PART_NAME,
+    REQUEST_INPUT_NAMES,
+    export_split_halves,
+    export_split_onnx,
+    request_half_file,
+    split_feeds,
+)
 
 ONNX_DIR = "onnx"
 MODEL_FILE = "model.onnx"
@@ -106,6 +118,20 @@ def cached_split_onnx(artifact: Artifact, config: ExecutorConfig) -> Path:
     return cached(
         split_form_file(artifact.path, artifact.manifest.artifact_id),
         lambda path: export_split_onnx(split_twin(artifact.model, schema, config), schema, path),
+    )
+
+
+def split_halves_file(artifact_path: Path, artifact_id: str) -> Path:
+    """The candidate half's graph; the request half's is beside it (request_half_file)."""
+    return cache_dir(artifact_path, ONNX_DIR) / f"{artifact_id}-fp32-split-halves" / MODEL_FILE
+
+
+def cached_split_halves(artifact: Artifact, config: ExecutorConfig) -> Path:
+    """The split twin's two graphs (part cache), exported on first use."""
+    schema = artifact.schema
+    return cached(
+        split_halves_file(artifact.path, artifact.manifest.artifact_id),
+        lambda path: export_split_halves(split_twin(artifact.model, schema, config), schema, path),
     )
 
 
@@ -217,21 +243,8 @@ class OnnxRuntimeExecutor(Executor):
             if config.reuse
             else cached_onnx(artifact, config.precision, calibration)
         )
-        wanted = choose_providers(
-            config, ort.get_available_providers(), self.schema, self.onnx_path.parent.parent
-        )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only; ORT warns about benign graph rewrites
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session: Any = ort.InferenceSession(
-            str(self.onnx_path),
-            sess_options=options,
-            providers=[name for name, _ in wanted],
-            provider_options=[opts for _, opts in wanted],
-        )
+        self._session: Any = self._new_session(self.onnx_path)
+        self._request_session: Any = None  # the split twin's request half, with a part cache
         self.version = ort.__version__
         started = self._session.get_providers()
         if config.device_type == "cuda" and "CUDAExecutionProvider" not in started:
@@ -243,12 +256,57 @@ class OnnxRuntimeExecutor(Executor):
             )
         self._run(zeros_batch(self.schema, WARMUP_ROWS))  # arenas, TensorRT engine build
 
+    def _new_session(self, path: Path) -> Any:
+        ort = import_onnxruntime()
+        wanted = choose_providers(
+            self.config, ort.get_available_providers(), self.schema, path.parent.parent
+        )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; ORT warns about benign graph rewrites
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=[name for name, _ in wanted],
+            provider_options=[opts for _, opts in wanted],
+        )
+
     def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         if self._session is None:
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
         feeds = split_feeds(split_inputs(batch)) if self.config.reuse else onnx_feeds(batch)
         logits: np.ndarray = self._session.run([OUTPUT_NAME], feeds)[0]
         return probabilities(logits)
+
+    def _split_halves(self) -> int:
+        """The twin's two graphs in place of its one (exported on first use, from the artifact
+        read again: the executor keeps no model)."""
+        path = split_halves_file(self.artifact_path, self.artifact_id)
+        if not path.is_file():
+            artifact = load_artifact(self.artifact_path)
+            path = cached_split_halves(artifact, self.config)
+        self._request_session = self._new_session(request_half_file(path))
+        self._session = self._new_session(path)  # the candidate half; the whole graph goes
+        self.onnx_path = path
+        request = as_rows(zeros_batch(self.schema, 1)).as_tuple()
+        return int(self._request_parts(request).shape[1])
+
+    def _request_parts(self, request: RequestRows) -> np.ndarray:
+        if self._request_session is None:
+            raise ExecutorError(self.config, "the executor is closed", "load a new one")
+        feeds = dict(zip(REQUEST_INPUT_NAMES, request, strict=True))
+        parts: np.ndarray = self._request_session.run([PART_NAME], feeds)[0]
+        return parts
+
+    def _candidate_logits(self, parts: np.ndarray, owner: np.ndarray, rows: Rows) -> np.ndarray:
+        if self._session is None:
+            raise ExecutorError(self.config, "the executor is closed", "load a new one")
+        feeds = dict(zip(PART_INPUT_NAMES, (parts, owner, *rows.as_tuple()), strict=True))
+        logits: np.ndarray = self._session.run([OUTPUT_NAME], feeds)[0]
+        return logits
 
     def _details(self) -> dict[str, Any]:
         providers = self._session.get_providers() if self._session is not None else []
@@ -260,4 +318,4 @@ class OnnxRuntimeExecutor(Executor):
         }
 
     def close(self) -> None:
-        self._session = None
+        self._session = self._request_session = None

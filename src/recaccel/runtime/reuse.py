@@ -18,7 +18,7 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.models.split import SplitModel, from_model
-from recaccel.runtime.executor import ExecutorConfig, ExecutorError
+from recaccel.runtime.executor import ExecutorConfig, ExecutorError, as_rows
 
 
 def split_twin(model: nn.Module, schema: FeatureSchema, config: ExecutorConfig) -> SplitModel:
@@ -27,12 +27,6 @@ def split_twin(model: nn.Module, schema: FeatureSchema, config: ExecutorConfig) 
         return from_model(model, schema)
     except ConfigError as error:
         raise ExecutorError(config, f"request-level reuse: {error.message}", error.hint) from None
-
-
-def as_rows(batch: FeatureBatch | Rows) -> Rows:
-    if isinstance(batch, Rows):
-        return batch
-    return Rows(*(t.detach().cpu().numpy() for t in batch.as_tuple()))
 
 
 def split_inputs(batch: FeatureBatch | Rows) -> tuple[np.ndarray, ...]:

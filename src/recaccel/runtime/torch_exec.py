@@ -39,15 +39,18 @@ from recaccel.models.half_precision import HALF_DTYPES
 from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.quantized import QuantizedEmbeddingBag
 from recaccel.models.quantized_dense import quantize_dense
+from recaccel.models.split import SplitModel
 from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
     ExecutorError,
+    as_rows,
     outermost_ops,
     owned_copy,
     probabilities,
     zeros_batch,
 )
+from recaccel.runtime.part_cache import RequestRows
 from recaccel.runtime.reuse import split_inputs, split_twin
 
 # Rows of the warm-up batch: any size works for the unbacked graph; >1 so that eager warm-up
@@ -161,6 +164,29 @@ class TorchEagerExecutor(Executor):
 
     def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         return probabilities(self._score(self._inputs(batch)))
+
+    def _split_halves(self) -> int:
+        part = self._request_parts(as_rows(zeros_batch(self.schema, 1)).as_tuple())
+        return int(part.shape[1])
+
+    def _twin(self) -> SplitModel:
+        if not isinstance(self.model, SplitModel):
+            raise ExecutorError(self.config, "the executor is closed", "load a new one")
+        return self.model
+
+    def _request_parts(self, request: RequestRows) -> np.ndarray:
+        twin = self._twin()
+        tensors = (t.to(self.device) for t in _tensors(request))
+        with torch.inference_mode():
+            return twin.request(*tensors).float().cpu().numpy()
+
+    def _candidate_logits(self, parts: np.ndarray, owner: np.ndarray, rows: Rows) -> torch.Tensor:
+        twin = self._twin()
+        part, owned, *tensors = (
+            t.to(self.device) for t in _tensors((parts, owner, *rows.as_tuple()))
+        )
+        with torch.inference_mode():
+            return twin.candidates(part, owned, *tensors)
 
     def _details(self) -> dict[str, Any]:
         kernels = _kernel_paths(self.model) if self.model is not None else {}

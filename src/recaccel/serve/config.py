@@ -5,6 +5,7 @@
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
     [workers]    min, max, executors = [{backend, device, precision, threads, reuse, count}]
+    [part_cache] ttl_s, max_entries
     [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
                  interval_s
     [admission]  max_queue_rows, max_queue_requests, overload_target_ms
@@ -36,7 +37,8 @@ from typing import Any
 import yaml
 
 from recaccel.errors import ConfigError
-from recaccel.runtime.executor import BACKENDS, ExecutorConfig, reuse_hint
+from recaccel.runtime.executor import BACKENDS, ExecutorConfig, part_cache_hint, reuse_hint
+from recaccel.runtime.part_cache import PartCacheSettings
 from recaccel.serve.autoscaler import AutoscalerConfig
 
 ENV_PREFIX = "RECACCEL_"
@@ -116,6 +118,20 @@ class WorkersSection:
 
 
 @dataclass(frozen=True)
+class PartCacheSection:
+    # Keep each user's request part (the split twin's request half, computed from the
+    # request-side columns) this many seconds and reuse it when the same columns come again
+    # (runtime/part_cache.py, docs/reuse.md). 0: off. Needs reuse on every executor, on a
+    # backend that runs the twin's halves apart (torch-eager, onnxruntime).
+    ttl_s: float = 0.0
+    max_entries: int = 100_000  # parts held per executor at most (oldest written go first)
+
+    def settings(self) -> PartCacheSettings | None:
+        """The executors' cache settings; None when the cache is off."""
+        return PartCacheSettings(self.ttl_s, self.max_entries) if self.ttl_s > 0 else None
+
+
+@dataclass(frozen=True)
 class AutoscalerSection:
     # The policy's own defaults (autoscaler.AutoscalerConfig says why); its min and max are
     # [workers]'s.
@@ -177,6 +193,7 @@ class ServeConfig:
     slo: SloSection = field(default_factory=SloSection)
     batching: BatchingSection = field(default_factory=BatchingSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
+    part_cache: PartCacheSection = field(default_factory=PartCacheSection)
     autoscaler: AutoscalerSection = field(default_factory=AutoscalerSection)
     admission: AdmissionSection = field(default_factory=AdmissionSection)
     rank: RankSection = field(default_factory=RankSection)
@@ -361,7 +378,31 @@ def _check(config: ServeConfig) -> ServeConfig:
             )
         if executor.count is not None and executor.count < 1:
             raise ConfigError(f"workers.executors[{i}].count: must be >= 1")
+    _check_part_cache(config.part_cache, config.workers.executors)
     return config
+
+
+def _check_part_cache(cache: PartCacheSection, executors: tuple[ExecutorSection, ...]) -> None:
+    if cache.ttl_s < 0 or cache.max_entries < 1:
+        raise ConfigError(
+            "part_cache.ttl_s must be >= 0 (0: off) and part_cache.max_entries >= 1, got "
+            f"{cache.ttl_s} and {cache.max_entries}"
+        )
+    if cache.ttl_s == 0:
+        return
+    for i, executor in enumerate(executors):
+        if not executor.reuse:
+            raise ConfigError(
+                f"part_cache.ttl_s is set but workers.executors[{i}] runs without reuse: the "
+                "cache keeps the split twin's request parts",
+                "turn reuse on for every executor (--reuse), or the cache off (ttl_s = 0)",
+            )
+        if not BACKENDS[executor.backend].caches_parts:
+            raise ConfigError(
+                f"part_cache.ttl_s is set but workers.executors[{i}] runs {executor.backend}, "
+                "which runs the split twin as one graph",
+                part_cache_hint(),
+            )
 
 
 def load_serve_config(

@@ -57,6 +57,7 @@ from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.runtime.latency_model import LatencyModel
+from recaccel.runtime.part_cache import CacheCounts
 from recaccel.runtime.profile import Profile
 from recaccel.serve import admission, batcher_policy, router
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
@@ -125,7 +126,12 @@ class Deployment:
         self.kinds = [
             _Kind(
                 section,
-                WorkerSpec(model.artifact, section.executor_config(), calibration=calibration),
+                WorkerSpec(
+                    model.artifact,
+                    section.executor_config(),
+                    calibration=calibration,
+                    part_cache=config.part_cache.settings(),
+                ),
                 in_process,
             )
             for section in config.workers.executors
@@ -461,13 +467,14 @@ class Deployment:
         series.batch_requests.observe(len(parts))
         for part in parts:
             series.queue_latency.observe(now - part.arrival)
-        busy_before = worker.stats.busy_s  # an inline lane is done before `run` returns
+        # Counters before the batch (an inline lane is done before `run` returns).
+        before = (worker.stats.busy_s, worker.stats.cache)
         self._running_batches += 1
         result = worker.run(batch, parallel=parts[0].split)
         if result.done():  # computed inline: answer now, not a loop iteration later
-            self._done(parts, kind, worker, busy_before, result)
+            self._done(parts, kind, worker, before, result)
         else:
-            done = functools.partial(self._done, parts, kind, worker, busy_before)
+            done = functools.partial(self._done, parts, kind, worker, before)
             result.add_done_callback(done)
 
     def _done(
@@ -475,13 +482,15 @@ class Deployment:
         parts: list[Part],
         kind: _Kind,
         worker: Worker,
-        busy_before: float,
+        before: tuple[float, CacheCounts],
         result: asyncio.Future[np.ndarray],
     ) -> None:
         """A batch's outcome: scores to each part, or a retry (its worker died) or an error."""
         self._running_batches -= 1
-        busy = max(0.0, worker.stats.busy_s - busy_before)
+        busy = max(0.0, worker.stats.busy_s - before[0])
         self._series.of_kind(kind.spec.kind)[1].inc(busy)
+        if worker.stats.cache is not before[1]:
+            self._series.count_part_cache(worker.stats.cache - before[1])
         cancelled = result.cancelled()
         error = WorkerDiedError("its batch was cancelled") if cancelled else result.exception()
         if isinstance(error, WorkerDiedError):

@@ -15,6 +15,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from recaccel.runtime.part_cache import CacheCounts
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
     0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
@@ -76,6 +78,27 @@ class ServerMetrics:
             "recaccel_retried_batches", "Batches re-sent after their worker died", ["model"],
             registry=r,
         )  # fmt: skip
+        self.part_cache = Counter(
+            "recaccel_part_cache_lookups",
+            "Request parts looked up in the request-part cache (docs/reuse.md), by result",
+            ["model", "result"],
+            registry=r,
+        )
+        self.part_cache_expired = Counter(
+            "recaccel_part_cache_expired", "Of the misses, parts held past their TTL", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.part_cache_evicted = Counter(
+            "recaccel_part_cache_evicted", "Live parts dropped because the cache was full",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.part_cache_hit_age = Counter(
+            "recaccel_part_cache_hit_age_seconds",
+            "Summed age of the parts served from the cache; divided by the hits, the mean "
+            "staleness (never past the TTL)",
+            ["model"],
+            registry=r,
+        )
         self.workers = Gauge(
             "recaccel_workers", "Executors (lanes or worker processes) ready to serve",
             ["model", "kind"], registry=r, multiprocess_mode="livesum",
@@ -146,6 +169,19 @@ class ModelMetrics:
         self.batch_requests = metrics.batch_requests.labels(model)
         self.queue_latency = metrics.queue_latency.labels(model)
         self._by_kind: dict[str, tuple[Any, Any]] = {}
+
+    def count_part_cache(self, counts: CacheCounts) -> None:
+        """Add one batch's (or several's) request-part cache counts."""
+        m, model = self._metrics, self.model
+        if counts.hits:
+            m.part_cache.labels(model, "hit").inc(counts.hits)
+            m.part_cache_hit_age.labels(model).inc(counts.hit_age_s)
+        if counts.misses:
+            m.part_cache.labels(model, "miss").inc(counts.misses)
+        if counts.expired:
+            m.part_cache_expired.labels(model).inc(counts.expired)
+        if counts.evicted:
+            m.part_cache_evicted.labels(model).inc(counts.evicted)
 
     def of_kind(self, kind: str) -> tuple[Any, Any]:
         """(batches run, executor busy seconds) of one executor kind."""

@@ -50,6 +50,7 @@ from recaccel.data.rows import Rows
 from recaccel.errors import RecaccelError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
+from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts, PartCacheSettings
 from recaccel.serve import ipc
 from recaccel.serve.heap import freeze_long_lived_heap
 
@@ -70,6 +71,7 @@ class WorkerSpec:
     config: ExecutorConfig
     startup_batches: tuple[int, ...] = STARTUP_BATCHES
     calibration: FeatureBatch | None = None
+    part_cache: PartCacheSettings | None = None  # keep request parts across requests
 
     @property
     def kind(self) -> str:
@@ -102,8 +104,7 @@ def startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> Lat
     batch one rank request (an executor with reuse computes its request part once, as it
     does for /v1/rank; timed as many one-row requests, the pruned DeepFM's 1,000-row batch
     took 1.7× as long on ONNX Runtime, and the batcher planned with that)."""
-    from recaccel.runtime.executor import zeros_batch
-    from recaccel.runtime.reuse import as_rows
+    from recaccel.runtime.executor import as_rows, zeros_batch
 
     points = []
     for rows in batches:
@@ -116,6 +117,13 @@ def startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> Lat
             times.append((time.perf_counter() - start) * 1e3)
         points.append(LatencyPoint(rows, statistics.median(times), max(times), STARTUP_REPEATS))
     return LatencyModel.from_points(points)
+
+
+def with_part_cache(executor: Any, settings: PartCacheSettings | None) -> None:
+    """Turn the executor's request-part cache on when asked, before its latency is measured:
+    the startup batches then time the cached path (one all-zero user, computed once)."""
+    if settings is not None:
+        executor.use_part_cache(settings)
 
 
 def _exit_with_parent() -> None:
@@ -146,6 +154,7 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
     try:
         start = time.perf_counter()
         executor = load_executor(spec.artifact, spec.config, spec.calibration)
+        with_part_cache(executor, spec.part_cache)
         latency = startup_latency(executor, executor.schema, spec.startup_batches)
         info = WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
     except Exception as error:  # reported to the server, which names it in its start-up error
@@ -164,9 +173,13 @@ def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> No
         start = time.perf_counter()
         try:
             rows = Rows(dense, categorical, multi_hot, requests)
-            outcome: tuple[str, Any] = ("ok", executor.run(rows))
+            scores, counts = executor.run_counted(rows)
+            # No cache, nothing to send (NO_COUNTS would arrive as a new object anyway).
+            outcome: tuple[str, Any, CacheCounts | None] = (
+                "ok", scores, None if counts is NO_COUNTS else counts,
+            )  # fmt: skip
         except Exception as error:
-            outcome = ("error", f"{type(error).__name__}: {error}")
+            outcome = ("error", f"{type(error).__name__}: {error}", None)
         busy_s = time.perf_counter() - start
         try:
             ipc.send(results_fd, (batch_id, *outcome, busy_s))
@@ -193,6 +206,7 @@ class WorkerStats:
     rows: int = 0
     busy_s: float = 0.0
     failures: int = 0
+    cache: CacheCounts = NO_COUNTS  # what the request-part cache did, summed
 
 
 class WorkerProcess:
@@ -351,9 +365,11 @@ class WorkerProcess:
                     )
                 )
             return
-        batch_id, status, payload, busy_s = message
+        batch_id, status, payload, cache, busy_s = message
         pending = self._pending.pop(batch_id, None)
         self.stats.busy_s += busy_s
+        if cache is not None:
+            self.stats.cache += cache
         if pending is None or pending.future.done():
             return
         if status == "ok":

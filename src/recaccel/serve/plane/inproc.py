@@ -47,6 +47,7 @@ import numpy as np
 from recaccel.data.rows import Rows
 from recaccel.runtime.executor import Executor, load_executor
 from recaccel.runtime.latency_model import LatencyModel
+from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
 from recaccel.serve.workers import (
     WorkerDiedError,
     WorkerFailedError,
@@ -54,6 +55,7 @@ from recaccel.serve.workers import (
     WorkerSpec,
     WorkerStats,
     startup_latency,
+    with_part_cache,
 )
 
 
@@ -138,7 +140,7 @@ class InProcessLane:
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
-            scores, busy_s = outcome
+            scores, cache, busy_s = outcome
         except Exception as error:
             self.stats.failures += 1
             running.future.set_exception(
@@ -146,6 +148,8 @@ class InProcessLane:
             )
             return
         self.stats.busy_s += busy_s
+        if cache is not NO_COUNTS:  # the cache is on
+            self.stats.cache += cache
         self.stats.batches += 1
         self.stats.rows += running.rows
         running.future.set_result(scores)
@@ -161,25 +165,27 @@ class InProcessLane:
         self._shared.release()
 
 
-Outcome = tuple[np.ndarray, float] | BaseException  # (scores, busy seconds), or the error
+# (scores, what the request-part cache did, busy seconds), or the error
+Outcome = tuple[np.ndarray, CacheCounts, float] | BaseException
 
 
-def _outcome(done: asyncio.Future[tuple[np.ndarray, float]]) -> Outcome:
+def _outcome(done: asyncio.Future[tuple[np.ndarray, CacheCounts, float]]) -> Outcome:
     if done.cancelled():
         return WorkerDiedError("the lane's batch was cancelled")
     error = done.exception()
     return done.result() if error is None else error
 
 
-def _timed_run(executor: Executor, batch: Rows) -> tuple[np.ndarray, float]:
+def _timed_run(executor: Executor, batch: Rows) -> tuple[np.ndarray, CacheCounts, float]:
     start = time.perf_counter()
-    scores = executor.run(batch)
-    return scores, time.perf_counter() - start
+    scores, cache = executor.run_counted(batch)
+    return scores, cache, time.perf_counter() - start
 
 
 def _load(spec: WorkerSpec, measure: bool) -> tuple[Executor, WorkerInfo]:
     start = time.perf_counter()
     executor = load_executor(spec.artifact, spec.config, spec.calibration)
+    with_part_cache(executor, spec.part_cache)
     latency = startup_latency(executor, executor.schema, spec.startup_batches) if measure else None
     return executor, WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
 
