@@ -457,6 +457,27 @@ def show(name: str, run: Any) -> None:
     )
 
 
+def report_part_cache(label: str, url: str) -> None:
+    """The request-part cache's hit rate and mean staleness so far, from a recaccel server's
+    /metrics (nothing for a server without one)."""
+    if not label.startswith("serve"):
+        return
+    with urllib.request.urlopen(f"{url}/metrics") as answer:
+        text = answer.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("recaccel_part_cache_"):
+            series, value = line.rsplit(" ", 1)
+            name = series.split("{")[0] + ("[hit]" if 'result="hit"' in series else "")
+            totals[name] = totals.get(name, 0.0) + float(value)
+    hits = totals.get("recaccel_part_cache_lookups_total[hit]", 0.0)
+    lookups = totals.get("recaccel_part_cache_lookups_total", 0.0)
+    if lookups:
+        age = totals.get("recaccel_part_cache_hit_age_seconds_total", 0.0) / max(hits, 1)
+        print(f"{label}: part cache hit rate {hits / lookups:.3f} of {lookups:.0f} lookups, "
+              f"mean age of a hit {age:.1f} s", flush=True)  # fmt: skip
+
+
 def main() -> None:
     from recaccel.bench.loadgen import DEFAULT_MIN_QUERY_COUNT, find_max_qps, run_server_scenario
     from recaccel.bench.search import SearchPolicy
@@ -568,6 +589,7 @@ def main() -> None:
                             url, workload, qps, args.p99_ms, args.duration_s,
                             DEFAULT_MIN_QUERY_COUNT, out_dir / f"at-{qps:g}", server_pid=pid,
                         ))  # fmt: skip
+                    report_part_cache(label, url)
                     continue
                 found = find_max_qps(
                     url,
@@ -579,6 +601,7 @@ def main() -> None:
                     server_pid=pid,
                     progress=lambda run, label=label: show(label, run),
                 )
+                report_part_cache(label, url)
             best = None if found.best is None else found.best[0]
             results[label].append(best)
             print(f"{label}: highest QPS within p99 <= {args.p99_ms:g} ms: {best}", flush=True)

@@ -261,32 +261,45 @@ def test_a_mixed_dimension_student_shrinks_its_big_tables(tiny_dataset: Dataset)
     assert max(widths) == 16 and min(widths) < 16  # the largest table is the narrowest
 
 
-def test_a_search_with_reuse_times_each_student_as_one_rank_request_of_its_twin(
+def test_a_search_with_reuse_times_each_student_on_a_median_and_a_large_rank_request(
     tmp_path: Path,
     tiny_dataset: Dataset,
     teacher: Artifact,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Its twin on one rank request of the serving batch and one of 10× as many rows, the
+    teacher unsplit on the same rows; the objective is the two requests' time over the
+    teacher's, and the record says how the student's cost grew with the rows."""
     import recaccel.optimize.search_trial as trial_module
 
-    timed: list[dict[str, Any]] = []
+    timed: list[tuple[dict[str, Any], int, dict[str, Any]]] = []
     real_measure = trial_module.measure_interleaved
 
-    def recorded(scorers: dict[str, Any], *args: Any) -> Any:
-        timed.append(dict(scorers))
-        return real_measure(scorers, *args)
+    def recorded(scorers: dict[str, Any], batch: Any, *args: Any) -> Any:
+        stats = real_measure(scorers, batch, *args)
+        timed.append((dict(scorers), len(batch), stats))
+        return stats
 
     monkeypatch.setattr(trial_module, "measure_interleaved", recorded)
     result = search(
         teacher, tiny_dataset, tmp_path, 120, n_trials=2, train_config=ONE_EPOCH,
-        space=TINY_SPACE, latency_repeats=5, progress=False, reuse=True,
+        space=TINY_SPACE, latency_repeats=5, progress=False, reuse=True, serving_batch=20,
     )  # fmt: skip
     assert result.reuse and json.loads((tmp_path / "search.json").read_text())["reuse"]
-    assert len(timed) == 2
-    for scorers in timed:
+    assert [rows for _, rows, _ in timed] == [20, 200, 20, 200]
+    for scorers, _, _ in timed:
         student = scorers["student"]
         assert isinstance(student, OneRankRequest) and isinstance(student.twin, SplitModel)
         assert scorers["teacher"] is teacher.model  # the teacher as it serves without reuse
+    complete = [r for r in result.trials if r.state == "complete"]
+    for record, (small, large) in zip(
+        complete, zip(timed[::2], timed[1::2], strict=True), strict=True
+    ):
+        s, t = (small[2][k].median_ms for k in ("student", "teacher"))
+        big_s, big_t = (large[2][k].median_ms for k in ("student", "teacher"))
+        assert record.large_latency_ms == big_s and record.scaling == pytest.approx(big_s / s)
+        assert record.latency_ratio == pytest.approx((s + big_s) / (t + big_t))
+    assert "10× rows / 1×" in (tmp_path / "pareto.md").read_text()
 
 
 def test_a_search_with_reuse_needs_request_side_features(

@@ -36,7 +36,12 @@ from recaccel.optimize.distill import DEFAULT_ALPHA, blended_targets
 from recaccel.optimize.latency import SERVING_BATCH, sample_rows
 from recaccel.optimize.pareto import SearchResult, TrialRecord, pick, write_outputs
 from recaccel.optimize.search_space import SearchSpace, student_from_params
-from recaccel.optimize.search_trial import TRIAL_LATENCY_REPEATS, TrialRunner, record_from_trial
+from recaccel.optimize.search_trial import (
+    LARGE_REQUEST_FACTOR,
+    TRIAL_LATENCY_REPEATS,
+    TrialRunner,
+    record_from_trial,
+)
 from recaccel.train.metrics import evaluate
 from recaccel.train.trainer import TrainConfig, predict
 
@@ -171,9 +176,12 @@ def search(
         space: the architectures to search (default: `SearchSpace()`).
         latency_repeats: timed rounds per trial (each round runs teacher and student once).
         reuse: time each student as it serves with request-level reuse (docs/reuse.md): its
-            split twin on one rank request of `serving_batch` candidates, against the teacher
-            as it is. The front then ranks students by what a rank request costs them served
-            so; ConfigError for a schema with no request-side feature.
+            split twin on one rank request of `serving_batch` candidates and on one of
+            LARGE_REQUEST_FACTOR times as many, against the teacher as it is on the same rows;
+            the latency objective is the two requests' summed time over the teacher's. The
+            front then ranks students by what rank requests of the workload's median and
+            tail sizes cost them served so; ConfigError for a schema with no request-side
+            feature.
     """
     started = time.monotonic()
     deadline = started + budget_seconds
@@ -209,6 +217,11 @@ def search(
         threads=threads,
         progress=progress,
         reuse=reuse,
+        large_batch=(
+            sample_rows(dataset.validation, LARGE_REQUEST_FACTOR * serving_batch, seed)
+            if reuse
+            else None
+        ),
     )
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [objective.after_trial]
     if n_trials is not None:
