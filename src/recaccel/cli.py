@@ -584,7 +584,7 @@ def _bench_table(result: BenchResult) -> Table:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from recaccel.bench.fleet import choose_ports
-    from recaccel.bench.plan import CONFIG_NAMES, check_coverage
+    from recaccel.bench.plan import MAX_SERVERS, check_coverage
     from recaccel.bench.report import write_report
     from recaccel.bench.run import BenchOptions, artifact_ref, default_candidates, run_bench
     from recaccel.runtime.profile import load_profile
@@ -599,7 +599,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         settings["duration_s"] = args.duration_s
     options = BenchOptions.quick_settings(**settings) if args.quick else BenchOptions(**settings)
     if args.base_port is not None:
-        choose_ports(len(CONFIG_NAMES), args.base_port)  # ConfigError if one is taken
+        choose_ports(MAX_SERVERS, args.base_port)  # ConfigError if one is taken
     heavy = Path(args.baseline)
     heavy_ref = artifact_ref(heavy)
     candidates = [Path(a) for a in args.artifacts] or default_candidates(heavy)

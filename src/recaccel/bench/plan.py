@@ -1,6 +1,6 @@
-"""The four served configurations of `recaccel bench`: a pure plan from artifacts and a profile.
+"""The served configurations of `recaccel bench`: a pure plan from artifacts and a profile.
 
-Each configuration is one `recaccel serve` process; the bench measures all four on the same
+Each configuration is one `recaccel serve` process; the bench measures them all on the same
 machine, under the same latency bound (the SLO), interleaved:
 
 - **baseline**: the heavy FP32 model in PyTorch eager, in one server process with one thread,
@@ -17,6 +17,10 @@ machine, under the same latency bound (the SLO), interleaved:
   it, with recaccel's batching, admission control and scaling: what the system alone buys.
 - **recaccel**: `recaccel serve --profile P --select`: the selected artifact, runtime, batching
   and workers together.
+- **recaccel-without-reuse** (or **recaccel-with-reuse**): recaccel's served choice with
+  request-level reuse flipped, same artifact, runtime and layout (`with_reuse_ablation`): what
+  reuse adds or costs end to end, in the same run. Added only when serving chose recaccel's
+  configuration and its runtime can run the model's split twin.
 
 Both selected configurations are launched with `--select` on a copy of the profile that holds
 only the artifacts they may choose from, with each artifact's path resolved, so the server makes
@@ -39,12 +43,15 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Judgement, Requirements, select
+from recaccel.serve.choice import Candidate
 
 BASELINE = "baseline"
 MODEL_ONLY = "model-only"
 SYSTEM_ONLY = "system-only"
 RECACCEL = "recaccel"
 CONFIG_NAMES = (BASELINE, MODEL_ONLY, SYSTEM_ONLY, RECACCEL)
+WITH_REUSE, WITHOUT_REUSE = "recaccel-with-reuse", "recaccel-without-reuse"  # the ablation
+MAX_SERVERS = len(CONFIG_NAMES) + 1
 # The baseline has no deadlines: admission never refuses and every request is answered,
 # however late (10 minutes is "never" for a benchmark run).
 NO_DEADLINE_MS = 600_000
@@ -87,7 +94,7 @@ class ArtifactRef:
 class ServerPlan:
     """One configuration: what it serves and the `recaccel serve` arguments that serve it."""
 
-    name: str  # one of CONFIG_NAMES
+    name: str  # one of CONFIG_NAMES, or the reuse ablation's
     description: str
     artifact: ArtifactRef  # the artifact served
     runtime: str  # e.g. "torch-eager/cpu/fp32/t1 in 1 process, 1 request per batch"
@@ -109,7 +116,7 @@ class ServerPlan:
 
 @dataclass(frozen=True)
 class BenchPlan:
-    servers: tuple[ServerPlan, ...]  # in CONFIG_NAMES order
+    servers: tuple[ServerPlan, ...]  # in CONFIG_NAMES order, then the reuse ablation if any
     profiles: Mapping[str, Profile]  # file name in profile_dir -> profile to write there
 
     def server(self, name: str) -> ServerPlan:
@@ -236,6 +243,28 @@ def plan_bench(
         ),
     )
     return BenchPlan(servers, {files[RECACCEL]: full, files[SYSTEM_ONLY]: heavy_only})
+
+
+def with_reuse_ablation(plan: BenchPlan, chosen: Candidate, slo_ms: float) -> BenchPlan:
+    """`plan` with one more server: recaccel's served choice `chosen` with request-level reuse
+    flipped, started with explicit flags (the very executor and layout `--select` applies)."""
+    flipped = dataclasses.replace(chosen.config, reuse=not chosen.config.reuse)
+    name = WITHOUT_REUSE if chosen.config.reuse else WITH_REUSE
+    recaccel = plan.server(RECACCEL)
+    ablation = ServerPlan(
+        name,
+        f"recaccel's choice {'without' if chosen.config.reuse else 'with'} request-level reuse "
+        "(docs/reuse.md): what reuse changes, same model, runtime and layout",
+        recaccel.artifact,
+        f"{dataclasses.replace(chosen, config=flipped).label}, batching and admission",
+        (
+            *dataclasses.replace(chosen, config=flipped).serve_args(),
+            "--slo-ms",
+            f"{slo_ms:g}",
+        ),
+        {},
+    )
+    return dataclasses.replace(plan, servers=(*plan.servers, ablation))
 
 
 def with_served(plan: BenchPlan, name: str, chosen: str) -> BenchPlan:

@@ -2,12 +2,13 @@
 
     result = run_bench(Path("artifacts/dlrm-heavy"), candidates, dataset, Path("results/bench"))
 
-The run, in phases, every phase interleaved across the four configurations (plan.py):
+The run, in phases, every phase interleaved across the configurations (plan.py: four, and
+recaccel's choice with reuse flipped where it can run either way):
 
 1. **Profile and plan.** The selection needs a profile of every artifact; without one, a
    reduced profile is measured first (`bench_profile_options`). The plan turns it into four
    `recaccel serve` commands.
-2. **Start** the four servers together (fleet.py); they stay up for the whole run, idle while
+2. **Start** the servers together (fleet.py); they stay up for the whole run, idle while
    another is measured, so every measurement shares the machine's state.
 3. **Accuracy and warm-up.** Each server scores the whole test split (accuracy.py) and answers
    a few rank requests before anything is timed.
@@ -52,6 +53,7 @@ from recaccel.bench.plan import (
     ArtifactRef,
     BenchPlan,
     plan_bench,
+    with_reuse_ablation,
     with_served,
 )
 from recaccel.bench.results import (
@@ -63,10 +65,11 @@ from recaccel.bench.results import (
     reference_load,
 )
 from recaccel.bench.search import SearchPolicy, SearchResult, search_interleaved
-from recaccel.bench.served import ServedOptions, select_served
+from recaccel.bench.served import ServedOptions, has_split_twin_at, select_served
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
+from recaccel.runtime.executor import BACKENDS
 from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
 from recaccel.runtime.profiler import (
     ProfileOptions,
@@ -74,7 +77,7 @@ from recaccel.runtime.profiler import (
     machine_facts,
     run_profile,
 )
-from recaccel.serve.choice import save_served, served_table
+from recaccel.serve.choice import Candidate, save_served, served_table
 from recaccel.train.metrics import paired_bootstrap_auc_delta
 
 DEFAULT_BASELINE = Path("artifacts/dlrm-heavy")
@@ -243,7 +246,7 @@ def _line(name: str, run: RunSummary) -> str:
 
 def _notes(options: BenchOptions, cores: int) -> tuple[str, ...]:
     return (
-        "Interleaved: the four servers ran side by side for the whole run (idle while another "
+        "Interleaved: the servers ran side by side for the whole run (idle while another "
         "was measured), and each phase gave every configuration one run in turn — Offline, then "
         "the max-QPS search one run per configuration per pass, then the reference load — so "
         "drift in the machine's speed fell on all of them alike.",
@@ -282,7 +285,7 @@ def run_bench(
     server_command: Sequence[str] = SERVE_COMMAND,
     say: Callable[[str], None] = lambda text: None,
 ) -> BenchResult:
-    """Measure the four configurations (module docstring); writes logs under `out`.
+    """Measure the configurations (module docstring); writes logs under `out`.
 
     Args:
         heavy: the heavy FP32 artifact: the baseline's model and the accuracy reference.
@@ -407,7 +410,19 @@ def _choose_by_serving(
             continue
         save_served(selection, profile_path.parent)
         plan = with_served(plan, name, selection.chosen.candidate.label)
+        chosen = selection.chosen.candidate
+        if name == RECACCEL and reuse_ablation_runs(chosen):
+            plan = with_reuse_ablation(plan, chosen, options.slo_ms)
     return plan
+
+
+def reuse_ablation_runs(chosen: Candidate) -> bool:
+    """Whether the bench can serve `chosen` with reuse flipped: its backend runs the split twin
+    at its precision, and its artifact has one."""
+    spec = BACKENDS.get(chosen.config.backend)
+    if spec is None or not spec.runs_reuse(chosen.config.precision):
+        return False
+    return chosen.config.reuse or has_split_twin_at(Path(chosen.artifact))
 
 
 def _best_qps(result: SearchResult[ScenarioResult]) -> float | None:

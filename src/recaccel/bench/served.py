@@ -158,8 +158,13 @@ def _search(options: ServedOptions, tried: Sequence[Tried]) -> SearchPolicy:
 
 def has_split_twin(entry: ProfileEntry) -> bool:
     """Whether the entry's artifact has a split twin (its manifest read, not its weights)."""
+    return has_split_twin_at(Path(entry.artifact))
+
+
+def has_split_twin_at(artifact: Path) -> bool:
+    """Whether the artifact at `artifact` has a split twin (its manifest read)."""
     try:
-        manifest = read_manifest(Path(entry.artifact))
+        manifest = read_manifest(artifact)
         return splits(manifest.model, FeatureSchema.from_dict(manifest.schema))
     except RecaccelError:
         return False  # the selection's own start of that artifact says what is wrong
