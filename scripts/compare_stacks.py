@@ -464,14 +464,16 @@ def report_part_cache(label: str, url: str) -> None:
         return
     with urllib.request.urlopen(f"{url}/metrics") as answer:
         text = answer.read().decode()
-    totals: dict[str, float] = {}
+    totals: dict[str, float] = {}  # by series name; the lookups by result too
     for line in text.splitlines():
         if line.startswith("recaccel_part_cache_"):
             series, value = line.rsplit(" ", 1)
-            name = series.split("{")[0] + ("[hit]" if 'result="hit"' in series else "")
+            name = series.split("{")[0]
+            for result in ("hit", "miss"):
+                name += f"[{result}]" if f'result="{result}"' in series else ""
             totals[name] = totals.get(name, 0.0) + float(value)
     hits = totals.get("recaccel_part_cache_lookups_total[hit]", 0.0)
-    lookups = totals.get("recaccel_part_cache_lookups_total", 0.0)
+    lookups = hits + totals.get("recaccel_part_cache_lookups_total[miss]", 0.0)
     if lookups:
         age = totals.get("recaccel_part_cache_hit_age_seconds_total", 0.0) / max(hits, 1)
         print(f"{label}: part cache hit rate {hits / lookups:.3f} of {lookups:.0f} lookups, "

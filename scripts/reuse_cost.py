@@ -3,6 +3,7 @@
     .venv/bin/python scripts/reuse_cost.py [--presets small,base,heavy] [--families ...]
         [--artifact artifacts/dlrm-heavy-optimized/02-prune-1] [--aot] [--rounds 5]
     .venv/bin/python scripts/reuse_cost.py --auc --artifact ARTIFACT   # test AUC, both ways
+    .venv/bin/python scripts/reuse_cost.py --cache --artifact ARTIFACT  # what a cache hit saves
 
 For each zoo family × preset (random weights: compute does not depend on them) and each
 artifact given, one rank request — one user against 10, 100 and 1,000 MovieLens candidate
@@ -18,11 +19,12 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import itertools
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.models.split import SplitModel, from_model, joined_rows, split_example
 from recaccel.runtime.executor import ExecutorConfig, load_executor
 from recaccel.runtime.export import export_onnx, onnx_session
+from recaccel.runtime.part_cache import PartCacheSettings
 from recaccel.runtime.split_export import SPLIT_INPUT_NAMES, export_split_onnx
 from recaccel.train.metrics import evaluate
 
@@ -124,6 +127,51 @@ def test_auc_with_reuse(path: Path) -> None:
         print(f"  {backend}: test AUC {plain.auc:.6f} without reuse, {split_auc:.6f} with")
 
 
+def cache_cost(path: Path, rounds: int) -> None:
+    """µs per rank request through each executor that can keep request parts: reuse without
+    the cache, then with it on a user never seen before (a miss) and on one seen (a hit).
+    What a hit saves is the request half; what a miss costs over no cache, the second graph
+    call and the key. A new user is the request's row with its request-side dense columns
+    moved by a step per call (MovieLens: the user's tenure), so no two calls share a key."""
+    dataset = load_dataset("movielens-100k")
+    test = dataset.test.features(slice(0, max(SIZES))).as_tuple()
+    request_dense = list(dataset.schema.columns_on_side(Side.REQUEST)[0])
+    if not request_dense:
+        raise SystemExit("--cache needs a request-side dense column to make new users with")
+    print(f"{path.name}; machine: {platform.processor() or platform.machine()}")
+    print("| backend | rows | reuse | cache: a miss | cache: a hit |")
+    print("|---|---:|---:|---:|---:|")
+    for backend in ("torch-eager", "onnxruntime"):
+        split = load_executor(path, ExecutorConfig(backend, reuse=True))
+        cached = load_executor(path, ExecutorConfig(backend, reuse=True))
+        cached.use_part_cache(PartCacheSettings(ttl_s=3600, max_entries=1_000_000))
+        for n in SIZES:
+            candidates = tuple(t[:n] for t in test)
+            owner = torch.zeros(n, dtype=torch.long)
+            user = tuple(t[:1] for t in test)
+            rows = joined_rows(dataset.schema, user, candidates, owner)
+            request = Rows(*(t.numpy() for t in rows), np.array([n]))
+            steps = itertools.count(1)
+
+            def new_user(request: Rows = request, steps: Iterator[int] = steps) -> Rows:
+                dense = request.dense.copy()
+                dense[:, request_dense] += 1e-3 * next(steps)
+                return Rows(dense, request.categorical, request.multi_hot, request.requests)
+
+            cells: dict[str, list[float]] = collections.defaultdict(list)
+            for _ in range(rounds):
+                calls = {
+                    "reuse": functools.partial(split.run, request),
+                    "miss": lambda cached=cached, new_user=new_user: cached.run(new_user()),
+                    "hit": functools.partial(cached.run, request),
+                }
+                for name, call in calls.items():
+                    cells[name].append(_time_us(call))
+            us = {k: statistics.median(v) for k, v in cells.items()}
+            print(f"| {backend} | {n:,} | {us['reuse']:,.0f} | {us['miss']:,.0f} | "
+                  f"{us['hit']:,.0f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="small,base,heavy")
@@ -136,7 +184,16 @@ def main() -> None:
         action="store_true",
         help="only: each --artifact's test AUC through its executors with and without reuse",
     )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="only: each --artifact's request cost with the request-part cache, hits and misses",
+    )
     args = parser.parse_args()
+    if args.cache:
+        for path in args.artifact:
+            cache_cost(path, args.rounds)
+        return
     if args.auc:
         for path in args.artifact:
             test_auc_with_reuse(path)

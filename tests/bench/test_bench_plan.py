@@ -1,4 +1,4 @@
-"""The four configurations `recaccel bench` serves: a pure plan from artifacts and a hand-made
+"""The configurations `recaccel bench` serves: a pure plan from artifacts and a hand-made
 profile whose selections can be worked out by hand."""
 
 from __future__ import annotations
@@ -188,3 +188,22 @@ def test_bad_inputs_are_refused_with_what_to_do(
     with pytest.raises(ConfigError, match=message) as error:
         plan(candidates, measured, slo_ms)
     assert error.value.hint
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_the_reuse_ablation_serves_recaccels_choice_with_reuse_flipped(reuse: bool) -> None:
+    from recaccel.bench.plan import WITH_REUSE, WITHOUT_REUSE, with_reuse_ablation
+    from recaccel.serve.choice import Candidate, Layout
+
+    chosen = Candidate(
+        "key", "/art/opt/02-prune-1", ExecutorConfig("onnxruntime", reuse=reuse), Layout(2), 900.0
+    )
+    before = plan([SMALL, TINY])
+    after = with_reuse_ablation(before, chosen, 50.0)
+    assert after.servers[:4] == before.servers  # the four untouched
+    (ablation,) = after.servers[4:]
+    assert ablation.name == (WITHOUT_REUSE if reuse else WITH_REUSE)
+    flipped = dataclasses.replace(chosen, config=ExecutorConfig("onnxruntime", reuse=not reuse))
+    assert ablation.argv == (*flipped.serve_args(), "--slo-ms", "50")
+    assert ("--reuse" in ablation.argv) is not reuse
+    assert ablation.artifact == before.server(RECACCEL).artifact and ablation.env == {}

@@ -35,7 +35,7 @@ def candidate(trained: Callable[[str, str, int], Path]) -> Path:
     return trained("deepfm", "small", 1)
 
 
-def test_bench_runs_four_servers_and_reports(
+def test_bench_runs_its_servers_and_reports(
     bench_artifact: Path,
     candidate: Path,
     tiny_dataset: Dataset,
@@ -68,7 +68,10 @@ def test_bench_runs_four_servers_and_reports(
     )  # fmt: skip
     written = write_report(result, out)
 
-    assert [c.name for c in result.configs] == ["baseline", "model-only", "system-only", "recaccel"]
+    names = [c.name for c in result.configs]
+    assert names[:4] == ["baseline", "model-only", "system-only", "recaccel"]
+    # recaccel's choice (torch-eager fp32: it runs the split twin) with reuse flipped.
+    assert names[4:] in (["recaccel-with-reuse"], ["recaccel-without-reuse"])
     for c in result.configs:
         runs = [c.offline, *c.search, c.at_reference]
         assert len(c.search) == 1 and c.search_stopped == "run cap"
@@ -80,7 +83,14 @@ def test_bench_runs_four_servers_and_reports(
         assert c.reference_cdf_ms and c.at_reference is not None
         assert c.at_reference.target_qps == result.reference_qps
         assert "drained" in (out / "servers" / f"{c.name}.log").read_text(), c.name
-    baseline, model_only, system_only, recaccel = result.configs
+    baseline, model_only, system_only, recaccel, ablation = result.configs
+    chosen = load_served(out / "profiles" / "recaccel" / "served.json").chosen
+    assert chosen is not None
+    assert ("--reuse" in ablation.command) is not chosen.candidate.config.reuse
+    assert ablation.name == ("recaccel-without-reuse" if chosen.candidate.config.reuse
+                             else "recaccel-with-reuse")  # fmt: skip
+    assert ablation.artifact == recaccel.artifact
+    assert ablation.served_auc == pytest.approx(recaccel.served_auc, abs=1e-5)  # reuse is exact
     # The plain FIFO deployment: no batching, no in-flight limit, as its command shows.
     assert baseline.command.startswith(
         "RECACCEL_ADMISSION_OVERLOAD_TARGET_MS=0 RECACCEL_BATCHING_MAX_ROWS=1 "
