@@ -32,16 +32,20 @@ def test_kept_width_rounds_up_to_a_multiple_of_8(width: int, fraction: float, ke
     assert kept_width(width, fraction) == kept
 
 
-def test_a_neuron_that_never_fires_has_no_importance() -> None:
+def test_a_neuron_that_never_fires_ranks_below_every_firing_one_and_above_an_ignored_one() -> None:
+    """Never firing on these rows, it may fire on others: pruned after every neuron the next
+    layer ignores (no outgoing weight: useless whatever the input), before any that fires."""
     torch.manual_seed(0)
     mlp = MLP(4, (6, 3))
     with torch.no_grad():
-        first = mlp.layers[0]
-        assert isinstance(first, nn.Linear)
+        first, following = mlp.layers[0], mlp.layers[2]
+        assert isinstance(first, nn.Linear) and isinstance(following, nn.Linear)
         first.weight[2].zero_()
         first.bias[2] = -1.0  # ReLU keeps it at 0 for every input
+        following.weight[:, 4] = 0.0  # neuron 4 fires, and nothing listens
     (scores,) = neuron_importance(mlp, torch.randn(100, 4))
-    assert scores.shape == (6,) and scores[2] == 0 and (scores[[0, 1, 3, 4, 5]] > 0).all()
+    assert scores.shape == (6,) and scores[4] == 0
+    assert 0 < scores[2] < 1e-4 * scores[[0, 1, 3, 5]].min()
 
 
 def _model(name: str, dataset: Dataset) -> nn.Module:

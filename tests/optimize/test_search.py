@@ -48,11 +48,14 @@ def test_every_sampled_student_builds_and_keeps_the_space_rules(tiny_dataset: Da
         build_model(name, tiny_dataset.schema, config)
         families.add(name)
         assert config.embedding_dim in space.embedding_dims
-        mlps = (
-            [config.bottom_mlp[:-1], config.top_mlp[:-1]]
-            if name == "dlrm"
-            else [config.deep_mlp]  # every other family's MLP over the embeddings
-        )
+        if name == "dlrm":
+            mlps = [config.bottom_mlp[:-1], config.top_mlp[:-1]]
+        elif name == "tower":  # a request tower, and a head as light as the space says
+            mlps = [config.tower_mlp, config.head_mlp]
+            assert set(config.head_mlp) <= set(space.head_widths)
+            assert space.head_depth[0] <= len(config.head_mlp) <= space.head_depth[1]
+        else:
+            mlps = [config.deep_mlp]  # every other family's MLP over the embeddings
         for widths in mlps:
             assert list(widths) == sorted(widths, reverse=True)  # never widens
         if name == "dlrm":

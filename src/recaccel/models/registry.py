@@ -19,9 +19,10 @@ from recaccel.errors import ConfigError, UnknownNameError
 from recaccel.models.dcn import DCNv2, DCNv2Config
 from recaccel.models.deepfm import DeepFM, DeepFMConfig
 from recaccel.models.dlrm import DLRM, DLRMConfig
+from recaccel.models.tower import TowerConfig, TowerRanker
 from recaccel.models.wide_deep import WideDeep, WideDeepConfig
 
-ModelConfig = DLRMConfig | DCNv2Config | DeepFMConfig | WideDeepConfig
+ModelConfig = DLRMConfig | DCNv2Config | DeepFMConfig | WideDeepConfig | TowerConfig
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,20 @@ MODELS: dict[str, ModelSpec] = {
                 "small": WideDeepConfig(16, (64, 32)),
             },
             mlp_fields={"deep_mlp": "deep_arch"},
+            shared_embedding_dim=False,
+        ),
+        ModelSpec(
+            name="tower",
+            description="Request tower + light head: the user's side deep, computed once per "
+            "rank request with reuse (docs/reuse.md)",
+            config_type=TowerConfig,
+            build=TowerRanker,
+            presets={
+                "heavy": TowerConfig(64, (1024, 512, 256), (256, 128)),
+                "base": TowerConfig(32, (256, 128), (64,)),
+                "small": TowerConfig(16, (64, 32), (32,)),
+            },
+            mlp_fields={"tower_mlp": "request_tower", "head_mlp": "deep_arch"},
             shared_embedding_dim=False,
         ),
     )

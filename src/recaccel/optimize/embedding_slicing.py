@@ -183,11 +183,30 @@ def _cut_deepfm(model: nn.Module, state: dict[str, torch.Tensor], cut: _Cut) -> 
     _take(state, "dense_fields.vectors", 1, cut.shared)
 
 
+def _cut_tower(model: nn.Module, state: dict[str, torch.Tensor], cut: _Cut) -> None:
+    """The request tower reads [request dense columns, request fields' vectors]; the head
+    [the tower's output, candidate dense columns, candidate fields' vectors]."""
+    dense = typed_submodule(model, "dense_columns", DenseColumns)
+    arch = typed_submodule(model, "sparse_arch", SparseArch)
+    user = typed_submodule(model, "request_tower", MLP).out_features
+    keep = {n: [0] for n in dense.names} | dict(cut.dims)
+    keep = {n: k for n, k in keep.items() if n not in cut.drop}
+    keep[""] = list(range(user))  # "": the tower's output, which the head reads whole
+    for side, mlp, lead in (
+        ("request", "request_tower", []),
+        ("candidate", "deep_arch", [("", user)]),
+    ):
+        segments = [*lead, *((dense.names[i], 1) for i in getattr(model, f"{side}_dense").tolist())]
+        segments += [(arch.fields[i], arch.dims[i]) for i in getattr(model, f"{side}_fields")]
+        _take(state, f"{_linears(model, mlp)[0]}.weight", 1, _concat_columns(segments, keep))
+
+
 _CONSUMERS: dict[str, Callable[[nn.Module, dict[str, torch.Tensor], _Cut], None]] = {
     "dlrm": _cut_dlrm,
     "dcnv2": _cut_concat,
     "deepfm": _cut_deepfm,
     "wide_deep": _cut_concat,
+    "tower": _cut_tower,
 }
 
 

@@ -78,7 +78,12 @@ def neuron_importance(mlp: MLP, inputs: torch.Tensor) -> list[torch.Tensor]:
     scores, x = [], inputs
     for layer, following in itertools.pairwise(linears):
         x = torch.relu(layer(x))  # (N, width): the activations the next layer sees
-        scores.append(x.abs().mean(dim=0) * following.weight.norm(dim=0))
+        # A neuron the calibration rows never switch on scores 0 like one the next layer
+        # ignores, yet other rows may switch it on; a small floor under the activation ranks
+        # it above the ignored ones (seen on the request tower, whose calibration rows hold
+        # few distinct users), and changes no ranking among neurons that do fire.
+        floor = 1e-6 * float(x.abs().mean()) + 1e-12
+        scores.append((x.abs().mean(dim=0) + floor) * following.weight.norm(dim=0))
     return scores
 
 

@@ -17,8 +17,10 @@ from recaccel.models.split.families import (
     SplitDeepFM,
     SplitDLRM,
     SplitModel,
+    SplitTower,
     SplitWideDeep,
 )
+from recaccel.models.tower import TowerRanker
 from recaccel.models.wide_deep import WideDeep
 
 __all__ = [
@@ -35,8 +37,9 @@ _TWINS: dict[type[nn.Module], type[SplitModel]] = {
     DeepFM: SplitDeepFM,
     DCNv2: SplitDCNv2,
     WideDeep: SplitWideDeep,
+    TowerRanker: SplitTower,
 }
-_FAMILIES = ("dlrm", "deepfm", "dcnv2", "wide_deep")  # the zoo's names of those classes
+_FAMILIES = ("dlrm", "deepfm", "dcnv2", "wide_deep", "tower")  # the zoo's names of those classes
 
 
 def splits(model_name: str, schema: FeatureSchema) -> bool:
@@ -51,7 +54,7 @@ def from_model(model: nn.Module, schema: FeatureSchema) -> SplitModel:
 
     The twin shares the model's tables and layers (it copies only the first layers' weights it
     cuts), is in eval mode, and takes its sides from `schema` (the dataset's: an artifact saved
-    before sides existed has none). ConfigError for a model that is not one of the zoo's four
+    before sides existed has none). ConfigError for a model that is not one of the zoo's
     families (an imported graph: its inside is not ours to cut) or that has nothing to split.
     """
     twin_type = _TWINS.get(type(model))

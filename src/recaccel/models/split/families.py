@@ -30,6 +30,7 @@ from recaccel.models.split.parts import (
     split_first_layer,
     with_permuted_input,
 )
+from recaccel.models.tower import TowerRanker
 from recaccel.models.wide_deep import WideDeep
 
 
@@ -199,6 +200,52 @@ class SplitWideDeep(SplitModel):
         x = torch.cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dim=1)
         wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
         deep = self.over_arch(self.deep_rest(self.deep_first.candidate(deep_r, x)))
+        logits: torch.Tensor = (wide + deep).squeeze(1)
+        return logits
+
+
+class SplitTower(SplitModel):
+    """The request-tower ranker: the tower and the head's first layer's user columns once.
+
+    Part: [wide_r (1), head layer 1's request part: W_u · tower(x_r) + b (H)]; a row pays its
+    side's lookups, W_c x_c, the rest of the head and its wide sum.
+    """
+
+    def __init__(self, model: TowerRanker, schema: FeatureSchema) -> None:
+        super().__init__()
+        self.dense = DenseSides(schema, model.dense_columns.names)
+        self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
+        _, self.request_fields, self.candidate_fields = side_embeddings(model.sparse_arch, schema)
+        self.tower = model.request_tower
+        user = model.request_tower.out_features
+        candidate = len(model.candidate_dense) + sum(
+            model.sparse_arch.dims[i] for i in model.candidate_fields
+        )
+        flags = [True] * user + [False] * candidate
+        self.head_first, self.head_rest = split_first_layer(model.deep_arch, flags)
+        self.over_arch = model.over_arch
+
+    def request(
+        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+    ) -> torch.Tensor:
+        dense_r = self.dense.request(dense)
+        x = torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], dim=1)
+        wide = self.wide.request(dense_r, categorical, multi_hot)
+        return torch.cat([wide, self.head_first.request(self.tower(x))], dim=1)
+
+    def candidates(
+        self,
+        part: torch.Tensor,
+        owner: torch.Tensor,
+        dense: torch.Tensor,
+        categorical: torch.Tensor,
+        multi_hot: torch.Tensor,
+    ) -> torch.Tensor:
+        wide_r, head_r = _gathered(part, owner, [1, self.head_first.out_width])
+        dense_c = self.dense.candidate(dense)
+        x = _cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dense)
+        wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
+        deep = self.over_arch(self.head_rest(self.head_first.candidate(head_r, x)))
         logits: torch.Tensor = (wide + deep).squeeze(1)
         return logits
 
