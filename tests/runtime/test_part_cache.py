@@ -136,7 +136,9 @@ def test_cached_parts_score_exactly_as_the_model_does(
     with load_executor(artifact.path, ExecutorConfig(backend)) as plain:
         expected = [plain.run(Rows(*rows.as_tuple())) for rows in (first, second)]
     with load_executor(artifact.path, ExecutorConfig(backend, reuse=True)) as split:
+        assert split.describe()["part_cache"] is None
         split.use_part_cache(PartCacheSettings(60, 100))
+        assert split.describe()["part_cache"] == {"ttl_s": 60, "max_entries": 100}
         got, counts = split.run_counted(first)
         np.testing.assert_allclose(got, expected[0], rtol=0, atol=1e-5)
         assert (counts.hits, counts.misses) == (0, 3)

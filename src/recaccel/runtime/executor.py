@@ -37,6 +37,7 @@ worker's own.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import importlib.util
 import re
@@ -422,6 +423,7 @@ class Executor(ABC):
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the config, the artifact and what the backend actually runs."""
+        cache = self._part_cache
         return {
             "name": self.name,
             "backend": self.config.backend,
@@ -431,6 +433,8 @@ class Executor(ABC):
             "model": self.model_name,
             "artifact_id": self.artifact_id,
             "artifact": str(self.artifact_path),
+            "reuse": self.config.reuse,
+            "part_cache": None if cache is None else dataclasses.asdict(cache.settings),
             **self._details(),
         }
 
