@@ -58,11 +58,6 @@ class CacheCounts:
     def __sub__(self, other: CacheCounts) -> CacheCounts:
         return CacheCounts(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
 
-    @property
-    def hit_rate(self) -> float:
-        lookups = self.hits + self.misses
-        return self.hits / lookups if lookups else 0.0
-
 
 NO_COUNTS = CacheCounts()
 
@@ -84,8 +79,8 @@ class PartCache:
     ) -> None:
         self.settings = settings
         self._columns = tuple(list(c) for c in schema.columns_on_side(Side.REQUEST))
-        self._slots = SlotCache((np.empty((0, width), np.float32),), settings.max_entries,
-                                settings.ttl_s)  # fmt: skip
+        like = (np.empty((0, width), np.float32),)
+        self._slots = SlotCache(like, settings.max_entries, settings.ttl_s)
         self._clock = clock
         self._width = width
         self._lock = threading.Lock()
