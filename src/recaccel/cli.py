@@ -689,7 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default="movielens-100k", help="dataset name (default: %(default)s)"
     )
     train.add_argument(
-        "--model", default="dlrm", help="dlrm, dcnv2, deepfm, wide_deep, tower, a comma list, or all"
+        "--model",
+        default="dlrm",
+        help="dlrm, dcnv2, deepfm, wide_deep, tower, a comma list, or all",
     )
     train.add_argument("--preset", default="heavy", help="heavy, base, small, a comma list, or all")
     train.add_argument(
