@@ -248,20 +248,17 @@ def plan_bench(
 def with_reuse_ablation(plan: BenchPlan, chosen: Candidate, slo_ms: float) -> BenchPlan:
     """`plan` with one more server: recaccel's served choice `chosen` with request-level reuse
     flipped, started with explicit flags (the very executor and layout `--select` applies)."""
-    flipped = dataclasses.replace(chosen.config, reuse=not chosen.config.reuse)
-    name = WITHOUT_REUSE if chosen.config.reuse else WITH_REUSE
-    recaccel = plan.server(RECACCEL)
+    reuse = chosen.config.reuse
+    flipped = dataclasses.replace(
+        chosen, config=dataclasses.replace(chosen.config, reuse=not reuse)
+    )
     ablation = ServerPlan(
-        name,
-        f"recaccel's choice {'without' if chosen.config.reuse else 'with'} request-level reuse "
+        WITHOUT_REUSE if reuse else WITH_REUSE,
+        f"recaccel's choice {'without' if reuse else 'with'} request-level reuse "
         "(docs/reuse.md): what reuse changes, same model, runtime and layout",
-        recaccel.artifact,
-        f"{dataclasses.replace(chosen, config=flipped).label}, batching and admission",
-        (
-            *dataclasses.replace(chosen, config=flipped).serve_args(),
-            "--slo-ms",
-            f"{slo_ms:g}",
-        ),
+        plan.server(RECACCEL).artifact,
+        f"{flipped.label}, batching and admission",
+        (*flipped.serve_args(), "--slo-ms", f"{slo_ms:g}"),
         {},
     )
     return dataclasses.replace(plan, servers=(*plan.servers, ablation))
