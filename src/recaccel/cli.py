@@ -777,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--recipe",
         default="default",
-        help="a built-in recipe (default, search; default: %(default)s) or a .toml/.yaml file",
+        help="a built-in recipe (default, search, search-reuse; default: %(default)s) or a "
+        ".toml/.yaml file",
     )
     optimize.add_argument("--out", required=True, help="directory for the variants and report")
     optimize.add_argument(
