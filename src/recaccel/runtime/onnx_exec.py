@@ -28,7 +28,7 @@ graph's nodes run in sequence), so ORT executors never disturb one another.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import OUTPUT_NAME, FeatureSchema
 from recaccel.errors import RecaccelError
+from recaccel.models.split import SplitModel
 from recaccel.runtime.cache import cache_dir, cached
 from recaccel.runtime.executor import (
     Executor,
@@ -114,11 +115,8 @@ def split_form_file(artifact_path: Path, artifact_id: str) -> Path:
 
 def cached_split_onnx(artifact: Artifact, config: ExecutorConfig) -> Path:
     """The graph of the artifact's split twin (fp32), exported (the twin built) on first use."""
-    schema = artifact.schema
-    return cached(
-        split_form_file(artifact.path, artifact.manifest.artifact_id),
-        lambda path: export_split_onnx(split_twin(artifact.model, schema, config), schema, path),
-    )
+    file = split_form_file(artifact.path, artifact.manifest.artifact_id)
+    return _cached_twin(artifact, config, file, export_split_onnx)
 
 
 def split_halves_file(artifact_path: Path, artifact_id: str) -> Path:
@@ -128,10 +126,20 @@ def split_halves_file(artifact_path: Path, artifact_id: str) -> Path:
 
 def cached_split_halves(artifact: Artifact, config: ExecutorConfig) -> Path:
     """The split twin's two graphs (part cache), exported on first use."""
+    file = split_halves_file(artifact.path, artifact.manifest.artifact_id)
+    return _cached_twin(artifact, config, file, export_split_halves)
+
+
+def _cached_twin(
+    artifact: Artifact,
+    config: ExecutorConfig,
+    file: Path,
+    export: Callable[[SplitModel, FeatureSchema, Path], Path],
+) -> Path:
+    """`file`, exported from the artifact's split twin by `export` on first use."""
     schema = artifact.schema
     return cached(
-        split_halves_file(artifact.path, artifact.manifest.artifact_id),
-        lambda path: export_split_halves(split_twin(artifact.model, schema, config), schema, path),
+        file, lambda path: export(split_twin(artifact.model, schema, config), schema, path)
     )
 
 

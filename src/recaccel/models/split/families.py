@@ -164,20 +164,31 @@ class SplitWideDeep(SplitModel):
     Part: [wide_r (1), deep layer 1's request part (H)].
     """
 
-    def __init__(self, model: WideDeep, schema: FeatureSchema) -> None:
+    def __init__(self, model: WideDeep | TowerRanker, schema: FeatureSchema) -> None:
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
         self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
         sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
             model.sparse_arch, schema
         )
-        # The deep MLP reads [dense, each sparse vector at its own width].
-        columns = column_flags(
+        self.deep_first, self.deep_rest = split_first_layer(
+            model.deep_arch, self._deep_columns(model, sparse_flags)
+        )
+        self.over_arch = model.over_arch
+
+    def _deep_columns(
+        self, model: WideDeep | TowerRanker, sparse_flags: tuple[bool, ...]
+    ) -> list[bool]:
+        """Per column the deep MLP reads, whether it is request-side: [dense, each sparse
+        vector at its own width], in the model's order."""
+        return column_flags(
             (*self.dense.flags, *sparse_flags),
             (*[1] * len(self.dense.flags), *model.sparse_arch.out_dims),
         )
-        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, columns)
-        self.over_arch = model.over_arch
+
+    def _deep_request_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the deep MLP reads of the request side, from its concatenated inputs."""
+        return x
 
     def request(
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
@@ -185,7 +196,7 @@ class SplitWideDeep(SplitModel):
         dense_r = self.dense.request(dense)
         x = torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], dim=1)
         wide = self.wide.request(dense_r, categorical, multi_hot)
-        return torch.cat([wide, self.deep_first.request(x)], dim=1)
+        return torch.cat([wide, self.deep_first.request(self._deep_request_input(x))], dim=1)
 
     def candidates(
         self,
@@ -204,50 +215,28 @@ class SplitWideDeep(SplitModel):
         return logits
 
 
-class SplitTower(SplitModel):
-    """The request-tower ranker: the tower and the head's first layer's user columns once.
-
-    Part: [wide_r (1), head layer 1's request part: W_u · tower(x_r) + b (H)]; a row pays its
-    side's lookups, W_c x_c, the rest of the head and its wide sum.
+class SplitTower(SplitWideDeep):
+    """The request-tower ranker: Wide & Deep's split, with the whole request tower in the
+    request part. Part: [wide_r (1), the head's layer 1 over the tower's output,
+    W_u · tower(x_r) + b (H)]; a row pays its side's lookups, W_c x_c, the rest of the head and
+    its wide sum.
     """
 
     def __init__(self, model: TowerRanker, schema: FeatureSchema) -> None:
-        super().__init__()
-        self.dense = DenseSides(schema, model.dense_columns.names)
-        self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
-        _, self.request_fields, self.candidate_fields = side_embeddings(model.sparse_arch, schema)
+        super().__init__(model, schema)
         self.tower = model.request_tower
-        user = model.request_tower.out_features
-        candidate = len(model.candidate_dense) + sum(
-            model.sparse_arch.dims[i] for i in model.candidate_fields
-        )
-        flags = [True] * user + [False] * candidate
-        self.head_first, self.head_rest = split_first_layer(model.deep_arch, flags)
-        self.over_arch = model.over_arch
 
-    def request(
-        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
-    ) -> torch.Tensor:
-        dense_r = self.dense.request(dense)
-        x = torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], dim=1)
-        wide = self.wide.request(dense_r, categorical, multi_hot)
-        return torch.cat([wide, self.head_first.request(self.tower(x))], dim=1)
+    def _deep_columns(
+        self, model: WideDeep | TowerRanker, sparse_flags: tuple[bool, ...]
+    ) -> list[bool]:
+        # The head reads [the tower's output, candidate dense columns, candidate vectors].
+        assert isinstance(model, TowerRanker)
+        dims = model.sparse_arch.dims
+        candidate = len(model.candidate_dense) + sum(dims[i] for i in model.candidate_fields)
+        return [True] * model.request_tower.out_features + [False] * candidate
 
-    def candidates(
-        self,
-        part: torch.Tensor,
-        owner: torch.Tensor,
-        dense: torch.Tensor,
-        categorical: torch.Tensor,
-        multi_hot: torch.Tensor,
-    ) -> torch.Tensor:
-        wide_r, head_r = _gathered(part, owner, [1, self.head_first.out_width])
-        dense_c = self.dense.candidate(dense)
-        x = _cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dense)
-        wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
-        deep = self.over_arch(self.head_rest(self.head_first.candidate(head_r, x)))
-        logits: torch.Tensor = (wide + deep).squeeze(1)
-        return logits
+    def _deep_request_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower(x)  # type: ignore[no-any-return]
 
 
 class SplitDCNv2(SplitModel):
