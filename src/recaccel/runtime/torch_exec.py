@@ -153,10 +153,13 @@ class TorchEagerExecutor(Executor):
     def _score(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._forward is None:
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
-        if torch.get_num_threads() != self.config.threads:  # another executor changed it
-            torch.set_num_threads(self.config.threads)
+        self._own_threads()
         with torch.inference_mode():
             return self._forward(*inputs)
+
+    def _own_threads(self) -> None:
+        if torch.get_num_threads() != self.config.threads:  # another executor changed it
+            torch.set_num_threads(self.config.threads)
 
     def _warm_up(self) -> None:
         """One untimed batch: FBGEMM packs its weights and the allocator fills on first use."""
@@ -170,8 +173,10 @@ class TorchEagerExecutor(Executor):
         return int(part.shape[1])
 
     def _twin(self) -> SplitModel:
+        """The split twin, with this executor's thread count set (the halves' calls)."""
         if not isinstance(self.model, SplitModel):
             raise ExecutorError(self.config, "the executor is closed", "load a new one")
+        self._own_threads()
         return self.model
 
     def _request_parts(self, request: RequestRows) -> np.ndarray:
