@@ -81,3 +81,13 @@ class Rows:
         counts = self.requests
         starts = np.cumsum(counts) - counts
         return starts, np.repeat(np.arange(len(counts)), counts)
+
+    def request_rows(self) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """Each request's request row (its first: a request's request-side columns are equal
+        in all its rows) as the three arrays, and each row's request."""
+        starts, owner = self.request_starts()
+        return (
+            self.dense.take(starts, axis=0),
+            self.categorical.take(starts, axis=0),
+            self.multi_hot.take(starts, axis=0),
+        ), owner

@@ -61,10 +61,13 @@ class TowerRanker(nn.Module):
                 "none (or the config drops them all)",
                 'mark the user\'s features side = "request", or choose another family',
             )
-        candidate_width = len(self.candidate_dense) + sum(dims[i] for i in self.candidate_fields)
+        # The head's candidate columns, after the tower's output.
+        self.candidate_width = len(self.candidate_dense) + sum(
+            dims[i] for i in self.candidate_fields
+        )
         self.request_tower = MLP(request_width, config.tower_mlp, config.dropout)
         self.deep_arch = MLP(
-            self.request_tower.out_features + candidate_width, config.head_mlp, config.dropout
+            self.request_tower.out_features + self.candidate_width, config.head_mlp, config.dropout
         )
         self.over_arch = nn.Linear(self.deep_arch.out_features, 1)
 

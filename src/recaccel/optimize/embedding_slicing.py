@@ -37,6 +37,7 @@ from recaccel.models.layers import (
     check_dropped,
 )
 from recaccel.models.registry import ModelConfig, model_spec
+from recaccel.models.tower import TowerRanker
 
 T = TypeVar("T", bound=nn.Module)
 
@@ -186,19 +187,22 @@ def _cut_deepfm(model: nn.Module, state: dict[str, torch.Tensor], cut: _Cut) -> 
 def _cut_tower(model: nn.Module, state: dict[str, torch.Tensor], cut: _Cut) -> None:
     """The request tower reads [request dense columns, request fields' vectors]; the head
     [the tower's output, candidate dense columns, candidate fields' vectors]."""
-    dense = typed_submodule(model, "dense_columns", DenseColumns)
-    arch = typed_submodule(model, "sparse_arch", SparseArch)
-    user = typed_submodule(model, "request_tower", MLP).out_features
+    assert isinstance(model, TowerRanker)
+    dense, arch = model.dense_columns, model.sparse_arch
+    user = model.request_tower.out_features
     keep = {n: [0] for n in dense.names} | dict(cut.dims)
     keep = {n: k for n, k in keep.items() if n not in cut.drop}
     keep[""] = list(range(user))  # "": the tower's output, which the head reads whole
-    for side, mlp, lead in (
-        ("request", "request_tower", []),
-        ("candidate", "deep_arch", [("", user)]),
-    ):
-        segments = [*lead, *((dense.names[i], 1) for i in getattr(model, f"{side}_dense").tolist())]
-        segments += [(arch.fields[i], arch.dims[i]) for i in getattr(model, f"{side}_fields")]
+
+    def cut_first_layer(
+        mlp: str, lead: list[tuple[str, int]], columns: torch.Tensor, fields: tuple[int, ...]
+    ) -> None:
+        segments = [*lead, *((dense.names[i], 1) for i in columns.tolist())]
+        segments += [(arch.fields[i], arch.dims[i]) for i in fields]
         _take(state, f"{_linears(model, mlp)[0]}.weight", 1, _concat_columns(segments, keep))
+
+    cut_first_layer("request_tower", [], model.request_dense, model.request_fields)
+    cut_first_layer("deep_arch", [("", user)], model.candidate_dense, model.candidate_fields)
 
 
 _CONSUMERS: dict[str, Callable[[nn.Module, dict[str, torch.Tensor], _Cut], None]] = {

@@ -170,8 +170,8 @@ class AotInductorExecutor(TorchEagerExecutor):
     def _warm_up(self) -> None:
         self._score(self._inputs(zeros_batch(self.schema, TRACE_ROWS)))
 
-    def _split_halves(self) -> int:
-        return Executor._split_halves(self)  # one compiled graph: the halves do not run apart
+    def _run_halves_apart(self) -> None:
+        Executor._run_halves_apart(self)  # one compiled graph: the halves do not run apart
 
     def _details(self) -> dict[str, Any]:
         return {"torch": torch.__version__, "compiler": "aotinductor", "package": str(self.package)}

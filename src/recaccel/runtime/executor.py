@@ -372,12 +372,7 @@ class Executor(ABC):
         if self._part_cache is None:
             return self._run(batch), NO_COUNTS
         rows = as_rows(batch)
-        starts, owner = rows.request_starts()
-        request: RequestRows = (
-            rows.dense.take(starts, axis=0),
-            rows.categorical.take(starts, axis=0),
-            rows.multi_hot.take(starts, axis=0),
-        )
+        request, owner = rows.request_rows()
         parts, counts = self._part_cache.parts(request, self._request_parts)
         return probabilities(self._candidate_logits(parts, owner, rows)), counts
 
@@ -398,11 +393,13 @@ class Executor(ABC):
                 "runs the model unsplit",
                 "turn reuse on for it (serve --reuse, or reuse = true in [workers.executors])",
             )
-        self._part_cache = PartCache(self.schema, settings, self._split_halves())
+        self._run_halves_apart()
+        one_request = as_rows(zeros_batch(self.schema, 1)).as_tuple()
+        width = int(self._request_parts(one_request).shape[1])
+        self._part_cache = PartCache(self.schema, settings, width)
 
-    def _split_halves(self) -> int:
-        """Make the twin's halves runnable apart (`_request_parts`, `_candidate_logits`);
-        the request part's width."""
+    def _run_halves_apart(self) -> None:
+        """Make the twin's halves runnable apart (`_request_parts`, `_candidate_logits`)."""
         raise ExecutorError(
             self.config,
             f"{self.config.backend} runs the split twin as one graph, so its request parts "

@@ -45,7 +45,6 @@ from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
     ExecutorError,
-    as_rows,
     probabilities,
     zeros_batch,
 )
@@ -289,7 +288,7 @@ class OnnxRuntimeExecutor(Executor):
         logits: np.ndarray = self._session.run([OUTPUT_NAME], feeds)[0]
         return probabilities(logits)
 
-    def _split_halves(self) -> int:
+    def _run_halves_apart(self) -> None:
         """The twin's two graphs in place of its one (exported on first use, from the artifact
         read again: the executor keeps no model)."""
         path = split_halves_file(self.artifact_path, self.artifact_id)
@@ -299,8 +298,6 @@ class OnnxRuntimeExecutor(Executor):
         self._request_session = self._new_session(request_half_file(path))
         self._session = self._new_session(path)  # the candidate half; the whole graph goes
         self.onnx_path = path
-        request = as_rows(zeros_batch(self.schema, 1)).as_tuple()
-        return int(self._request_parts(request).shape[1])
 
     def _request_parts(self, request: RequestRows) -> np.ndarray:
         if self._request_session is None:

@@ -32,6 +32,5 @@ def split_twin(model: nn.Module, schema: FeatureSchema, config: ExecutorConfig) 
 def split_inputs(batch: FeatureBatch | Rows) -> tuple[np.ndarray, ...]:
     """The twin's seven inputs: each request's row (its first), every row, each row's owner."""
     rows = as_rows(batch)
-    starts, owner = rows.request_starts()
-    request = tuple(array.take(starts, axis=0) for array in rows.as_tuple())
+    request, owner = rows.request_rows()
     return (*request, *rows.as_tuple(), owner)

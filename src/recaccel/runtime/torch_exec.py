@@ -44,7 +44,6 @@ from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,
     ExecutorError,
-    as_rows,
     outermost_ops,
     owned_copy,
     probabilities,
@@ -168,9 +167,8 @@ class TorchEagerExecutor(Executor):
     def _run(self, batch: FeatureBatch | Rows) -> np.ndarray:
         return probabilities(self._score(self._inputs(batch)))
 
-    def _split_halves(self) -> int:
-        part = self._request_parts(as_rows(zeros_batch(self.schema, 1)).as_tuple())
-        return int(part.shape[1])
+    def _run_halves_apart(self) -> None:
+        self._twin()  # the twin's methods are its halves: nothing to build
 
     def _twin(self) -> SplitModel:
         """The split twin, with this executor's thread count set (the halves' calls)."""

@@ -231,9 +231,7 @@ class SplitTower(SplitWideDeep):
     ) -> list[bool]:
         # The head reads [the tower's output, candidate dense columns, candidate vectors].
         assert isinstance(model, TowerRanker)
-        dims = model.sparse_arch.dims
-        candidate = len(model.candidate_dense) + sum(dims[i] for i in model.candidate_fields)
-        return [True] * model.request_tower.out_features + [False] * candidate
+        return [True] * model.request_tower.out_features + [False] * model.candidate_width
 
     def _deep_request_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.tower(x)  # type: ignore[no-any-return]
