@@ -194,15 +194,21 @@ def _cut_tower(model: nn.Module, state: dict[str, torch.Tensor], cut: _Cut) -> N
     keep = {n: k for n, k in keep.items() if n not in cut.drop}
     keep[""] = list(range(user))  # "": the tower's output, which the head reads whole
 
-    def cut_first_layer(
-        mlp: str, lead: list[tuple[str, int]], columns: torch.Tensor, fields: tuple[int, ...]
-    ) -> None:
+    def kept(
+        lead: list[tuple[str, int]], columns: torch.Tensor, fields: tuple[int, ...]
+    ) -> list[int]:
         segments = [*lead, *((dense.names[i], 1) for i in columns.tolist())]
         segments += [(arch.fields[i], arch.dims[i]) for i in fields]
-        _take(state, f"{_linears(model, mlp)[0]}.weight", 1, _concat_columns(segments, keep))
+        return _concat_columns(segments, keep)
 
-    cut_first_layer("request_tower", [], model.request_dense, model.request_fields)
-    cut_first_layer("deep_arch", [("", user)], model.candidate_dense, model.candidate_fields)
+    request = kept([], model.request_dense, model.request_fields)
+    _take(state, f"{_linears(model, 'request_tower')[0]}.weight", 1, request)
+    head = kept([("", user)], model.candidate_dense, model.candidate_fields)
+    _take(state, f"{_linears(model, 'deep_arch')[0]}.weight", 1, head)
+    # The cross's W maps the tower's output onto the candidate's columns: its rows are those.
+    candidate = kept([], model.candidate_dense, model.candidate_fields)
+    _take(state, "candidate_cross.weight", 0, candidate)
+    _take(state, "candidate_cross.bias", 0, candidate)
 
 
 _CONSUMERS: dict[str, Callable[[nn.Module, dict[str, torch.Tensor], _Cut], None]] = {

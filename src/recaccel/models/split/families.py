@@ -164,31 +164,20 @@ class SplitWideDeep(SplitModel):
     Part: [wide_r (1), deep layer 1's request part (H)].
     """
 
-    def __init__(self, model: WideDeep | TowerRanker, schema: FeatureSchema) -> None:
+    def __init__(self, model: WideDeep, schema: FeatureSchema) -> None:
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
         self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
         sparse_flags, self.request_fields, self.candidate_fields = side_embeddings(
             model.sparse_arch, schema
         )
-        self.deep_first, self.deep_rest = split_first_layer(
-            model.deep_arch, self._deep_columns(model, sparse_flags)
-        )
-        self.over_arch = model.over_arch
-
-    def _deep_columns(
-        self, model: WideDeep | TowerRanker, sparse_flags: tuple[bool, ...]
-    ) -> list[bool]:
-        """Per column the deep MLP reads, whether it is request-side: [dense, each sparse
-        vector at its own width], in the model's order."""
-        return column_flags(
+        # The deep MLP reads [dense, each sparse vector at its own width], in the model's order.
+        columns = column_flags(
             (*self.dense.flags, *sparse_flags),
             (*[1] * len(self.dense.flags), *model.sparse_arch.out_dims),
         )
-
-    def _deep_request_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the deep MLP reads of the request side, from its concatenated inputs."""
-        return x
+        self.deep_first, self.deep_rest = split_first_layer(model.deep_arch, columns)
+        self.over_arch = model.over_arch
 
     def request(
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
@@ -196,7 +185,7 @@ class SplitWideDeep(SplitModel):
         dense_r = self.dense.request(dense)
         x = torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], dim=1)
         wide = self.wide.request(dense_r, categorical, multi_hot)
-        return torch.cat([wide, self.deep_first.request(self._deep_request_input(x))], dim=1)
+        return torch.cat([wide, self.deep_first.request(x)], dim=1)
 
     def candidates(
         self,
@@ -215,26 +204,54 @@ class SplitWideDeep(SplitModel):
         return logits
 
 
-class SplitTower(SplitWideDeep):
-    """The request-tower ranker: Wide & Deep's split, with the whole request tower in the
-    request part. Part: [wide_r (1), the head's layer 1 over the tower's output,
-    W_u · tower(x_r) + b (H)]; a row pays its side's lookups, W_c x_c, the rest of the head and
-    its wide sum.
+class SplitTower(SplitModel):
+    """The request-tower ranker: the whole request tower in the request part.
+
+    With u = tower(x_r) and c a row's candidate columns: the head's first layer is split as
+    W_u·u + b (once) + W_c·c (per row), and the cross uᵀ W c as (W u) once, then a dot product
+    with c per row. Part: [wide_r (1), W_u·u + b (H), W u (C)]; a row pays its side's lookups,
+    W_c·c, the rest of the head, one C-wide dot product and its wide sum.
     """
 
     def __init__(self, model: TowerRanker, schema: FeatureSchema) -> None:
-        super().__init__(model, schema)
+        super().__init__()
+        self.dense = DenseSides(schema, model.dense_columns.names)
+        self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
+        _, self.request_fields, self.candidate_fields = side_embeddings(model.sparse_arch, schema)
         self.tower = model.request_tower
+        # The head reads [the tower's output, the candidate's columns].
+        head_columns = [True] * self.tower.out_features + [False] * model.candidate_width
+        self.head_first, self.head_rest = split_first_layer(model.deep_arch, head_columns)
+        self.candidate_cross = model.candidate_cross
+        self.candidate_width = model.candidate_width
+        self.over_arch = model.over_arch
 
-    def _deep_columns(
-        self, model: WideDeep | TowerRanker, sparse_flags: tuple[bool, ...]
-    ) -> list[bool]:
-        # The head reads [the tower's output, candidate dense columns, candidate vectors].
-        assert isinstance(model, TowerRanker)
-        return [True] * model.request_tower.out_features + [False] * model.candidate_width
+    def request(
+        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+    ) -> torch.Tensor:
+        dense_r = self.dense.request(dense)
+        user = self.tower(torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], 1))
+        wide = self.wide.request(dense_r, categorical, multi_hot)
+        return torch.cat([wide, self.head_first.request(user), self.candidate_cross(user)], dim=1)
 
-    def _deep_request_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower(x)  # type: ignore[no-any-return]
+    def candidates(
+        self,
+        part: torch.Tensor,
+        owner: torch.Tensor,
+        dense: torch.Tensor,
+        categorical: torch.Tensor,
+        multi_hot: torch.Tensor,
+    ) -> torch.Tensor:
+        wide_r, head_r, cross_r = _gathered(
+            part, owner, [1, self.head_first.out_width, self.candidate_width]
+        )
+        dense_c = self.dense.candidate(dense)
+        x = torch.cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dim=1)
+        wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
+        deep = self.over_arch(self.head_rest(self.head_first.candidate(head_r, x)))
+        cross = (cross_r * x).sum(dim=1, keepdim=True)
+        logits: torch.Tensor = (wide + deep + cross).squeeze(1)
+        return logits
 
 
 class SplitDCNv2(SplitModel):
