@@ -296,6 +296,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from recaccel.optimize.pipeline import run_recipe
     from recaccel.optimize.recipe import load_recipe
     from recaccel.optimize.report import build_report
+    from recaccel.runtime.trial_timing import SEARCH_TIMERS
     from recaccel.train.trainer import TrainConfig
 
     recipe = load_recipe(args.recipe)  # a bad recipe fails before any data is loaded
@@ -307,7 +308,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     dataset = _dataset_of(Path(args.artifact), progress)
     config = TrainConfig(max_epochs=args.epochs, seed=args.seed)
     out = Path(args.out)
-    run = run_recipe(Path(args.artifact), dataset, recipe, out, config, progress=progress)
+    run = run_recipe(
+        Path(args.artifact), dataset, recipe, out, config, progress=progress, timers=SEARCH_TIMERS
+    )
     report = build_report(run, dataset)
     report.write(out)
     if args.json:

@@ -205,7 +205,8 @@ def test_search_writes_its_outputs_and_saves_the_front_as_students(
         json.dumps(result.to_dict())
     )
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    table = (tmp_path / "pareto.md").read_text()
+    caption, table = (tmp_path / "pareto.md").read_text().split("\n\n")
+    assert caption.startswith("Latency: model compute on torch-eager, 1 thread(s), 100 rows")
     assert table.count("\n") == 3 + len(result.front)  # header, rule, teacher, one per trial
     for trial in result.front_trials:
         student = load_artifact(Path(trial.artifact))

@@ -91,6 +91,7 @@ class SearchResult:
     threads: int
     space: SearchSpace
     reuse: bool = False  # students timed with request-level reuse (their split twin)
+    latency_backend: str = "torch-eager"  # the runtime every latency was timed on
 
     @property
     def front_trials(self) -> list[TrialRecord]:
@@ -112,13 +113,20 @@ class SearchResult:
             "serving_batch": self.serving_batch,
             "threads": self.threads,
             "reuse": self.reuse,
+            "latency_backend": self.latency_backend,
             "space": self.space.to_dict(),
             "front": list(self.front),
             "trials": [t.to_dict() for t in self.trials],
         }
 
     def markdown(self) -> str:
-        return front_table(self.front_trials, self.teacher_val_auc, self.teacher_latency_ms)
+        timed = (
+            f"Latency: model compute on {self.latency_backend}, {self.threads} thread(s), "
+            f"{self.serving_batch} rows"
+            + (", each student as its split twin on one rank request (reuse)" if self.reuse else "")
+            + ".\n\n"
+        )
+        return timed + front_table(self.front_trials, self.teacher_val_auc, self.teacher_latency_ms)
 
 
 def pick(
@@ -226,8 +234,8 @@ def write_outputs(result: SearchResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     title = (
         f"{len(result.trials)} trials; teacher {result.teacher['model']} "
-        f"{result.teacher_latency_ms or float('nan'):.2f} ms at batch {result.serving_batch}"
-        + ("; students with reuse" if result.reuse else "")
+        f"{result.teacher_latency_ms or float('nan'):.2f} ms at batch {result.serving_batch} "
+        f"on {result.latency_backend}" + ("; students with reuse" if result.reuse else "")
     )
     plot_front(
         result.trials, result.front_trials, result.teacher_val_auc, out / "pareto.png", title

@@ -13,6 +13,7 @@ This is the Python API behind `recaccel optimize`; the CLI only parses arguments
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from recaccel.optimize.guard import CostVerdict, Verdict, judge, judge_cost
 from recaccel.optimize.latency import measure_interleaved, sample_rows
 from recaccel.optimize.recipe import Recipe, Step
 from recaccel.optimize.steps import STEP_RUNNERS, Candidate, NoCandidateError, StepContext
+from recaccel.optimize.trial_timing import (
+    DEFAULT_SEARCH_LATENCY_BACKEND,
+    EAGER_ONLY,
+    ModelTimer,
+    timer_for,
+)
 from recaccel.train.metrics import Metrics, evaluate
 from recaccel.train.pipeline import fit_baselines
 from recaccel.train.trainer import TrainConfig, predict
@@ -170,8 +177,16 @@ def run_recipe(
     out: Path,
     train_config: TrainConfig,
     progress: bool = True,
+    timers: Mapping[str, ModelTimer] = EAGER_ONLY,
 ) -> RecipeRun:
-    """Apply `recipe` to the artifact at `artifact_path`, writing every attempt under `out`."""
+    """Apply `recipe` to the artifact at `artifact_path`, writing every attempt under `out`.
+
+    `timers`: the runtimes a search step may time on (optimize/trial_timing.py); a step naming
+    another fails here, before anything is trained.
+    """
+    for step in recipe.steps:
+        for attempt in step.attempts if step.op == "search" else ():
+            timer_for(str(attempt.get("latency_backend", DEFAULT_SEARCH_LATENCY_BACKEND)), timers)
     original = load_artifact(artifact_path)
     if original.schema != dataset.schema:
         raise ConfigError(
@@ -182,7 +197,13 @@ def run_recipe(
         dataset.validation.label, predict(original.model, dataset.validation)
     )
     ctx = StepContext(
-        dataset, recipe, original_validation, train_config, progress, fit_baselines(dataset)
+        dataset,
+        recipe,
+        original_validation,
+        train_config,
+        progress,
+        fit_baselines(dataset),
+        timers,
     )
     outcomes: list[StepOutcome] = []
     current = original

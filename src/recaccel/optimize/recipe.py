@@ -56,6 +56,7 @@ STEP_PARAMETERS: dict[str, frozenset[str]] = {
             "max_epochs",
             "weight_decay",
             "reuse",
+            "latency_backend",
         }
     ),
     "prune": frozenset({"keep_fraction", "learning_rate", "max_epochs", "weight_decay"}),

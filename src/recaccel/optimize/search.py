@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +41,12 @@ from recaccel.optimize.search_trial import (
     TRIAL_LATENCY_REPEATS,
     TrialRunner,
     record_from_trial,
+)
+from recaccel.optimize.trial_timing import (
+    DEFAULT_SEARCH_LATENCY_BACKEND,
+    EAGER_ONLY,
+    ModelTimer,
+    timer_for,
 )
 from recaccel.train.metrics import evaluate
 from recaccel.train.trainer import TrainConfig, predict
@@ -159,6 +165,8 @@ def search(
     space: SearchSpace | None = None,
     latency_repeats: int = TRIAL_LATENCY_REPEATS,
     reuse: bool = False,
+    latency_backend: str = DEFAULT_SEARCH_LATENCY_BACKEND,
+    timers: Mapping[str, ModelTimer] = EAGER_ONLY,
 ) -> SearchResult:
     """Search `space` for distilled students of `teacher` within `budget_seconds`.
 
@@ -182,6 +190,9 @@ def search(
             front then ranks students by what rank requests of the workload's median and
             tail sizes cost them served so; ConfigError for a schema with no request-side
             feature.
+        latency_backend: the runtime teacher and students are timed on, one of `timers`
+            (optimize/trial_timing.py); with reuse, a serving runtime's is the growth with
+            candidates that serving sees.
     """
     started = time.monotonic()
     deadline = started + budget_seconds
@@ -196,6 +207,7 @@ def search(
             f"{dataset.name!r}",
             "search on the dataset the teacher was trained on",
         )
+    timer = timer_for(latency_backend, timers)
     space = space or SearchSpace()
     if reuse and not dataset.schema.on_side(Side.REQUEST):
         raise ConfigError(
@@ -207,7 +219,7 @@ def search(
     soft = replace(dataset, train=replace(dataset.train, label=soft_labels))
     teacher_val = evaluate(dataset.validation.label, predict(teacher.model, dataset.validation))
     objective = TrialRunner(
-        teacher=teacher.model,
+        teacher=timer(teacher.model, dataset.schema, False, threads),
         soft=soft,
         space=space,
         config=train_config,
@@ -222,6 +234,7 @@ def search(
             if reuse
             else None
         ),
+        timer=timer,
     )
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [objective.after_trial]
     if n_trials is not None:
@@ -264,6 +277,7 @@ def search(
         threads=threads,
         space=space,
         reuse=reuse,
+        latency_backend=latency_backend,
     )
     write_outputs(result, out)
     return result

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.models.registry import ModelConfig, build_model, config_to_dict
-from recaccel.models.split import OneRankRequest, from_model
-from recaccel.optimize.latency import measure_interleaved
+from recaccel.optimize.latency import Scorer, measure_interleaved
 from recaccel.optimize.pareto import TrialRecord
 from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
+from recaccel.optimize.trial_timing import EAGER_ONLY, ModelTimer
 from recaccel.train.trainer import TrainConfig, fit, seed_everything
 
 log = logging.getLogger("recaccel.search")
@@ -46,7 +46,7 @@ LARGE_REQUEST_FACTOR = 10
 class TrialRunner:
     """Distill, time and score one student per trial; remember configs and the front's models."""
 
-    teacher: nn.Module
+    teacher: Scorer  # the teacher as it is, on the timer's runtime
     soft: Dataset  # the training split's labels already blended with the teacher's scores
     space: SearchSpace
     config: TrainConfig
@@ -61,6 +61,8 @@ class TrialRunner:
     # With reuse: rows of one large rank request (LARGE_REQUEST_FACTOR × the batch), timed
     # too; the latency objective is then a median request plus a large one, over the teacher's.
     large_batch: FeatureBatch | None = None
+    # What a student is timed as (optimize/trial_timing.py): PyTorch eager unless told.
+    timer: ModelTimer = EAGER_ONLY["torch-eager"]
     seen: dict[tuple[str, ModelConfig], int] = field(default_factory=dict)  # -> first trial
     duplicates_in_a_row: int = 0
     exhausted: bool = False  # stopped because only duplicates came
@@ -79,11 +81,12 @@ class TrialRunner:
         seed_everything(self.config.seed)
         model = build_model(name, self.soft.schema, config)
         fitted = fit(model, self.soft, self.config, progress=False, deadline=self.deadline)
-        student_ms, teacher_ms = self._medians(model, self.batch)
+        timed = self.timer(model, self.soft.schema, self.reuse, self.threads)
+        student_ms, teacher_ms = self._medians(timed, self.batch)
         val_auc, ratio = fitted.best.validation.auc, student_ms / teacher_ms
         attrs: dict[str, Any] = {}
         if self.large_batch is not None:
-            large_ms, teacher_large_ms = self._medians(model, self.large_batch)
+            large_ms, teacher_large_ms = self._medians(timed, self.large_batch)
             ratio = (student_ms + large_ms) / (teacher_ms + teacher_large_ms)
             attrs |= {"large_latency_ms": large_ms, "scaling": large_ms / student_ms}
         attrs |= {
@@ -100,22 +103,16 @@ class TrialRunner:
         self._report(trial.number, name, val_auc, student_ms, ratio, attrs)
         return val_auc, ratio
 
-    def _medians(self, model: nn.Module, batch: FeatureBatch) -> tuple[float, float]:
+    def _medians(self, student: Scorer, batch: FeatureBatch) -> tuple[float, float]:
         """(student, teacher) median ms on `batch`, rounds interleaved."""
         stats = measure_interleaved(
-            {"teacher": self.teacher, "student": self._timed(model)},
+            {"teacher": self.teacher, "student": student},
             batch,
             self.repeats,
             TRIAL_LATENCY_WARMUP,
             self.threads,
         )
         return stats["student"].median_ms, stats["teacher"].median_ms
-
-    def _timed(self, model: nn.Module) -> nn.Module:
-        """The student as the search times it: its twin on one rank request with reuse."""
-        if not self.reuse:
-            return model
-        return OneRankRequest(from_model(model, self.soft.schema))
 
     def after_trial(self, study: optuna.Study, _trial: FrozenTrial) -> None:
         """Drop the models that left the front; stop once only duplicates come."""

@@ -25,6 +25,7 @@ from recaccel.optimize.prune_embeddings import prune_embedding_dims, prune_field
 from recaccel.optimize.quantize import quantize_dense_step, quantize_embeddings_step
 from recaccel.optimize.recipe import Recipe
 from recaccel.optimize.search import search
+from recaccel.optimize.trial_timing import DEFAULT_SEARCH_LATENCY_BACKEND, EAGER_ONLY, ModelTimer
 from recaccel.train.baselines import BaselineResult
 from recaccel.train.metrics import Metrics
 from recaccel.train.pipeline import TrainedModel
@@ -57,6 +58,8 @@ class StepContext:
     train_config: TrainConfig
     progress: bool
     baselines: list[BaselineResult] = field(default_factory=list)
+    # The runtimes a search step may time on (optimize/trial_timing.py), from the caller.
+    timers: Mapping[str, ModelTimer] = field(default_factory=lambda: EAGER_ONLY)
 
     def train_config_for(self, params: Mapping[str, Any]) -> TrainConfig:
         overrides = {k: params[k] for k in TRAIN_OVERRIDES if k in params}
@@ -179,6 +182,8 @@ def _run_search(ctx: StepContext, parent: Artifact, params: dict[str, Any], out:
         threads=ctx.recipe.measure.threads,
         progress=ctx.progress,
         reuse=bool(params.get("reuse", False)),
+        latency_backend=str(params.get("latency_backend", DEFAULT_SEARCH_LATENCY_BACKEND)),
+        timers=ctx.timers,
     )
     chosen = pick(result, ctx.original_validation.auc, ctx.recipe.relative_budget)
     if chosen is None or chosen.artifact is None:
