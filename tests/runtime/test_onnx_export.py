@@ -21,6 +21,7 @@ from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
 from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.runtime.export import (
+    PER_SLOT_MAX_BAG,
     UnsupportedOnBackendError,
     export_onnx,
     onnx_feeds,
@@ -157,36 +158,49 @@ def test_an_op_without_onnx_translation_is_named(tmp_path: Path, tiny_dataset: D
         export_onnx(RawFbgemmBag(), tiny_dataset.schema, tmp_path / "raw.onnx")
 
 
+@pytest.mark.parametrize("zero_padding_row", [True, False])
+@pytest.mark.parametrize("length", [3, PER_SLOT_MAX_BAG + 4])
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_every_bag_mode_exports_as_gathers_and_scores_as_pytorch_does(
-    mode: str, tmp_path: Path
+    mode: str, length: int, zero_padding_row: bool, tmp_path: Path
 ) -> None:
-    """Bags with padding, a bag of padding alone, and one full bag: each mode's reduction."""
+    """Bags with padding, a bag of padding alone, and one full bag: each mode's reduction, for
+    bags summed slot by slot and gathered whole, with the padding row zero (as PyTorch keeps
+    it) and not (a weight set by hand: the padding ids must still be left out)."""
 
     class Bagged(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.bag = nn.EmbeddingBag(7, 3, mode=mode, padding_idx=0)
+            if not zero_padding_row:
+                with torch.no_grad():
+                    self.bag.weight[0] = 5.0
 
         def forward(
             self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
         ) -> torch.Tensor:
-            return self.bag(multi_hot[:, 0, :]).sum(dim=1) + dense[:, 0]
+            pooled = self.bag(multi_hot[:, 0, :])  # each column weighed differently, no sum
+            return pooled[:, 0] + 2 * pooled[:, 1] - pooled[:, 2] + dense[:, 0]
 
     schema = FeatureSchema(
         (
             Feature("x", FeatureKind.DENSE),
             Feature("c", FeatureKind.CATEGORICAL, 3),
-            Feature("tags", FeatureKind.MULTI_HOT, 7, max_len=3),
+            Feature("tags", FeatureKind.MULTI_HOT, 7, max_len=length),
         )
     )
     torch.manual_seed(0)
-    ids = torch.tensor([[[1, 2, 0]], [[0, 0, 0]], [[3, 4, 5]], [[6, 0, 0]]])
+    ids = torch.zeros(4, 1, length, dtype=torch.int64)
+    ids[0, 0, :2] = torch.tensor([1, 2])  # padded
+    ids[2, 0, :] = torch.arange(length) % 6 + 1  # full
+    ids[3, 0, 0] = 6  # row 1: padding alone
     batch = FeatureBatch(torch.randn(4, 1), torch.zeros(4, 1, dtype=torch.int64), ids)
     model = Bagged().eval()
     path = export_onnx(model, schema, tmp_path / "m.onnx", example=batch)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert "Loop" not in ops
+    if mode == "sum":  # a short bag is added slot by slot: no reduction over the bag axis
+        assert ("ReduceSum" in ops) == (length > PER_SLOT_MAX_BAG)
     with torch.no_grad():
         expected = model(*batch.as_tuple()).numpy()
     np.testing.assert_allclose(run_onnx(path, batch), expected, atol=1e-6)
