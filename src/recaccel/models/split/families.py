@@ -209,14 +209,13 @@ class SplitTower(SplitModel):
 
     With u = tower(x_r) and c a row's candidate columns: the head's first layer is split as
     W_u·u + b (once) + W_c·c (per row), and the cross uᵀ W c as (W u) once, then a dot product
-    with c per row. Part: [wide_r (1), W_u·u + b (H), W u (C)]; a row pays its side's lookups,
-    W_c·c, the rest of the head, one C-wide dot product and its wide sum.
+    with c per row. Part: [W_u·u + b (H), W u (C)]; a row pays its side's lookups, W_c·c, the
+    rest of the head and one C-wide dot product.
     """
 
     def __init__(self, model: TowerRanker, schema: FeatureSchema) -> None:
         super().__init__()
         self.dense = DenseSides(schema, model.dense_columns.names)
-        self.wide = SplitLinearTerm(model.wide_arch, schema, self.dense)
         _, self.request_fields, self.candidate_fields = side_embeddings(model.sparse_arch, schema)
         self.tower = model.request_tower
         # The head reads [the tower's output, the candidate's columns].
@@ -229,10 +228,9 @@ class SplitTower(SplitModel):
     def request(
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
     ) -> torch.Tensor:
-        dense_r = self.dense.request(dense)
-        user = self.tower(torch.cat([dense_r, *self.request_fields(categorical, multi_hot)], 1))
-        wide = self.wide.request(dense_r, categorical, multi_hot)
-        return torch.cat([wide, self.head_first.request(user), self.candidate_cross(user)], dim=1)
+        x = torch.cat([self.dense.request(dense), *self.request_fields(categorical, multi_hot)], 1)
+        user = self.tower(x)
+        return torch.cat([self.head_first.request(user), self.candidate_cross(user)], dim=1)
 
     def candidates(
         self,
@@ -242,15 +240,13 @@ class SplitTower(SplitModel):
         categorical: torch.Tensor,
         multi_hot: torch.Tensor,
     ) -> torch.Tensor:
-        wide_r, head_r, cross_r = _gathered(
-            part, owner, [1, self.head_first.out_width, self.candidate_width]
+        head_r, cross_r = _gathered(part, owner, [self.head_first.out_width, self.candidate_width])
+        x = torch.cat(
+            [self.dense.candidate(dense), *self.candidate_fields(categorical, multi_hot)], dim=1
         )
-        dense_c = self.dense.candidate(dense)
-        x = torch.cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dim=1)
-        wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
         deep = self.over_arch(self.head_rest(self.head_first.candidate(head_r, x)))
         cross = (cross_r * x).sum(dim=1, keepdim=True)
-        logits: torch.Tensor = (wide + deep + cross).squeeze(1)
+        logits: torch.Tensor = (deep + cross).squeeze(1)
         return logits
 
 
