@@ -276,31 +276,32 @@ def test_a_search_with_reuse_times_each_student_on_a_median_and_a_large_rank_req
     teacher's, and the record says how the student's cost grew with the rows."""
     import recaccel.optimize.search_trial as trial_module
 
-    timed: list[tuple[dict[str, Any], int, dict[str, Any]]] = []
-    real_measure = trial_module.measure_interleaved
+    timed: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    real_measure = trial_module.measure_runs
 
-    def recorded(scorers: dict[str, Any], batch: Any, *args: Any) -> Any:
-        stats = real_measure(scorers, batch, *args)
-        timed.append((dict(scorers), len(batch), stats))
+    def recorded(runs: dict[str, Any], *args: Any) -> Any:
+        stats = real_measure(runs, *args)
+        timed.append((dict(runs), stats))
         return stats
 
-    monkeypatch.setattr(trial_module, "measure_interleaved", recorded)
+    monkeypatch.setattr(trial_module, "measure_runs", recorded)
     result = search(
         teacher, tiny_dataset, tmp_path, 120, n_trials=2, train_config=ONE_EPOCH,
         space=TINY_SPACE, latency_repeats=5, progress=False, reuse=True, serving_batch=20,
     )  # fmt: skip
     assert result.reuse and json.loads((tmp_path / "search.json").read_text())["reuse"]
-    assert [rows for _, rows, _ in timed] == [20, 200, 20, 200]
-    for scorers, _, _ in timed:
-        student = scorers["student"]
+    for runs, _ in timed:  # both sizes in the same rounds, one measurement per trial
+        rows = {name: len(batch) for name, (_, batch) in runs.items()}
+        assert rows == {"teacher": 20, "student": 20, "teacher-large": 200, "student-large": 200}
+        student = runs["student"][0]
         assert isinstance(student, OneRankRequest) and isinstance(student.twin, SplitModel)
-        assert scorers["teacher"] is teacher.model  # the teacher as it serves without reuse
+        assert runs["student-large"][0] is student
+        assert runs["teacher"][0] is teacher.model  # the teacher as it serves without reuse
     complete = [r for r in result.trials if r.state == "complete"]
-    for record, (small, large) in zip(
-        complete, zip(timed[::2], timed[1::2], strict=True), strict=True
-    ):
-        s, t = (small[2][k].median_ms for k in ("student", "teacher"))
-        big_s, big_t = (large[2][k].median_ms for k in ("student", "teacher"))
+    assert len(timed) == len(complete)
+    for record, (_, stats) in zip(complete, timed, strict=True):
+        s, t = (stats[k].median_ms for k in ("student", "teacher"))
+        big_s, big_t = (stats[k].median_ms for k in ("student-large", "teacher-large"))
         assert record.large_latency_ms == big_s and record.scaling == pytest.approx(big_s / s)
         assert record.latency_ratio == pytest.approx((s + big_s) / (t + big_t))
     assert "10× rows / 1×" in (tmp_path / "pareto.md").read_text()

@@ -60,21 +60,21 @@ def test_a_search_times_teacher_and_students_on_the_backend_it_names(
     import recaccel.optimize.search_trial as trial_module
 
     timed: list[dict[str, Any]] = []
-    real_measure = trial_module.measure_interleaved
+    real_measure = trial_module.measure_runs
 
-    def recorded(scorers: dict[str, Any], *args: Any) -> Any:
-        timed.append(dict(scorers))
-        return real_measure(scorers, *args)
+    def recorded(runs: dict[str, Any], *args: Any) -> Any:
+        timed.append({name: scorer for name, (scorer, _) in runs.items()})
+        return real_measure(runs, *args)
 
-    monkeypatch.setattr(trial_module, "measure_interleaved", recorded)
+    monkeypatch.setattr(trial_module, "measure_runs", recorded)
     result = search(
         trained["dlrm"], tiny_dataset, tmp_path, 120, n_trials=1, train_config=ONE_EPOCH,
         space=TINY_SPACE, latency_repeats=3, progress=False, reuse=True, serving_batch=20,
         latency_backend="onnxruntime", timers=SEARCH_TIMERS,
     )  # fmt: skip
-    assert len(timed) == 2  # one trial: the serving batch and 10× as many rows
-    for scorers in timed:
-        student, teacher_scorer = scorers["student"], scorers["teacher"]
+    (scorers,) = timed  # one trial: the serving batch and 10× as many rows, timed together
+    for size in ("", "-large"):
+        student, teacher_scorer = scorers[f"student{size}"], scorers[f"teacher{size}"]
         assert isinstance(student, OnnxScorer) and student.one_request
         assert isinstance(teacher_scorer, OnnxScorer) and not teacher_scorer.one_request
     assert result.latency_backend == "onnxruntime"

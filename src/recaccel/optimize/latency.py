@@ -146,14 +146,29 @@ def measure_interleaved(
         block: calls of each scorer in a row per round, the first untimed (`MEASURE_BLOCK`);
             1 times every call, each right after another scorer's.
     """
-    inputs = batch.as_tuple()
-    calls = {name: functools.partial(scorer, *inputs) for name, scorer in scorers.items()}
+    runs = {name: (scorer, batch) for name, scorer in scorers.items()}
+    return measure_runs(runs, repeats, warmup, threads, block)
+
+
+def measure_runs(
+    runs: Mapping[str, tuple[Scorer, FeatureBatch]],
+    repeats: int = DEFAULT_REPEATS,
+    warmup: int = DEFAULT_WARMUP,
+    threads: int = 1,
+    block: int = MEASURE_BLOCK,
+) -> dict[str, LatencyStats]:
+    """`measure_interleaved` with each run's own rows: name -> (scorer, batch). Sizes that
+    are compared (a request of 100 rows against one of 1,000) are timed in the same rounds,
+    so a stretch of machine noise falls on both, not on one."""
+    calls = {
+        name: functools.partial(scorer, *batch.as_tuple()) for name, (scorer, batch) in runs.items()
+    }
     rounds = -(-repeats // max(block - 1, 1))  # ceil: at least `repeats` timed calls
     with torch_threads(threads), torch.inference_mode():
         samples = time_rounds(calls, rounds, warmup, block=block)
     return {
         name: LatencyStats(
-            batch=len(batch),
+            batch=len(runs[name][1]),
             median_ms=statistics.median(times),
             p99_ms=percentile(times, 99),
             repeats=len(times),

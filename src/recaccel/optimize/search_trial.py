@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.models.registry import ModelConfig, build_model, config_to_dict
-from recaccel.optimize.latency import Scorer, measure_interleaved
+from recaccel.optimize.latency import Scorer, measure_runs
 from recaccel.optimize.pareto import TrialRecord
 from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
 from recaccel.optimize.trial_timing import EAGER_ONLY, ModelTimer
@@ -82,11 +82,12 @@ class TrialRunner:
         model = build_model(name, self.soft.schema, config)
         fitted = fit(model, self.soft, self.config, progress=False, deadline=self.deadline)
         timed = self.timer(model, self.soft.schema, self.reuse, self.threads)
-        student_ms, teacher_ms = self._medians(timed, self.batch)
+        medians = self._medians(timed)
+        student_ms, teacher_ms = medians["student"], medians["teacher"]
         val_auc, ratio = fitted.best.validation.auc, student_ms / teacher_ms
         attrs: dict[str, Any] = {}
         if self.large_batch is not None:
-            large_ms, teacher_large_ms = self._medians(timed, self.large_batch)
+            large_ms, teacher_large_ms = medians["student-large"], medians["teacher-large"]
             ratio = (student_ms + large_ms) / (teacher_ms + teacher_large_ms)
             attrs |= {"large_latency_ms": large_ms, "scaling": large_ms / student_ms}
         attrs |= {
@@ -103,16 +104,17 @@ class TrialRunner:
         self._report(trial.number, name, val_auc, student_ms, ratio, attrs)
         return val_auc, ratio
 
-    def _medians(self, student: Scorer, batch: FeatureBatch) -> tuple[float, float]:
-        """(student, teacher) median ms on `batch`, rounds interleaved."""
-        stats = measure_interleaved(
-            {"teacher": self.teacher, "student": student},
-            batch,
-            self.repeats,
-            TRIAL_LATENCY_WARMUP,
-            self.threads,
-        )
-        return stats["student"].median_ms, stats["teacher"].median_ms
+    def _medians(self, student: Scorer) -> dict[str, float]:
+        """Median ms of "student" and "teacher" on the batch and, with a large batch,
+        "student-large" and "teacher-large" on it: all four in the same rounds."""
+        runs = {"teacher": (self.teacher, self.batch), "student": (student, self.batch)}
+        if self.large_batch is not None:
+            runs |= {
+                "teacher-large": (self.teacher, self.large_batch),
+                "student-large": (student, self.large_batch),
+            }
+        stats = measure_runs(runs, self.repeats, TRIAL_LATENCY_WARMUP, self.threads)
+        return {name: s.median_ms for name, s in stats.items()}
 
     def after_trial(self, study: optuna.Study, _trial: FrozenTrial) -> None:
         """Drop the models that left the front; stop once only duplicates come."""
