@@ -24,13 +24,13 @@ from recaccel.models.registry import ModelConfig, build_model, config_to_dict
 from recaccel.optimize.latency import Scorer, measure_runs
 from recaccel.optimize.pareto import TrialRecord
 from recaccel.optimize.search_space import SearchSpace, student_from_params, suggest_student
-from recaccel.optimize.trial_timing import EAGER_ONLY, ModelTimer
+from recaccel.optimize.trial_timing import ModelTimer, eager_scorer
 from recaccel.train.trainer import TrainConfig, fit, seed_everything
 
 log = logging.getLogger("recaccel.search")
 
-# Timed rounds per trial: fewer than a benchmark's 200, because every trial pays them inside
-# the budget; the median of 50 interleaved rounds keeps a ratio within a few percent here.
+# Timed calls of each scorer per trial: fewer than a benchmark's 200, because every trial pays
+# them inside the budget; the median of 50 interleaved calls keeps a ratio within a few percent.
 TRIAL_LATENCY_REPEATS = 50
 TRIAL_LATENCY_WARMUP = 5
 # Consecutive trials that only re-propose trained students before the search stops: by then
@@ -62,7 +62,7 @@ class TrialRunner:
     # too; the latency objective is then a median request plus a large one, over the teacher's.
     large_batch: FeatureBatch | None = None
     # What a student is timed as (optimize/trial_timing.py): PyTorch eager unless told.
-    timer: ModelTimer = EAGER_ONLY["torch-eager"]
+    timer: ModelTimer = eager_scorer
     seen: dict[tuple[str, ModelConfig], int] = field(default_factory=dict)  # -> first trial
     duplicates_in_a_row: int = 0
     exhausted: bool = False  # stopped because only duplicates came

@@ -151,7 +151,8 @@ def _float_hint(artifact: Artifact | None) -> str:
 # adds. ONNX Runtime's ReduceSum over the middle axis of the (B, L, D) gather costs about as much
 # per row whatever D is, and made the multi-hot bags half of a small model's per-candidate cost
 # (MovieLens' genres, L = 6: 220–290 µs at 1,000 rows gathered and reduced, 60–110 µs slot by
-# slot, on a 2-core EPYC). Past a few slots the per-op cost of 2L nodes at batch 1 outweighs it.
+# slot, on a 2-core EPYC). Longer bags keep the one gather: 2L nodes cost per-node overhead at
+# small batches. 8 is a judgement; only L = 6 was measured.
 PER_SLOT_MAX_BAG = 8
 
 
