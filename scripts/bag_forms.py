@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import numpy as np
-
 from recaccel.artifact import load_artifact
 from recaccel.data.registry import load_dataset
-from recaccel.data.schema import INPUT_NAMES
 from recaccel.models.split import from_model
 from recaccel.optimize.latency import sample_rows, time_rounds
 from recaccel.runtime import export
-from recaccel.runtime.export import export_onnx, onnx_session
+from recaccel.runtime.executor import as_rows
+from recaccel.runtime.export import export_onnx, onnx_feeds, onnx_session
+from recaccel.runtime.reuse import split_inputs
 from recaccel.runtime.split_export import export_split_onnx, split_feeds
 
 SIZES = (10, 100, 1000)
@@ -62,11 +61,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             sessions = _sessions(path, Path(tmp))
             for rows in SIZES:
-                arrays = tuple(t.numpy() for t in sample_rows(dataset.validation, rows).as_tuple())
-                owner = np.zeros(rows, dtype=np.int64)
+                batch = sample_rows(dataset.validation, rows)
                 feeds = {
-                    "unsplit": dict(zip(INPUT_NAMES, arrays, strict=True)),
-                    "split": split_feeds((*(a[:1] for a in arrays), *arrays, owner)),
+                    "unsplit": onnx_feeds(batch),
+                    "split": split_feeds(split_inputs(as_rows(batch).as_one_request())),
                 }
                 calls = {}
                 for key, session in sessions.items():

@@ -14,16 +14,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from recaccel.data.schema import INPUT_NAMES, FeatureSchema
+from recaccel.data.dataset import FeatureBatch
+from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.models.split import from_model
 from recaccel.optimize.latency import Scorer
 from recaccel.optimize.trial_timing import ModelTimer, eager_scorer
-from recaccel.runtime.export import UnsupportedOnBackendError, export_onnx, onnx_session
+from recaccel.runtime.executor import as_rows
+from recaccel.runtime.export import (
+    UnsupportedOnBackendError,
+    export_onnx,
+    onnx_feeds,
+    onnx_session,
+)
+from recaccel.runtime.reuse import split_inputs
 from recaccel.runtime.split_export import export_split_onnx, split_feeds
 
 
@@ -41,12 +48,11 @@ class OnnxScorer:
     def __call__(
         self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
     ) -> torch.Tensor:
-        rows = (dense.numpy(), categorical.numpy(), multi_hot.numpy())
+        batch = FeatureBatch(dense, categorical, multi_hot)
         if self.one_request:
-            owner = np.zeros(len(rows[0]), dtype=np.int64)
-            feeds = split_feeds((*(x[:1] for x in rows), *rows, owner))
+            feeds = split_feeds(split_inputs(as_rows(batch).as_one_request()))
         else:
-            feeds = dict(zip(INPUT_NAMES, rows, strict=True))
+            feeds = onnx_feeds(batch)
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
