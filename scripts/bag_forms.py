@@ -1,4 +1,4 @@
-"""ONNX Runtime per-request compute with each form of the multi-hot bags (runtime/export.py).
+"""ONNX Runtime per-request compute with each form of the multi-hot bags (runtime/onnx_lookups.py).
 
     .venv/bin/python scripts/bag_forms.py ARTIFACT [ARTIFACT ...] [--rounds 50]
 
@@ -23,14 +23,14 @@ from recaccel.artifact import load_artifact
 from recaccel.data.registry import load_dataset
 from recaccel.models.split import from_model
 from recaccel.optimize.latency import sample_rows, time_rounds
-from recaccel.runtime import export
+from recaccel.runtime import onnx_lookups
 from recaccel.runtime.executor import as_rows
 from recaccel.runtime.export import export_onnx, onnx_feeds, onnx_session
 from recaccel.runtime.reuse import split_inputs
 from recaccel.runtime.split_export import export_split_onnx, split_feeds
 
 SIZES = (10, 100, 1000)
-FORMS = {"slot by slot": export.PER_SLOT_MAX_BAG, "gathered whole": 0}
+FORMS = {"slot by slot": onnx_lookups.PER_SLOT_MAX_BAG, "gathered whole": 0}
 
 
 def _sessions(path: Path, tmp: Path) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def _sessions(path: Path, tmp: Path) -> dict[str, Any]:
     twin = from_model(artifact.model, artifact.schema)
     sessions = {}
     for form, limit in FORMS.items():
-        with mock.patch.object(export, "PER_SLOT_MAX_BAG", limit):
+        with mock.patch.object(onnx_lookups, "PER_SLOT_MAX_BAG", limit):
             tag = form.replace(" ", "-")
             plain = export_onnx(artifact.model, artifact.schema, tmp / f"{tag}.onnx")
             split = export_split_onnx(twin, artifact.schema, tmp / f"{tag}-split.onnx")

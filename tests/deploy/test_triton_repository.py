@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from tritonclient.grpc import model_config_pb2 as pb2
@@ -22,7 +23,7 @@ from recaccel.deploy.triton import (
 from recaccel.deploy.triton_plan import Measurement, TritonOptions, plan_triton
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
-from recaccel.runtime.export import onnx_session
+from recaccel.runtime.export import onnx_feeds, onnx_session
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.serve.config import ServeConfig, load_serve_config
@@ -130,17 +131,22 @@ def test_the_model_runs_under_exactly_the_declared_signature(
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_an_int4_artifact_is_refused_with_what_to_do(
+def test_an_int4_artifact_is_carried_with_its_tables_quantized(
     deploy_artifact: Path, tiny_dataset: Dataset, tmp_path: Path
 ) -> None:
     from recaccel.optimize.quantize import quantize_embeddings_step
 
     int4 = tmp_path / "int4"
     quantize_embeddings_step(load_artifact(deploy_artifact), tiny_dataset, 4, int4)
-    with pytest.raises(ConfigError, match="cannot be deployed to Triton") as error:
-        write_triton_model(int4, tmp_path / "repo", TritonOptions(), ServeConfig())
-    assert "parent" in error.value.hint
-    assert not (tmp_path / "repo").exists()  # refused before anything was written
+    artifact = load_artifact(int4)
+    written = write_triton_model(int4, tmp_path / "repo", TritonOptions(), ServeConfig())
+    graph = onnx.load(str(written.onnx_path)).graph
+    assert any(t.data_type == onnx.TensorProto.UINT8 for t in graph.initializer)
+    rows = tiny_dataset.test.features(slice(0, ROWS))
+    [got] = onnx_session(written.onnx_path).run(None, onnx_feeds(rows))
+    with torch.no_grad():
+        expected = artifact.model(*rows.as_tuple()).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
 def test_an_existing_model_is_replaced_only_when_asked(

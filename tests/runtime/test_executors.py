@@ -162,9 +162,10 @@ def test_torch_aot_matches_and_its_package_is_compiled_once(
         np.testing.assert_allclose(again.run(batch), _reference(artifact, batch), atol=FP32_ATOL)
 
 
-# Quantized PyTorch artifacts: they run where their FBGEMM kernels run, and get a clear refusal
-# elsewhere. Their reference is their own eager output (their distance from the float parent is
-# the quantization step's business, tested in tests/optimize and tests/models).
+# Quantized PyTorch artifacts: they run where their FBGEMM kernels run, quantized tables also on
+# ONNX Runtime, and a clear refusal elsewhere. Their reference is their own eager output (their
+# distance from the float parent is the quantization step's business, tested in tests/optimize
+# and tests/models).
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +209,22 @@ def test_torch_aot_refuses_quantized_artifacts_and_names_the_op(
 
 
 @needs_ort
-@pytest.mark.parametrize("name", ["embeddings-int8", "dense-int8-dynamic"])
-def test_onnxruntime_refuses_quantized_pytorch_artifacts(
-    quantized: dict[str, Artifact], name: str
+def test_quantized_tables_run_on_onnxruntime_as_in_pytorch(
+    quantized: dict[str, Artifact], tiny_dataset: Dataset
+) -> None:
+    """Row-wise INT8 tables have an ONNX form (runtime/onnx_lookups.py): the same bytes,
+    dequantized after the gather, so ORT scores as the PyTorch quantized modules do."""
+    artifact = quantized["embeddings-int8"]
+    _assert_parity(artifact, ExecutorConfig("onnxruntime"), tiny_dataset, FP32_ATOL)
+
+
+@needs_ort
+def test_onnxruntime_refuses_quantized_pytorch_dense_layers(
+    quantized: dict[str, Artifact],
 ) -> None:
     from recaccel.runtime.export import UnsupportedOnBackendError
 
-    artifact = quantized[name]
+    artifact = quantized["dense-int8-dynamic"]
     with pytest.raises(UnsupportedOnBackendError) as caught:
         load_executor(artifact, ExecutorConfig("onnxruntime"))
     error = caught.value

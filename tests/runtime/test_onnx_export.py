@@ -17,11 +17,14 @@ import onnx
 from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch, example_batch
 from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, Feature, FeatureKind, FeatureSchema
-from recaccel.models.quantized import FBGEMM_AVAILABLE, quantize_embeddings
+from recaccel.models.quantized import (
+    FBGEMM_AVAILABLE,
+    QuantizedEmbeddingBag,
+    quantize_embeddings,
+)
 from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.runtime.export import (
-    PER_SLOT_MAX_BAG,
     UnsupportedOnBackendError,
     export_onnx,
     onnx_feeds,
@@ -29,6 +32,7 @@ from recaccel.runtime.export import (
     onnx_size_bytes,
     run_onnx,
 )
+from recaccel.runtime.onnx_lookups import PER_SLOT_MAX_BAG
 
 # Logits, ORT vs PyTorch: the two sum in different orders, measured <= 3e-7 on these models;
 # 1e-5 is float32 noise for logits of size ~1, far below any wrong op.
@@ -97,33 +101,48 @@ def test_session_helpers(float_onnx: dict[str, Path], tiny_dataset: Dataset) -> 
     assert onnx_size_bytes(path) == path.stat().st_size
 
 
-def _quantized_artifact(parent: Artifact, dataset: Dataset, out: Path) -> Artifact:
-    model, _ = quantize_embeddings(parent.model, bits=8)
+def _quantized_artifact(parent: Artifact, bits: int, layout: str, out: Path) -> Artifact:
+    model, _ = quantize_embeddings(parent.model, bits=bits, layout=layout)
+    transform = {"op": "quantize_embeddings", "bits": bits, "layout": layout}
     manifest = replace(
         parent.manifest,
         parent=parent.manifest.artifact_id,
-        transforms=({"op": "quantize_embeddings", "bits": 8},),
-        lineage=(*parent.manifest.lineage, LineageStep("quantize", {"bits": 8})),
+        transforms=(transform,),
+        lineage=(*parent.manifest.lineage, LineageStep("quantize", {"bits": bits})),
     )
     save_artifact(out, model, manifest)
     return load_artifact(out)
 
 
-def test_quantized_embeddings_get_a_clear_error(
-    trained: dict[str, Artifact], tiny_dataset: Dataset, tmp_path: Path
+# A quantized table's rows are the same bytes in PyTorch and in the graph, dequantized by the
+# same arithmetic (q * scale + bias) in float32: only summation order differs, as for floats.
+@pytest.mark.parametrize("layout", ["fused", "per-table"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("model_name", ["dlrm", "deepfm"])
+def test_quantized_tables_export_quantized_and_score_as_the_pytorch_modules(
+    trained: dict[str, Artifact],
+    tiny_dataset: Dataset,
+    tmp_path: Path,
+    model_name: str,
+    bits: int,
+    layout: str,
 ) -> None:
-    parent = trained["dlrm"]
-    quantized = _quantized_artifact(parent, tiny_dataset, tmp_path / "q8")
-    with pytest.raises(UnsupportedOnBackendError) as caught:
-        export_onnx(quantized, None, tmp_path / "q8.onnx")
-    error = caught.value
-    assert error.backend == "ONNX Runtime"
-    assert error.op.startswith(("quantized::embedding_bag_byte", "aten::view.dtype"))
-    assert error.op in str(error) and "ONNX Runtime" in str(error)
-    assert "quantize_embeddings" in error.message  # names what made the artifact
-    assert parent.manifest.artifact_id in error.hint and "quantize_onnx" in error.hint
-    assert error.__cause__ is None  # refused up front, not from deep inside torch.onnx
-    assert not (tmp_path / "q8.onnx").exists()
+    quantized = _quantized_artifact(trained[model_name], bits, layout, tmp_path / "q")
+    batch = tiny_dataset.test.features(slice(0, 64))
+    path = export_onnx(quantized, None, tmp_path / "q.onnx", example=batch)
+    with torch.no_grad():
+        expected = quantized.model(*batch.as_tuple()).numpy()
+    np.testing.assert_allclose(run_onnx(path, batch), expected, rtol=0, atol=LOGIT_ATOL)
+
+    # The tables stay quantized in the graph: uint8 values, no float copy of them.
+    tables = [m for m in quantized.model.modules() if isinstance(m, QuantizedEmbeddingBag)]
+    assert tables and all(t.bits == bits for t in tables)
+    initializers = onnx.load(str(path)).graph.initializer
+    uint8 = sorted(tuple(t.dims) for t in initializers if t.data_type == onnx.TensorProto.UINT8)
+    width = {8: 1, 4: 2}[bits]
+    assert uint8 == sorted((t.num_embeddings, t.embedding_dim // width) for t in tables)
+    float_shapes = {tuple(t.dims) for t in initializers if t.data_type == onnx.TensorProto.FLOAT}
+    assert not float_shapes & {(t.num_embeddings, t.embedding_dim) for t in tables}
 
 
 def test_quantized_dense_layers_get_the_same_error(tiny_dataset: Dataset, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ and repeats were recorded, never how fast anything was.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from recaccel.errors import ConfigError
 from recaccel.optimize.quantize import quantize_embeddings_step
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.profile import Profile, load_profile, save_profile
+from recaccel.runtime.profile_report import latency_markdown
 from recaccel.runtime.profiler import MachineFacts, ProfileOptions, plan_configs, run_profile
 from recaccel.runtime.select import Requirements, select
 from recaccel.train.metrics import evaluate
@@ -101,8 +103,9 @@ def test_every_configuration_is_measured_at_every_batch_size(measured: Measured)
         ("deepfm", "onnxruntime"),
         ("deepfm", "torch-eager"),
         ("dlrm", "onnxruntime"),
+        ("dlrm", "onnxruntime"),  # the INT4 artifact: its tables have an ONNX form
         ("dlrm", "torch-eager"),
-        ("dlrm", "torch-eager"),  # the INT4 artifact: torch only
+        ("dlrm", "torch-eager"),
     ]
     for e in ok:
         assert [p.batch for p in e.points] == [1, 8, 20]
@@ -127,13 +130,15 @@ def test_accuracy_is_computed_from_each_configurations_own_scores(
             assert e.validation_auc == pytest.approx(expected, abs=1e-6)
 
 
-def test_a_quantized_artifact_is_unsupported_on_onnx_with_the_op_named(measured: Measured) -> None:
+def test_an_int4_artifact_is_measured_on_onnx_with_pytorchs_accuracy(measured: Measured) -> None:
+    """Selection can pick quantized tables on ONNX Runtime: they are measured there, and score
+    as the PyTorch quantized modules do (the same validation AUC)."""
     profile, paths = measured
     int4 = [e for e in profile.entries if e.artifact == str(paths[2])]
     by_backend = {e.config.backend: e for e in int4}
-    assert by_backend["torch-eager"].ok
-    assert by_backend["onnxruntime"].status == "unsupported"
-    assert "embedding_bag_4bit" in by_backend["onnxruntime"].reason
+    assert by_backend["torch-eager"].ok and by_backend["onnxruntime"].ok
+    eager, ort = by_backend["torch-eager"].validation_auc, by_backend["onnxruntime"].validation_auc
+    assert eager is not None and ort == pytest.approx(eager, abs=1e-6)
 
 
 def test_the_cli_measures_writes_and_selects(
@@ -175,8 +180,16 @@ def test_the_cli_measures_writes_and_selects(
     }
     assert load_profile(out) == profile
     markdown = (out / "profile.md").read_text()
-    assert "Not runnable here" in markdown and "embedding_bag_4bit" in markdown
     assert "Selected:" in markdown
+
+
+def test_the_report_lists_what_could_not_run_and_why(measured: Measured) -> None:
+    profile, _ = measured
+    ran = next(e for e in profile.entries if e.ok)
+    refused = replace(ran, status="unsupported", reason="uses quantized::linear_dynamic", points=())
+    markdown = latency_markdown(replace(profile, entries=(*profile.entries, refused)))
+    assert "Not runnable here" in markdown and "quantized::linear_dynamic" in markdown
+    assert "Not runnable here" not in latency_markdown(profile)  # every entry here ran
 
 
 def test_the_cli_profiles_artifacts_end_to_end(

@@ -12,11 +12,11 @@ Exporter: `torch.onnx.export(dynamo=True)` (torch.export, then onnxscript). It i
 default and supported path; the legacy TorchScript exporter is deprecated and refuses
 `nn.EmbeddingBag` with `padding_idx` outright ("embedding_bag with padding_idx"). The dynamo
 exporter does translate the bag, but as an ONNX `Loop` over rows (onnxscript's
-`aten_embedding_bag`), which ORT runs as a subgraph once per row. So each bag is first
-swapped for what it computes on recaccel's fixed-length padded bags — gather the rows, zero the
-padding, sum — which exports as Gather, Mul and ReduceSum: plain gathers, no loops. Its graph
-also comes out with constants folded into initializers, where the legacy exporter leaves
-dozens of Constant nodes.
+`aten_embedding_bag`), which ORT runs as a subgraph once per row. So each bag, and each
+row-wise quantized table, is first swapped for what it computes (runtime/onnx_lookups.py):
+plain gathers and a sum, quantized rows dequantized after the gather. Its graph also comes out
+with constants folded into initializers, where the legacy exporter leaves dozens of Constant
+nodes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
@@ -46,8 +45,8 @@ from recaccel.imported.adapter import BoundModel
 from recaccel.imported.onnx_graph import OnnxGraph, bind_onnx
 from recaccel.models.half_precision import HalfPrecisionMLP
 from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
-from recaccel.models.quantized import QuantizedEmbeddingBag
 from recaccel.runtime.executor import outermost_ops
+from recaccel.runtime.onnx_lookups import UnsupportedLookupError, onnx_lookups
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +109,6 @@ def import_onnxruntime() -> Any:
 def _quantized_op(module: nn.Module) -> str | None:
     """The op that makes `module` unexportable, or None when it exports."""
     cls = type(module)
-    if isinstance(module, QuantizedEmbeddingBag):
-        kind = "byte" if module.bits == 8 else "4bit"
-        # Without FBGEMM the lookup bit-casts packed bytes to floats, which ONNX cannot.
-        fbgemm = f"quantized::embedding_bag_{kind}_rowwise_offsets"
-        return fbgemm if module.use_fbgemm else "aten::view.dtype (bit-cast of packed rows)"
     for layer_type, op in _RECACCEL_DENSE_OPS.items():
         if isinstance(module, layer_type):
             return op
@@ -147,85 +141,11 @@ def _float_hint(artifact: Artifact | None) -> str:
     )
 
 
-# Bags up to this many ids are summed one id slot at a time: L gathers of (B, D) rows and L − 1
-# adds. ONNX Runtime's ReduceSum over the middle axis of the (B, L, D) gather costs about as much
-# per row whatever D is, and made the multi-hot bags half of a small model's per-candidate cost
-# (MovieLens' genres, L = 6: 220–290 µs at 1,000 rows gathered and reduced, 60–110 µs slot by
-# slot, on a 2-core EPYC). Longer bags keep the one gather: 2L nodes cost per-node overhead at
-# small batches. 8 is a judgement; only L = 6 was measured.
-PER_SLOT_MAX_BAG = 8
-
-
-class _GatherBag(nn.Module):
-    """An `nn.EmbeddingBag` on (B, L) ids as gathers and a sum: exports without a Loop.
-    Shares the bag's weight (no copy). Padding ids are left out of the reduction, and a bag of
-    padding alone is zeros, as PyTorch's bag computes them. Short bags are summed slot by slot
-    (`PER_SLOT_MAX_BAG`), with no mask when the padding row is zeros (PyTorch initialises it so
-    and never trains it), since a zero row adds nothing."""
-
-    def __init__(self, bag: nn.EmbeddingBag) -> None:
-        super().__init__()
-        if bag.mode not in ("sum", "mean", "max"):
-            raise UnsupportedOnBackendError(
-                f"EmbeddingBag(mode={bag.mode!r})", BACKEND, "the model", "use mode='sum'"
-            )
-        self.weight, self.padding_idx, self.mode = bag.weight, bag.padding_idx, bag.mode
-        self.zero_padding_row = bag.padding_idx is None or not bool(
-            bag.weight[bag.padding_idx].detach().any()
-        )
-
-    def forward(self, ids: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        if offsets is not None or ids.dim() != 2:
-            raise UnsupportedOnBackendError(
-                "EmbeddingBag with offsets", BACKEND, "the model", "pass (batch, bag) ids"
-            )
-        kept = (
-            torch.ones_like(ids, dtype=torch.bool)
-            if self.padding_idx is None
-            else ids != self.padding_idx
-        )  # (B, L)
-        if self.mode == "max":
-            rows = F.embedding(ids, self.weight)  # (B, L, D)
-            best = rows.masked_fill(~kept.unsqueeze(-1), float("-inf")).amax(dim=1)
-            return torch.where(kept.any(dim=1, keepdim=True), best, torch.zeros_like(best))
-        total = self._sum(ids, kept)  # (B, D)
-        if self.mode == "sum":
-            return total
-        return total / kept.sum(dim=1, keepdim=True).clamp(min=1).to(total.dtype)
-
-    def _sum(self, ids: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """The bag's rows summed, padding left out."""
-        weight = self.weight
-        mask = kept.to(weight.dtype)
-        if ids.shape[1] > PER_SLOT_MAX_BAG:
-            return (F.embedding(ids, weight) * mask.unsqueeze(-1)).sum(dim=1)
-        total: torch.Tensor | None = None
-        for slot in range(ids.shape[1]):
-            row = F.embedding(ids[:, slot], weight)  # (B, D)
-            if not self.zero_padding_row:
-                row = row * mask[:, slot : slot + 1]
-            total = row if total is None else total + row
-        assert total is not None  # a bag has at least one slot (the schema's L >= 1)
-        return total
-
-
 def shared_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree that shares every parameter and buffer (no weights copied),
     so export can switch modes and swap submodules without touching the caller's model."""
     shared: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return copy.deepcopy(model, shared).eval()
-
-
-def with_gather_bags(model: nn.Module) -> nn.Module:
-    """Every `nn.EmbeddingBag` in `model` as a `_GatherBag`, under each name that holds it (a
-    split twin holds a table twice: in the model's arch and in its side's lookups)."""
-    gathers: dict[int, _GatherBag] = {}
-    for name, module in list(model.named_modules(remove_duplicate=False)):
-        if isinstance(module, nn.EmbeddingBag):
-            parent, _, child = name.rpartition(".")
-            gather = gathers.setdefault(id(module), _GatherBag(module))
-            setattr(model.get_submodule(parent), child, gather)
-    return model
 
 
 @contextlib.contextmanager
@@ -327,7 +247,10 @@ def export_onnx(
         )
 
     reference = shared_copy(model)
-    form = with_gather_bags(shared_copy(reference))
+    try:
+        form = onnx_lookups(shared_copy(reference))
+    except UnsupportedLookupError as exc:
+        raise UnsupportedOnBackendError(exc.op, BACKEND, where, exc.hint) from None
     batch = Dim("batch", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -343,6 +266,8 @@ def export_onnx(
                 optimize=True,
                 verbose=False,
             )
+    except UnsupportedLookupError as exc:  # a bag called in a way it has no form for
+        raise UnsupportedOnBackendError(exc.op, BACKEND, where, exc.hint) from None
     except torch.onnx.OnnxExporterError as exc:
         match = _MISSING_OP.search(str(exc))
         if match is None:

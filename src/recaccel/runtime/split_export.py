@@ -4,8 +4,9 @@ requests (`export_split_halves`, runtime/part_cache.py).
 
 Inputs: the request rows' three tensors (R rows), the candidate rows' three (N rows) and
 `owner` (N,) int64, each candidate's request; output: (N,) logits. Both row axes are dynamic.
-The same exporter as the unsplit graph (export.py): torch.export, then onnxscript, bags as
-gathers, checked in ONNX Runtime against PyTorch before the file is kept.
+The same exporter as the unsplit graph (export.py): torch.export, then onnxscript, bags and
+quantized tables as gathers (onnx_lookups.py), checked in ONNX Runtime against PyTorch before
+the file is kept.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from recaccel.runtime.export import (
     shared_copy,
     strip_metadata,
     unsupported_ops,
-    with_gather_bags,
 )
+from recaccel.runtime.onnx_lookups import onnx_lookups
 
 REQUEST_INPUT_NAMES = tuple(f"request_{name}" for name in INPUT_NAMES)
 OWNER_NAME = "owner"
@@ -169,7 +170,7 @@ def _export_checked(
 ) -> None:
     """Export `module` to `path` and check ORT's output on `check` against PyTorch's, removing
     the file (ExportMismatchError) when they differ."""
-    form = with_gather_bags(shared_copy(module))
+    form = onnx_lookups(shared_copy(module))
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_exporter():
         program = torch.onnx.export(
