@@ -58,6 +58,36 @@ def test_save_then_load_gives_identical_predictions(
     assert not loaded.model.training
 
 
+def _mapped_ranges(file: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of `file` (/proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(str(file.resolve())):
+            start, end = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_loaded_weights_are_the_mapped_file_not_a_copy(
+    tmp_path: Path, tiny_dataset: Dataset
+) -> None:
+    """Every process that loads an artifact shares one copy of its weights: the parameters
+    are views of the weights file mapped into memory, not tensors the weights were copied
+    into. A write to one (fine-tuning a loaded model) stays in this process."""
+    _save(tmp_path / "a", tiny_dataset, "deepfm")
+    loaded = load_artifact(tmp_path / "a")
+    ranges = _mapped_ranges(tmp_path / "a" / WEIGHTS_FILE)
+    assert ranges
+    tensors = dict(loaded.model.state_dict())
+    for name, tensor in tensors.items():
+        address = tensor.data_ptr()
+        assert any(start <= address < end for start, end in ranges), f"{name} is a copy"
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1.0)
+    assert load_artifact(tmp_path / "a").manifest.files  # the checksum still holds: file intact
+
+
 def test_manifest_records_size_lineage_and_checksums(tmp_path: Path, tiny_dataset: Dataset) -> None:
     model = _save(tmp_path / "a", tiny_dataset)
     manifest = read_manifest(tmp_path / "a")

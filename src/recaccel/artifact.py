@@ -7,6 +7,10 @@ An artifact is a directory:
 
 Loading needs nothing but the artifact and this package: the schema and config inside the
 manifest rebuild the model, and the weights' checksum is verified before they are read.
+
+Loaded weights are the file itself, memory-mapped read-only (copy on write): every process that
+loads the same artifact shares one copy in the page cache, and a table's rows are read from disk
+only when looked up. docs/weights-in-memory.md says what that saves and where it stops.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 import recaccel
@@ -257,13 +261,24 @@ def load_artifact(path: Path) -> Artifact:
         raise ArtifactError(f"{path}: cannot rebuild the model: {exc.message}", exc.hint) from None
     if not isinstance(config, ImportedConfig) or config.format == "torch-module":
         try:
-            model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+            model.load_state_dict(mapped_weights(path / WEIGHTS_FILE), strict=True, assign=True)
         except (SafetensorError, RuntimeError) as exc:
             raise ArtifactError(
                 f"{path}: weights do not fit the model: {exc}", "re-create it"
             ) from None
     model.eval()
     return Artifact(path=path, manifest=manifest, schema=schema, config=config, model=model)
+
+
+def mapped_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of the file memory-mapped copy-on-write
+    (safetensors maps it with `UntypedStorage.from_file(shared=False)`): nothing is read until
+    used, and processes mapping the same file share its pages. Loaded into a model with
+    `assign=True`, they become its parameters, where a plain load would copy them into the
+    model's own (private) memory. A write to one (fine-tuning) makes a private copy of the page
+    it touches and never reaches the file."""
+    with safe_open(str(file), framework="pt") as weights:
+        return {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 (not a dict)
 
 
 def _check_files(path: Path, manifest: Manifest) -> None:
