@@ -30,6 +30,7 @@ from server_harness import TOKEN, Server, assert_drained, request, wait_for, wri
 from recaccel.artifact import load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.serve.features import FeatureStore
+from recaccel.serve.plane.front import PRELOAD_MODULE
 
 MODEL = "ranker"
 Start = Callable[..., Server]
@@ -43,19 +44,28 @@ def second_artifact(trained: Callable[[str, str, int], Path]) -> Path:
     return trained("deepfm", "small", 2)
 
 
-def fronts(server: Server) -> list[int]:
-    """The supervisor's front processes (its spawned children, not its resource tracker)."""
-    found = []
+def _children(pid: int) -> dict[int, bytes]:
+    """pid -> command line of each child of `pid`."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-            if ppid == server.process.pid and b"spawn_main" in command:
-                found.append(int(entry.name))
-    return sorted(found)
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+    return found
+
+
+def fronts(server: Server) -> list[int]:
+    """The supervisor's front processes: the children of its forkserver, the one child that
+    preloaded the server (front.py), so that its imports are shared by every front."""
+    [forkserver] = [
+        pid
+        for pid, command in _children(server.process.pid).items()
+        if b"forkserver" in command and PRELOAD_MODULE.encode() in command
+    ]
+    return sorted(_children(forkserver))
 
 
 @contextlib.contextmanager

@@ -6,9 +6,13 @@ Why: a Python process parses HTTP, builds feature rows and forms batches on one 
 the machine has, and with a light model that per-request work, not the model, is what caps a
 server (docs/serving-plane.md). So `recaccel serve` runs `plane.processes` front processes,
 each the whole request path. The supervisor binds the listening socket once and hands it to
-each front it starts (spawn); every front accepts from it, as `uvicorn --workers` and
-gunicorn's pre-fork model do, and the kernel gives each new connection to a front waiting in
-accept.
+each front it starts; every front accepts from it, as `uvicorn --workers` and gunicorn's
+pre-fork model do, and the kernel gives each new connection to a front waiting in accept.
+
+Fronts are forked from a forkserver that imported torch, ONNX Runtime and the server once
+(preload.py), as gunicorn's `--preload` does: those pages are shared by every front rather
+than each front importing its own (about 270 MB a front), and the weights are shared through
+the page cache (artifact.py, docs/weights-in-memory.md).
 
 What stays one server across the processes, and how:
 - Readiness: each front writes its own into a shared byte array (`FrontState`) every
@@ -44,11 +48,13 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext, SpawnContext
 from pathlib import Path
 from typing import Any
 
 from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import RecaccelError
+from recaccel.runtime.executor import prepare_form
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import RequestError
@@ -63,6 +69,17 @@ LISTEN_BACKLOG = 2048
 MANAGEMENT_TIMEOUT_S = 600.0  # a load may export, quantize or compile on a busy machine
 STOP_TIMEOUT_S = 90.0  # drain grace + every admitted request + the executors' own stop
 FRONT_START_FAILED = 3  # a front's exit code when it cannot load what it serves
+PRELOAD_MODULE = "recaccel.serve.plane.preload"
+
+
+def front_context() -> ForkServerContext | SpawnContext:
+    """How fronts are started: forked from a server process that imported what every front
+    needs (module docstring), or spawned where there is no forkserver (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([PRELOAD_MODULE])
+    return context
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,7 @@ class FrontState:
     a slot a moment late, which readiness probes tolerate."""
 
     def __init__(self, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")
+        context = front_context()
         self.ready: Any = context.RawArray("b", processes)
         self.admitting: Any = context.RawValue("b", 1)
 
@@ -211,7 +228,7 @@ class Supervisor:
             {name: (path, spec.versions.get(name, "1")) for name, path in spec.models.items()}
         )
         self.versions_seen = {name: {version} for name, (_, version) in self.table.models.items()}
-        self._context = multiprocessing.get_context("spawn")
+        self._context = front_context()
         self._fronts: dict[int, _Front] = {}
         self._stopping = False
         self._failed: str | None = None
@@ -360,10 +377,21 @@ class Supervisor:
     async def _load(self, name: str, artifact: str, version: str | None) -> str:
         new_version = next_version(version, self.versions_seen.get(name, set()))
         args = {"name": name, "artifact": artifact, "version": new_version}
+        await asyncio.to_thread(self._prepare_forms, Path(artifact))
         await self._everywhere(Command("load", args))
         self.table.models[name] = (Path(artifact), new_version)
         self.versions_seen.setdefault(name, set()).add(new_version)
         return new_version
+
+    def _prepare_forms(self, artifact: Path) -> None:
+        """Make the forms the fronts' executors will load (an ONNX export, a compile) here,
+        once, before they load: made in every front at once, they took the cores and the
+        fronts' interpreters from the requests being served during a hot swap (requests
+        refused past their deadline), as `serve` prepares them before the first fronts start.
+        A failure is left to the fronts' own loads, which report it as the answer."""
+        for section in self.spec.config.workers.executors:
+            with contextlib.suppress(Exception):
+                prepare_form(artifact, section.executor_config(), self.spec.calibration)
 
     async def _unload(self, name: str) -> None:
         await self._everywhere(Command("unload", {"name": name}))
