@@ -223,3 +223,28 @@ def test_every_bag_mode_exports_as_gathers_and_scores_as_pytorch_does(
     with torch.no_grad():
         expected = model(*batch.as_tuple()).numpy()
     np.testing.assert_allclose(run_onnx(path, batch), expected, atol=1e-6)
+
+
+def test_large_weights_are_kept_beside_the_graph_and_mapped_by_onnx_runtime(
+    trained: dict[str, Artifact],
+    tiny_dataset: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past EXTERNAL_DATA_BYTES the weights go to `model.onnx.data`, which ONNX Runtime maps
+    rather than copies: every process serving the graph shares one copy of them
+    (docs/weights-in-memory.md). Scaled down: the threshold lowered to the tiny model."""
+    from recaccel.runtime import export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1024)
+    path = export_onnx(trained["dlrm"], None, tmp_path / "m.onnx")
+    data = tmp_path / "m.onnx.data"
+    assert data.is_file() and onnx_size_bytes(path) == path.stat().st_size + data.stat().st_size
+    session = onnx_session(path)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(data.resolve()) in maps.read_text()
+    batch = tiny_dataset.test.features(slice(0, 16))
+    with torch.no_grad():
+        expected = trained["dlrm"].model(*batch.as_tuple()).numpy()
+    np.testing.assert_allclose(run_onnx(session, batch), expected, rtol=0, atol=LOGIT_ATOL)

@@ -61,8 +61,12 @@ EXPORT_ATOL = 1e-4
 EXPORT_RTOL = 1e-4
 TRACE_ROWS = 4  # torch.export specializes sizes 0 and 1, so trace with neither
 VERIFY_ROWS = 37  # another size, so the check also exercises the dynamic batch axis
-# Past 2 GiB a protobuf cannot be serialized; weights then go to `<name>.onnx.data` beside it.
-EXTERNAL_DATA_BYTES = 1 << 30
+# Past this many bytes of weights, they go to `<name>.onnx.data` beside the graph. ONNX Runtime
+# memory-maps external weights on CPU, so every process serving the graph shares one copy in
+# the page cache; weights inside the protobuf are copied into each session (measured:
+# docs/weights-in-memory.md). Below it the copies are small next to a process's own memory.
+# (Past 2 GiB a protobuf cannot be serialized at all.)
+EXTERNAL_DATA_BYTES = 64 << 20
 
 # Packages of PyTorch's quantized modules: their packed weights are opaque objects and their
 # ops (`quantized::linear_dynamic`, ...) have no ONNX translation. `reference` modules are
@@ -185,7 +189,7 @@ def strip_metadata(model: onnx.ModelProto) -> None:
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    """Save `model`, its weights in `<name>.data` beside it when past protobuf's 2 GiB."""
+    """Save `model`, its weights in `<name>.data` beside it past `EXTERNAL_DATA_BYTES`."""
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > EXTERNAL_DATA_BYTES:
         onnx.save_model(
