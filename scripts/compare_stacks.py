@@ -423,7 +423,13 @@ def stack_command(name: str, args: argparse.Namespace, spec: dict[str, Any]) -> 
     if name.startswith("serve"):
         command = [sys.executable, "-m", "recaccel.cli", "serve", "--port", str(spec["port"])]
         if name.startswith("serve["):
-            command += [str(args.artifact), *name[len("serve[") : -1].split()]
+            tokens = name[len("serve[") : -1].split()
+            # `artifact=PATH` first serves another artifact of the same dataset in this variant
+            # (an INT4 one beside its float parent, say), under the same workload.
+            artifact = str(args.artifact)
+            if tokens and tokens[0].startswith("artifact="):
+                artifact = tokens.pop(0).partition("=")[2]
+            command += [artifact, *tokens]
         else:
             command += ["--profile", str(args.profile), "--select", "--slo-ms", str(args.p99_ms),
                         "--accuracy-budget", str(args.accuracy_budget)]  # fmt: skip
@@ -511,7 +517,7 @@ def main() -> None:
         "--serve-args",
         action="append",
         help="serve the artifact with these `recaccel serve` arguments instead of --select; "
-        "repeat it to compare several",
+        "repeat it to compare several; a first word artifact=PATH serves that artifact instead",
     )
     parser.add_argument(
         "--peer-processes", type=int, default=2, help="processes of handwritten, canned, bare"
