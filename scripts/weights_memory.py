@@ -2,10 +2,11 @@
 
 For each process count it starts `recaccel serve ARTIFACT --processes N` (the fronts accept on
 one socket; in-process executors), waits until ready, sends the same scoring requests (OIP
-infer, 1,000 random valid rows each, on new connections that the fronts share), then sums the proportional set size
-(PSS, from /proc/PID/smaps_rollup) over the server's whole process tree. PSS splits each shared
-page among the processes that map it, so N processes holding one shared copy sum to about one
-copy plus N times each process's own memory; N private copies sum to N copies.
+infer, 1,000 random valid rows each, on new connections that the fronts share), then sums the
+proportional set size (PSS, from /proc/PID/smaps_rollup) over the server's whole process
+tree. PSS splits each shared page among the processes that map it, so N processes holding one
+shared copy sum to about one copy plus N times each process's own memory; N private copies sum
+to N copies.
 
     .venv/bin/python scripts/weights_memory.py artifacts/criteo-dlrm-heavy-random \
         --processes 1,2,4 --backend onnxruntime

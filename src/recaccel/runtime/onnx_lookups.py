@@ -9,13 +9,14 @@
   three initializers (values, scale, bias), gathered by id and dequantized after the gather:
   `rows = values[ids] * scale[ids] + bias[ids]`. The table stays quantized in the graph, so the
   ONNX file and the runtime's memory hold the INT8 or INT4 bytes, not a float copy. INT4 values
-  are two to a byte; each byte is looked up in a 256 × 2 table of the values it holds, one
-  gather, where splitting it with arithmetic (floor(b / 16), b − 16·high) took five nodes and
-  made the INT4 model's lookups 1.6× dearer than the float ones (BitShift and BitwiseAnd on
-  uint8 are not implemented by every runtime either). ONNX's DequantizeLinear cannot express it: its zero point is an integer
-  and these rows have a float bias (their minimum). ONNX Runtime's contrib GatherBlockQuantized
-  would fuse gather and dequantize, but only ONNX Runtime runs it; this form runs on ONNX
-  Runtime, OpenVINO and Triton's ONNX backend alike.
+  are two to a byte; each byte is looked up in a 256 × 2 table of the values it holds: one
+  gather where splitting it with arithmetic (floor(b / 16), b − 16·high) took five nodes, in
+  about the same time (BitShift and BitwiseAnd on uint8 are not implemented by every runtime).
+  Dequantizing costs: the INT4 DeepFM's 100-row call takes about twice the float one's on ORT
+  (docs/weights-in-memory.md). ONNX's DequantizeLinear cannot express these rows: its zero
+  point is an integer and they have a float bias (their minimum). ONNX Runtime's contrib
+  GatherBlockQuantized would fuse gather and dequantize, but only ONNX Runtime runs it; this
+  form runs on ONNX Runtime, OpenVINO and Triton's ONNX backend alike.
 """
 
 from __future__ import annotations
