@@ -27,7 +27,7 @@ import pytest
 import torch
 from server_harness import TOKEN, Server, assert_drained, request, wait_for, write_config
 
-from recaccel.artifact import load_artifact
+from recaccel.artifact import WEIGHTS_FILE, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.plane.front import PRELOAD_MODULE
@@ -109,6 +109,30 @@ def test_every_front_serves_alone_and_metrics_sum_them_all(
     assert answered == 20
     assert server.metric("recaccel_workers", model=MODEL) == 2  # one lane in each front
     assert_drained(server)
+
+
+def _mapped_files(pid: int) -> set[str]:
+    return {
+        line.split(maxsplit=5)[5]
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+        if len(line.split(maxsplit=5)) == 6
+    }
+
+
+def test_every_front_maps_the_one_copy_of_the_weights(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    """The fronts share the artifact's weights: each maps weights.safetensors (the model's
+    parameters are views of it, artifact.py) rather than holding a copy of its own; and they
+    are forked from one process that imported the server (`fronts` finds them under it)."""
+    config = {**TWO_FRONTS, "workers": {"executors": [{"backend": "torch-eager"}]}}
+    server = server_factory([f"{MODEL}={served_artifact}"], config)
+    assert _rank(server)[0] == 200
+    every = fronts(server)
+    assert len(every) == 2
+    weights = str((served_artifact / WEIGHTS_FILE).resolve())
+    for front in every:
+        assert weights in _mapped_files(front)
 
 
 def test_a_killed_front_is_replaced_and_readiness_fails_until_it_is(
