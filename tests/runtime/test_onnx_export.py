@@ -225,6 +225,34 @@ def test_every_bag_mode_exports_as_gathers_and_scores_as_pytorch_does(
     np.testing.assert_allclose(run_onnx(path, batch), expected, atol=1e-6)
 
 
+def test_a_bag_called_with_offsets_gets_a_clear_error(tmp_path: Path) -> None:
+    """Not torch.export's wrapped traceback: the op, the backend and what to pass instead."""
+
+    class WithOffsets(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag = nn.EmbeddingBag(7, 3, padding_idx=0)
+
+        def forward(
+            self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
+        ) -> torch.Tensor:
+            ids = multi_hot[:, 0, :].reshape(-1)
+            offsets = torch.arange(0, ids.numel(), multi_hot.shape[2])
+            pooled: torch.Tensor = self.bag(ids, offsets)
+            return pooled[:, 0] + dense[:, 0]
+
+    schema = FeatureSchema(
+        (
+            Feature("x", FeatureKind.DENSE),
+            Feature("c", FeatureKind.CATEGORICAL, 3),
+            Feature("tags", FeatureKind.MULTI_HOT, 7, max_len=3),
+        )
+    )
+    with pytest.raises(UnsupportedOnBackendError, match="offsets") as caught:
+        export_onnx(WithOffsets().eval(), schema, tmp_path / "m.onnx")
+    assert "(batch, bag) ids" in caught.value.hint
+
+
 def test_large_weights_are_kept_beside_the_graph_and_mapped_by_onnx_runtime(
     trained: dict[str, Artifact],
     tiny_dataset: Dataset,

@@ -270,9 +270,10 @@ def export_onnx(
                 optimize=True,
                 verbose=False,
             )
-    except UnsupportedLookupError as exc:  # a bag called in a way it has no form for
-        raise UnsupportedOnBackendError(exc.op, BACKEND, where, exc.hint) from None
     except torch.onnx.OnnxExporterError as exc:
+        lookup = _lookup_error_in(exc)  # a bag called with offsets
+        if lookup is not None:
+            raise UnsupportedOnBackendError(lookup.op, BACKEND, where, lookup.hint) from None
         match = _MISSING_OP.search(str(exc))
         if match is None:
             raise
@@ -287,6 +288,18 @@ def export_onnx(
     check = example if example is not None else example_batch(schema, VERIFY_ROWS, seed=1)
     _check_against_torch(reference, path, check)
     return path
+
+
+def _lookup_error_in(error: BaseException) -> UnsupportedLookupError | None:
+    """The UnsupportedLookupError `error` wraps (torch.export wraps what the model raised)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UnsupportedLookupError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _check_against_torch(model: nn.Module, path: Path, batch: FeatureBatch) -> None:
