@@ -119,20 +119,37 @@ def _mapped_files(pid: int) -> set[str]:
     }
 
 
-def test_every_front_maps_the_one_copy_of_the_weights(
-    server_factory: Start, served_artifact: Path
+def test_every_front_maps_the_one_copy_of_the_weights_and_a_swap_unmaps_the_old(
+    server_factory: Start, served_artifact: Path, second_artifact: Path
 ) -> None:
     """The fronts share the artifact's weights: each maps weights.safetensors (the model's
-    parameters are views of it, artifact.py) rather than holding a copy of its own; and they
-    are forked from one process that imported the server (`fronts` finds them under it)."""
-    config = {**TWO_FRONTS, "workers": {"executors": [{"backend": "torch-eager"}]}}
-    server = server_factory([f"{MODEL}={served_artifact}"], config)
+    parameters are views of it, artifact.py) rather than holding a copy of its own, and they
+    are forked from one process that imported the server (`fronts` finds them under it). A hot
+    swap maps the new version's file beside the old one's, and the old one's goes once it has
+    drained."""
+    config = {
+        **TWO_FRONTS,
+        "server": {"management": True},
+        "workers": {"executors": [{"backend": "torch-eager"}]},
+    }
+    server = server_factory([f"{MODEL}={served_artifact}"], config, env={"RECACCEL_TOKEN": TOKEN})
     assert _rank(server)[0] == 200
     every = fronts(server)
     assert len(every) == 2
-    weights = str((served_artifact / WEIGHTS_FILE).resolve())
-    for front in every:
-        assert weights in _mapped_files(front)
+    old, new = (str((a / WEIGHTS_FILE).resolve()) for a in (served_artifact, second_artifact))
+    assert all(old in _mapped_files(front) for front in every)
+    status, body = server.post(
+        f"/v2/repository/models/{MODEL}/load",
+        {"parameters": {"artifact": str(second_artifact)}},
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert status == 200, body
+    assert all(new in _mapped_files(front) for front in every)
+    wait_for(
+        lambda: not any(old in _mapped_files(front) for front in every),
+        30,
+        "the old version's weights to be unmapped after its drain",
+    )
 
 
 def test_a_killed_front_is_replaced_and_readiness_fails_until_it_is(
