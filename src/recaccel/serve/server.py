@@ -33,7 +33,6 @@ from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
-from recaccel.runtime.executor import prepare_form
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
 from recaccel.runtime.select import Judgement, Requirements, select
@@ -42,7 +41,7 @@ from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, Serv
 from recaccel.serve.features import FeatureSource, FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
-from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor
+from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor, prepare_forms
 from recaccel.serve.redis_source import RedisSource
 from recaccel.serve.table_source import TableSource
 
@@ -213,8 +212,7 @@ def serve(
     if needs_calibration(config) and dataset is not None:
         calibration = calibration_batch(dataset)  # the profile's rows: its cached int8 form
     for artifact in models.values():
-        for section in config.workers.executors:
-            prepare_form(artifact, section.executor_config(), calibration)
+        prepare_forms(artifact, config, calibration)
     spec = FrontSpec(models, config, profile, features, calibration)
     return Supervisor(spec, front_processes(config)).run()
 

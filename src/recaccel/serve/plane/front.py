@@ -134,6 +134,14 @@ class FrontLink:
         return reply.result()
 
 
+def prepare_forms(artifact: Path, config: ServeConfig, calibration: FeatureBatch | None) -> None:
+    """Make what every executor `config` serves `artifact` with caches beside it (an ONNX
+    export, a compile), here and now, so the fronts that load it next find it made rather than
+    each making it at once on the cores they share (runtime/executor.py's `prepare_form`)."""
+    for section in config.workers.executors:
+        prepare_form(artifact, section.executor_config(), calibration)
+
+
 def next_version(asked: str | None, known: set[str]) -> str:
     """`asked`, or one past the highest numeric version in `known` (ModelRepository's rule,
     decided by the supervisor once so every front gets the same number)."""
@@ -377,21 +385,18 @@ class Supervisor:
     async def _load(self, name: str, artifact: str, version: str | None) -> str:
         new_version = next_version(version, self.versions_seen.get(name, set()))
         args = {"name": name, "artifact": artifact, "version": new_version}
-        await asyncio.to_thread(self._prepare_forms, Path(artifact))
+        # Made here, once, before the fronts load it: made in every front at once, an export
+        # or compile took the cores and the fronts' interpreters from the requests being served
+        # (refused past their deadline). A failure is left to the fronts' own loads, which
+        # report it as the answer.
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                prepare_forms, Path(artifact), self.spec.config, self.spec.calibration
+            )
         await self._everywhere(Command("load", args))
         self.table.models[name] = (Path(artifact), new_version)
         self.versions_seen.setdefault(name, set()).add(new_version)
         return new_version
-
-    def _prepare_forms(self, artifact: Path) -> None:
-        """Make the forms the fronts' executors will load (an ONNX export, a compile) here,
-        once, before they load: made in every front at once, they took the cores and the
-        fronts' interpreters from the requests being served during a hot swap (requests
-        refused past their deadline), as `serve` prepares them before the first fronts start.
-        A failure is left to the fronts' own loads, which report it as the answer."""
-        for section in self.spec.config.workers.executors:
-            with contextlib.suppress(Exception):
-                prepare_form(artifact, section.executor_config(), self.spec.calibration)
 
     async def _unload(self, name: str) -> None:
         await self._everywhere(Command("unload", {"name": name}))
