@@ -43,6 +43,20 @@ def packed_row_bytes(dim: int, bits: int) -> int:
     raise ValueError(f"embedding quantization supports {SUPPORTED_BITS} bits, not {bits}")
 
 
+def packed_parts(
+    rows: torch.Tensor, dim: int, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed rows (..., packed width) split into their values (uint8: D of them, or D/2 bytes
+    of two INT4 values each), scale and bias ((..., 1) in the layout's float type), as views or
+    small copies of the same bytes (the layouts above)."""
+    width = dim if bits == 8 else dim // 2
+    kind = torch.float32 if bits == 8 else torch.float16
+    step = torch.finfo(kind).bits // 8
+    scale = rows[..., width : width + step].contiguous().view(kind)
+    bias = rows[..., width + step : width + 2 * step].contiguous().view(kind)
+    return rows[..., :width], scale, bias
+
+
 def worth_quantizing(dim: int, bits: int) -> bool:
     """Whether a table of width `dim` shrinks at `bits`: the per-row scale and bias must pay off.
 
@@ -128,18 +142,12 @@ class QuantizedEmbeddingBag(nn.Module):
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Float rows (..., D) for packed rows (..., packed width): the plain-torch path."""
-        d = self.embedding_dim
+        packed, scale, bias = packed_parts(rows, self.embedding_dim, self.bits)
         if self.bits == 8:
-            values = rows[..., :d].float()
-            scale = rows[..., d : d + 4].contiguous().view(torch.float32)
-            bias = rows[..., d + 4 : d + 8].contiguous().view(torch.float32)
+            values = packed.float()
         else:
-            nibbles = rows[..., : d // 2]
-            values = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-1).flatten(-2).float()
-            half = d // 2
-            scale = rows[..., half : half + 2].contiguous().view(torch.float16).float()
-            bias = rows[..., half + 2 : half + 4].contiguous().view(torch.float16).float()
-        return values * scale + bias
+            values = torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten(-2).float()
+        return values * scale.float() + bias.float()
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """(B,) ids → (B, D) rows; (B, L) bags → (B, D) sums (or means), padding excluded."""

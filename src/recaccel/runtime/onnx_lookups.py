@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recaccel.errors import RecaccelError
-from recaccel.models.quantized import QuantizedEmbeddingBag
+from recaccel.models.quantized import QuantizedEmbeddingBag, packed_parts
 
 # Bags up to this many ids are summed one id slot at a time: L gathers of (B, D) rows and L − 1
 # adds. ONNX Runtime's ReduceSum over the middle axis of the (B, L, D) gather costs about as much
@@ -71,16 +71,11 @@ class QuantizedRows(nn.Module):
 
     def __init__(self, table: QuantizedEmbeddingBag) -> None:
         super().__init__()
-        packed, dim, bits = table.packed.detach(), table.embedding_dim, table.bits
-        width = dim if bits == 8 else dim // 2
-        scale_type = torch.float32 if bits == 8 else torch.float16
-        step = torch.finfo(scale_type).bits // 8
-        self.dim, self.bits = dim, bits
-        self.register_buffer("values", packed[:, :width].contiguous())
-        self.register_buffer("scale", packed[:, width : width + step].contiguous().view(scale_type))
-        self.register_buffer(
-            "bias", packed[:, width + step : width + 2 * step].contiguous().view(scale_type)
-        )
+        self.dim, self.bits = table.embedding_dim, table.bits
+        values, scale, bias = packed_parts(table.packed.detach(), self.dim, self.bits)
+        self.register_buffer("values", values.contiguous())
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
         # Byte b holds two INT4 values, b & 15 first (FBGEMM's order) and b >> 4.
         byte = torch.arange(256)
         self.register_buffer("nibbles", torch.stack([byte & 15, byte >> 4], dim=1).float())
