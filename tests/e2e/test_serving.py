@@ -160,3 +160,25 @@ def test_metrics_openapi_and_request_ids(server: Server) -> None:
     req = urllib.request.Request(server.url + "/v2/health/live", headers={"X-Request-ID": "abc"})
     with urllib.request.urlopen(req) as response:
         assert response.headers["X-Request-ID"] == "abc"
+
+
+RANK_BODIES = [
+    {"user_id": 3, "candidates": [1, 2, 3, 4, 5, 6], "k": 4},
+    {"user_id": 3},
+    *[body for path, body, _, _ in BAD_REQUESTS if path == "/v1/rank"],
+]
+
+
+@pytest.mark.parametrize("body", RANK_BODIES, ids=range(len(RANK_BODIES)))
+def test_the_fast_lane_answers_as_the_asgi_route_does(server: Server, body: object) -> None:
+    """`/v1/rank` takes the fast lane (plane/fast_http.py); with a query string the same
+    request goes through uvicorn's ASGI path to the same endpoint: same status, same body
+    (but `server_ms`), same request id echoed."""
+    headers = {"X-Request-ID": "same-id"}
+    fast = server.post("/v1/rank", body, headers)
+    routed = server.post("/v1/rank?lane=asgi", body, headers)
+    assert fast[0] == routed[0]
+    fast_answer, routed_answer = json.loads(fast[1]), json.loads(routed[1])
+    for answer in (fast_answer, routed_answer):
+        answer.pop("server_ms", None)
+    assert fast_answer == routed_answer

@@ -11,9 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from recaccel.data.rows import Rows
-from recaccel.serve.app import RankEndpoint
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import OverloadedError
+from recaccel.serve.rank_route import RankEndpoint
 
 
 class Store:

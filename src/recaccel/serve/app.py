@@ -31,7 +31,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import recaccel
@@ -40,14 +39,13 @@ from recaccel.errors import RecaccelError
 from recaccel.serve import protocol
 from recaccel.serve.admission import deadline_for
 from recaccel.serve.config import ServeConfig
-from recaccel.serve.errors import RequestError, UnavailableError
+from recaccel.serve.errors import RequestError
 from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.middleware import (
     RequestMetrics,
     error_response,
     read_body,
-    receive_body,
     request_id_of,
 )
 from recaccel.serve.models import ModelRepository
@@ -64,10 +62,10 @@ from recaccel.serve.plane.front import (
     PUBLISH_INTERVAL_S,
     FrontLink,
 )
-from recaccel.serve.rank import RankRequest, RankResponse, answer_body, parse_rank_request
+from recaccel.serve.rank import RankRequest, RankResponse
+from recaccel.serve.rank_route import RANK_PATH, MeasuredRank, RankEndpoint
 
 log = logging.getLogger("recaccel.serve")
-RANK_PATH = "/v1/rank"
 _ERROR = {"content": {"application/json": {"example": {"error": "what is wrong, and a hint"}}}}
 RANK_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "a malformed request: the error names the field", **_ERROR},
@@ -98,70 +96,6 @@ class ShortCut:
             await self.endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-class RankEndpoint:
-    """POST /v1/rank as a bare ASGI endpoint (module docstring)."""
-
-    def __init__(self, repository: ModelRepository, config: ServeConfig) -> None:
-        self.repository = repository
-        self.config = config
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            body = await self._rank(scope, receive)
-        except ClientDisconnect:
-            return  # nobody is waiting for an answer
-        except RequestError as error:
-            await error_response(error, request_id_of(scope))(scope, receive, send)
-            return
-        except Exception as error:  # a bug: logged with the request id, answered 500
-            request_id = request_id_of(scope)
-            log.error("request %s %s failed", request_id, RANK_PATH, exc_info=error)
-            await error_response(RequestError("internal error", status=500), request_id)(
-                scope, receive, send
-            )
-            return
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _rank(self, scope: Scope, receive: Receive) -> bytes:
-        start = time.perf_counter()
-        config = self.config
-        query = parse_rank_request(await receive_body(scope, receive, config.server.max_body_bytes))
-        deployment = self.repository.get(query.model, None)
-        scope["state"]["model"] = deployment.name
-        store = self.repository.features
-        if store is None:
-            raise UnavailableError(
-                "ranking needs a feature store, and this server has none",
-                "serve an artifact trained on a dataset with users and items, or give this "
-                "server --users and --items tables, or --redis",
-            )
-        deadline = deadline_for(time.monotonic(), query.deadline_ms, config.slo.p99_ms)
-        candidates = query.candidates
-        if (
-            store.remote
-            and isinstance(candidates, list)
-            and len(candidates) <= store.max_candidates
-        ):
-            # A remote store's read costs a round trip and its server's work: a request that
-            # admission would refuse is refused before it (once more after, as every request).
-            # A list past the limit goes on to its 413, which says what to fix.
-            deployment.admit(len(candidates), deadline, query.priority)
-        rows, items = await store.fetch(query.user_id, query.candidates, query.features)
-        # One user against its candidates: an executor with reuse computes the user once.
-        scores = await deployment.score(rows.as_one_request(), deadline, query.priority)
-        return answer_body(
-            deployment.name,
-            deployment.version,
-            query.user_id,
-            items,
-            scores,
-            query.k or config.rank.default_k,
-            (time.perf_counter() - start) * 1e3,
-        )
 
 
 def _rank_documented(body: RankRequest) -> RankResponse:
@@ -276,6 +210,8 @@ def create_app(
     # FastAPI too, for hosts that take the FastAPI app itself (Ray Serve, test clients).
     measured_rank = RequestMetrics(rank, metrics, log_requests, overload)
     app.state.lean_app = ShortCut(app, measured_rank, "POST", RANK_PATH)
+    # Below ASGI: the fast lane's endpoint (plane/fast_http.py), measured the same way.
+    app.state.fast_rank = MeasuredRank(rank, measured_rank)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -418,6 +354,12 @@ def lean_app(app: FastAPI) -> ASGIApp:
     """The ASGI app a server runs for `app` (made by `create_app`; see its end)."""
     lean: ASGIApp = app.state.lean_app
     return lean
+
+
+def fast_rank(app: FastAPI) -> MeasuredRank:
+    """`app`'s /v1/rank for the fast lane (plane/fast_http.py)."""
+    endpoint: MeasuredRank = app.state.fast_rank
+    return endpoint
 
 
 def _timeout_ms(value: Any) -> float | None:

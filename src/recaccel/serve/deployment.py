@@ -334,6 +334,12 @@ class Deployment:
 
     async def score(self, batch: Rows, deadline: float, priority: int = 0) -> np.ndarray:
         """Click probabilities for `batch`'s rows, by `deadline` (time.monotonic()) or a 429."""
+        return await self.submit(batch, deadline, priority)
+
+    def submit(self, batch: Rows, deadline: float, priority: int = 0) -> asyncio.Future[np.ndarray]:
+        """`score` without a coroutine: the future of `batch`'s scores, queued now; raises the
+        refusal (429, 503) at once. For callers that answer from a callback (the fast lane,
+        plane/fast_http.py), where a task per request would cost more than the queueing."""
         now = time.monotonic()
         parts = self.admit(len(batch), deadline, priority, now)
         request = Request(
@@ -342,7 +348,7 @@ class Deployment:
         self._queue.extend(queue.cut(request, parts))
         self._series.queued_requests.set(len(self._queue))
         self._pump_soon()
-        return await request.future
+        return request.future
 
     def _admit(
         self,

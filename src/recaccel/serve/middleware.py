@@ -29,14 +29,19 @@ log = logging.getLogger("recaccel.serve")
 REQUEST_ID = "X-Request-ID"
 
 
-def error_response(error: RequestError, request_id: str) -> Response:
+def error_parts(error: RequestError, request_id: str) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and JSON body that answer `error`."""
     headers = {REQUEST_ID: request_id}
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, int(np.ceil(retry_after))))
     message = error.message + (f" ({error.hint})" if error.hint else "")
-    body = protocol.error_body(message, getattr(error, "code", None))
-    return Response(body, error.status, headers, media_type="application/json")
+    return error.status, headers, protocol.error_body(message, getattr(error, "code", None))
+
+
+def error_response(error: RequestError, request_id: str) -> Response:
+    status, headers, body = error_parts(error, request_id)
+    return Response(body, status, headers, media_type="application/json")
 
 
 async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -85,13 +90,17 @@ _ID_PREFIX = os.urandom(4).hex()
 _id_counter = itertools.count()
 
 
+def new_request_id(given: bytes = b"") -> str:
+    """`given` (a request's X-Request-ID, at most 64 characters kept), else a new id."""
+    return given.decode("latin-1")[:64] or f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
+
+
 def request_id_of(scope: Scope) -> str:
     """The request's X-Request-ID as sent (at most 64 characters), else a new one."""
     state: dict[str, Any] = scope.setdefault("state", {})
     if "request_id" not in state:
         given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
-        made = f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
-        state["request_id"] = given.decode("latin-1")[:64] or made
+        state["request_id"] = new_request_id(given)
     return str(state["request_id"])
 
 
@@ -125,7 +134,15 @@ class RequestMetrics:
         start = time.perf_counter()
         guard = self.overload if _endpoint(scope.get("path", "")) in ("infer", "rank") else None
         if guard is not None and not guard.enter():
-            await self._refuse(guard, send, header)
+            body = self.refusal(guard)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                header,
+            ]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             self._record(scope, 429, time.perf_counter() - start, request_id)
             return
 
@@ -144,32 +161,36 @@ class RequestMetrics:
                 guard.leave(elapsed, answered=status == 200)
             self._record(scope, status, elapsed, request_id)
 
-    async def _refuse(
-        self, guard: OverloadGuard, send: Send, request_id: tuple[bytes, bytes]
-    ) -> None:
-        """429 without reading the body or routing: the cheapest answer the loop can give."""
-        body = protocol.error_body(
+    def refusal(self, guard: OverloadGuard) -> bytes:
+        """The 429's body when the in-flight limit refuses: answered without reading the
+        request or routing it, the cheapest answer the loop can give."""
+        self.metrics.rejected.labels("", SERVER_OVERLOADED).inc()
+        return protocol.error_body(
             f"server overloaded: {guard.in_flight} inference requests in flight, its limit "
             f"now (requests waited at least {guard.standing_s * 1e3:.0f} ms in it and its "
             f"event loop runs {guard.lag_s * 1e3:.0f} ms late; target "
             f"{guard.policy.target_s * 1e3:g} ms); retry after the delay in Retry-After",
             SERVER_OVERLOADED,
         )
-        self.metrics.rejected.labels("", SERVER_OVERLOADED).inc()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", b"1"),
-            request_id,
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
         path = scope.get("path", "")
+        self.record(
+            scope.get("method"), path, scope["state"].get("model", ""), status, elapsed, request_id
+        )
+
+    def record(
+        self,
+        method: str | None,
+        path: str,
+        model: str,
+        status: int,
+        elapsed: float,
+        request_id: str,
+    ) -> None:
+        """Count one answered request (and log it, when asked)."""
         endpoint = _endpoint(path)
         if endpoint != "other":
-            model = scope["state"].get("model", "")
             key = (endpoint, model, status)
             series = self._series.get(key)
             if series is None:
@@ -183,7 +204,7 @@ class RequestMetrics:
         if self.log_requests:
             line = {
                 "request_id": request_id,
-                "method": scope.get("method"),
+                "method": method,
                 "path": path,
                 "status": status,
                 "ms": round(elapsed * 1e3, 3),

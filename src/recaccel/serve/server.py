@@ -15,6 +15,7 @@ the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -36,12 +37,14 @@ from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
 from recaccel.runtime.select import Judgement, Requirements, select
-from recaccel.serve.app import create_app, lean_app
+from recaccel.serve.app import create_app, fast_rank, lean_app
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, ServeConfig
 from recaccel.serve.features import FeatureSource, FeatureStore
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.models import ModelRepository
+from recaccel.serve.plane.fast_http import fast_lane_protocol
 from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor, prepare_forms
+from recaccel.serve.rank_route import RANK_PATH
 from recaccel.serve.redis_source import RedisSource
 from recaccel.serve.table_source import TableSource
 
@@ -221,10 +224,22 @@ def run_front(
     app: FastAPI, config: ServeConfig, sockets: list[socket.socket], relayed: bool
 ) -> None:
     """Run `app` on uvicorn over `sockets` until it is told to stop, then drain."""
-    settings = uvicorn.Config(
+    server = DrainingServer(
+        uvicorn_config(app, config), app.state.repository, config.server.drain_grace_s, relayed
+    )
+    server.run(sockets=sockets)
+
+
+def uvicorn_config(app: FastAPI, config: ServeConfig) -> uvicorn.Config:
+    """How a front runs `app` on uvicorn: its fastest loop and parser, /v1/rank on the fast
+    lane unless `server.fast_lane` is off."""
+    http: type[asyncio.Protocol] | str = "httptools"
+    if config.server.fast_lane:
+        http = fast_lane_protocol(fast_rank(app), RANK_PATH, config.server.max_body_bytes)
+    return uvicorn.Config(
         lean_app(app),
         loop="uvloop",
-        http="httptools",
+        http=http,
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # nothing reads the client's address: no per-request rewrite
@@ -233,8 +248,6 @@ def run_front(
         # control refuses with 429 + Retry-After well before, per request.
         limit_concurrency=max(CONNECTION_FLOOR, 4 * config.admission.max_queue_requests),
     )
-    server = DrainingServer(settings, app.state.repository, config.server.drain_grace_s, relayed)
-    server.run(sockets=sockets)
 
 
 class DrainingServer(uvicorn.Server):
