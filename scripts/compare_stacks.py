@@ -457,6 +457,7 @@ def show(name: str, run: Any) -> None:
         f"{name:10s} target {run.target_qps:7.1f} QPS  {'VALID  ' if lg.valid else 'INVALID'}"
         f"  completed {lg.completed_qps:7.1f}  p50 {lg.latency.ms('50.00'):6.2f} ms"
         f"  p99 {lg.latency.ms('99.00'):7.2f} ms  rejected {books.rejected}  failed {books.failed}"
+        + (f" {dict(books.errors)}" if books.errors else "")
         + (f"  server CPU {cpu:.2f} s/1k" if cpu is not None else "")
         + (f"  client CPU {client:.2f} s/1k" if client is not None else ""),
         flush=True,

@@ -11,8 +11,9 @@ Four measurements, each interleaved over rounds and reported as medians:
 1. hand-offs: an empty call on a one-thread pool and back (`run_in_executor`), against
    `Executor.run` inline and on a lane's thread, on a 100-row batch from the feature store;
 2. apps: the hand-written server's ASGI app (scripts/peers/handwritten_server.py) against
-   recaccel's lean app, driven with the workload's /v1/rank bodies;
-3. stages: recaccel's path with each stage wrapped in a timer.
+   recaccel's lean ASGI app and its fast lane's endpoint (what `recaccel serve` runs for
+   /v1/rank), driven with the workload's /v1/rank bodies;
+3. stages: recaccel's fast-lane path with each stage wrapped in a timer.
 
 CPU time is the process's (`time.process_time`); the machine's speed drifts, so only the
 figures of one run compare.
@@ -130,6 +131,15 @@ async def _call(app: Any, body: bytes) -> None:
     assert statuses == [200], statuses
 
 
+async def _call_fast(endpoint: Any, body: bytes) -> None:
+    """One request through the fast lane's endpoint (plane/fast_http.py), as the protocol
+    calls it, awaited until it answers."""
+    answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    endpoint(body, b"", lambda status, headers, answer: answered.set_result(status))
+    status = await answered
+    assert status == 200, status
+
+
 def _recaccel_app(artifact: Path, backend: str) -> Any:
     from recaccel.serve.config import load_serve_config
     from recaccel.serve.server import build_app, feature_store_for
@@ -163,20 +173,21 @@ def apps(artifact: Path, backend: str, bodies: Sequence[bytes], per_round: int =
     sys.path.insert(0, str(HERE / "peers"))
     import handwritten_server  # type: ignore[import-not-found]
 
-    from recaccel.serve.app import lean_app
+    from recaccel.serve.app import fast_rank, lean_app
 
     app = _recaccel_app(artifact, backend)
 
     async def main() -> dict[str, list[float]]:
         stop = await _started(app)
-        targets = {"hand-written (Starlette + ORT)": handwritten_server.app}
-        targets[f"recaccel ({backend})"] = lean_app(app)
+        targets = {"hand-written (Starlette + ORT)": (_call, handwritten_server.app)}
+        targets[f"recaccel ({backend}), ASGI"] = (_call, lean_app(app))
+        targets[f"recaccel ({backend}), fast lane"] = (_call_fast, fast_rank(app))
         found: dict[str, list[float]] = collections.defaultdict(list)
         for r in range(9):
-            for name, target in targets.items():
+            for name, (call, target) in targets.items():
                 start = time.process_time()
                 for i in range(per_round):
-                    await _call(target, bodies[(r * per_round + i) % len(bodies)])
+                    await call(target, bodies[(r * per_round + i) % len(bodies)])
                 found[name].append(_per(start, per_round))
         await stop()
         return found
@@ -187,9 +198,8 @@ def apps(artifact: Path, backend: str, bodies: Sequence[bytes], per_round: int =
 
 def stages(artifact: Path, backend: str, bodies: Sequence[bytes], count: int = 3000) -> None:
     from recaccel.runtime import executor as executor_module
-    from recaccel.serve import app as app_module
-    from recaccel.serve import deployment, features, rank
-    from recaccel.serve.app import lean_app
+    from recaccel.serve import deployment, features, rank, rank_route
+    from recaccel.serve.app import fast_rank
 
     spent: collections.Counter[str] = collections.Counter()
 
@@ -204,8 +214,8 @@ def stages(artifact: Path, backend: str, bodies: Sequence[bytes], count: int = 3
 
         return wrapper
 
-    app_module.parse_rank_request = timed("body check", rank.parse_rank_request)  # type: ignore[assignment]
-    app_module.answer_body = timed("top-k and answer", rank.answer_body)  # type: ignore[assignment]
+    rank_route.parse_rank_request = timed("body check", rank.parse_rank_request)  # type: ignore[assignment]
+    rank_route.answer_body = timed("top-k and answer", rank.answer_body)  # type: ignore[assignment]
     store = features.FeatureStore
     store.rows = timed("feature rows", store.rows)  # type: ignore[method-assign]
     executor_module.Executor.run = timed("Executor.run (the model)", executor_module.Executor.run)  # type: ignore[method-assign]
@@ -216,13 +226,13 @@ def stages(artifact: Path, backend: str, bodies: Sequence[bytes], count: int = 3
 
     async def main() -> float:
         stop = await _started(app)
-        lean = lean_app(app)
+        lane = fast_rank(app)
         for body in bodies[:300]:
-            await _call(lean, body)
+            await _call_fast(lane, body)
         spent.clear()
         start = time.perf_counter()
         for i in range(count):
-            await _call(lean, bodies[i % len(bodies)])
+            await _call_fast(lane, bodies[i % len(bodies)])
         total = time.perf_counter() - start
         await stop()
         return total
@@ -239,20 +249,26 @@ def main() -> None:
     parser.add_argument(
         "--backend", default="onnxruntime", help="recaccel's executor in parts 2 and 3"
     )
+    parser.add_argument("--parts", default="0,1,2,3", help="which measurements, e.g. 2,3")
     args = parser.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
     from recaccel.bench.workload import RankWorkload
     from recaccel.data.registry import DatasetOptions, load_dataset
 
     dataset = load_dataset("movielens-100k", DatasetOptions(progress=False))
     bodies = RankWorkload.from_dataset(dataset, n_samples=3000, seed=0).bodies
-    print("0. runtimes")
-    runtimes(args.artifact)
-    print("1. hand-offs")
-    handoffs(args.artifact)
-    print("2. apps, in process, no HTTP")
-    apps(args.artifact, args.backend, bodies)
-    print("3. recaccel's stages (one wrapped call each; the model's includes its sigmoid)")
-    stages(args.artifact, args.backend, bodies)
+    if 0 in parts:
+        print("0. runtimes")
+        runtimes(args.artifact)
+    if 1 in parts:
+        print("1. hand-offs")
+        handoffs(args.artifact)
+    if 2 in parts:
+        print("2. apps, in process, no HTTP")
+        apps(args.artifact, args.backend, bodies)
+    if 3 in parts:
+        print("3. recaccel's stages (one wrapped call each; the model's includes its sigmoid)")
+        stages(args.artifact, args.backend, bodies)
 
 
 if __name__ == "__main__":

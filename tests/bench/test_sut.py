@@ -205,8 +205,8 @@ def test_a_refusal_keeps_the_reason_its_body_states(body: bytes, reason: str | N
         (200, orjson.dumps({"items": [], "server_ms": "x"}), "failed", None),
         (429, b"", "rejected", None),
         (503, b"", "rejected", None),
-        (500, b"", "failed", None),
-        (413, b"", "failed", None),
+        (500, b"", "failed", "HTTP 500"),  # named in the report's errors, as a reset is
+        (413, b"", "failed", "HTTP 413"),
     ],
 )
 def test_outcome_of_an_answer(status: int, body: bytes, kind: str, error: str | None) -> None:

@@ -86,7 +86,7 @@ def outcome_of(status: int, body: bytes, latency_s: float) -> Outcome:
     if status in REJECTED_STATUSES:
         return Outcome(status, latency_s, reason=refusal_reason(body))
     if status != 200:
-        return Outcome(status, latency_s)
+        return Outcome(status, latency_s, error=f"HTTP {status}")
     try:
         answer = orjson.loads(body)
         items = answer["items"]
