@@ -112,7 +112,12 @@ def test_every_sample_is_completed_once_whatever_the_transport_does() -> None:
         "503": 15,
         "error": 15,
     }
-    assert report.errors == {"ConnectionResetError": 15, "bad 200 body: JSONDecodeError": 15}
+    assert report.errors == {
+        "ConnectionResetError": 15,
+        "bad 200 body: JSONDecodeError": 15,
+        "HTTP 404": 15,
+        "HTTP 500": 15,
+    }
     assert report.client_latency.n == 105 and report.server_latency.n == 15
     assert report.ok_latency.n == 15 and report.rejected_latency.n == 30
     assert report.server_latency.p50_ms == 1.5
