@@ -31,7 +31,7 @@ from recaccel.data.rank_rows import RawFeatureError, UnknownUserError
 from recaccel.data.rows import Rows
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
-from recaccel.serve.features import FeatureStore, catalogue_rows, row_lookup
+from recaccel.serve.features import FeatureStore, candidate_ids, catalogue_rows, row_lookup
 
 SAMPLE = 40  # rows checked per split
 PART = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
@@ -264,7 +264,9 @@ BAD: list[tuple[str, dict[str, Any], type[RequestError], str]] = [
     ("nested", {"item_ids": [[1, 2]]}, RequestError, "candidates[0] is [1, 2] (list)"),
     ("a string", {"item_ids": "12"}, RequestError, "list of integer item ids, got str"),
     ("a number", {"item_ids": 12}, RequestError, "list of integer item ids, got int"),
-    ("float array", {"item_ids": np.array([1.0])}, RequestError, "integer item ids"),
+    ("float array", {"item_ids": np.array([1.5])}, RequestError, "integer item ids"),
+    ("a bool among ints", {"item_ids": [True, 2]}, RequestError, "candidates[0] is True"),
+    ("past int64 as a float", {"item_ids": [2.0**63]}, RequestError, "integer item ids"),
     (
         "unknown items",
         {"item_ids": [1, 999, 1000]},
@@ -431,3 +433,8 @@ def test_the_store_serves_any_datasets_rank_rows_and_answers_its_refusals() -> N
         store.rows(10, [2], {"boost": "lots"})
     with pytest.raises(NotFoundError, match="unknown item id"):
         store.rows(10, [4])
+
+
+def test_whole_floats_are_integer_ids_as_json_schema_counts_them() -> None:
+    assert candidate_ids([1.0, 2, 3.0], 10).tolist() == [1, 2, 3]
+    assert candidate_ids([1.0, 2, 3.0], 10).dtype == np.int64

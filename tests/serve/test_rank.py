@@ -19,16 +19,18 @@ ACCEPTED: list[dict[str, Any]] = [
     {"user_id": 1, "candidates": None, "k": None, "features": None, "model": None},
     {"user_id": 1, "features": {"age": 31}, "model": "ranker", "deadline_ms": 20},
     {"user_id": 1, "deadline_ms": 0.5, "priority": -3},
-    {"user_id": 1, "candidates": []},  # well-formed; the feature store refuses it (empty)
+    {"user_id": 1.0, "k": 3.0, "priority": -2.0},  # JSON Schema's integers include 1.0
+    {"user_id": 2**63 - 1024, "priority": -(2**63)},
 ]
 REFUSED: list[tuple[Any, str]] = [
     ([1, 2], "must be a JSON object"),
     ("text", "must be a JSON object"),
     ({}, "user_id: Field required"),
     ({"candidates": [1]}, "user_id: Field required"),
-    ({"user_id": "1"}, "user_id must be an integer"),
-    ({"user_id": 1.0}, "user_id must be an integer"),
-    ({"user_id": True}, "user_id must be an integer"),
+    ({"user_id": "1"}, "user_id must be a 64-bit integer"),
+    ({"user_id": 1.5}, "user_id must be a 64-bit integer"),
+    ({"user_id": True}, "user_id must be a 64-bit integer"),
+    ({"user_id": 2**63}, "user_id must be a 64-bit integer"),
     ({"user_id": 1, "candidates": 5}, "candidates must be an array"),
     ({"user_id": 1, "candidates": {"a": 1}}, "candidates must be an array"),
     ({"user_id": 1, "k": 0}, "k must be an integer >= 1"),
@@ -40,8 +42,8 @@ REFUSED: list[tuple[Any, str]] = [
     ({"user_id": 1, "deadline_ms": -1}, "deadline_ms must be a number of milliseconds > 0"),
     ({"user_id": 1, "deadline_ms": "5"}, "deadline_ms must be a number of milliseconds > 0"),
     ({"user_id": 1, "deadline_ms": False}, "deadline_ms must be a number of milliseconds > 0"),
-    ({"user_id": 1, "priority": 1.5}, "priority must be an integer"),
-    ({"user_id": 1, "priority": None}, "priority must be an integer"),
+    ({"user_id": 1, "priority": 1.5}, "priority must be a 64-bit integer"),
+    ({"user_id": 1, "priority": None}, "priority must be a 64-bit integer"),
     ({"user_id": 1, "candidate": [1]}, "unknown field(s) 'candidate'"),
 ]
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,21 @@ _MIN_AGE, _MAX_AGE = AGE_BINS[0], AGE_BINS[-1]  # the ages the training encoding
 # Unix seconds up to 2106 (2**32): past that a movie's age, in float32, is no longer a number a
 # model has any use for, and far enough past it is inf.
 _MAX_TIMESTAMP = 2**32
+
+
+# What `parse_raw` takes, as JSON Schema (the OpenAPI document shows it for /v1/rank).
+RAW_SCHEMA: dict[str, Any] = {
+    "age": {"type": "number", "minimum": _MIN_AGE, "exclusiveMaximum": _MAX_AGE},
+    "gender": {"type": "string"},
+    "occupation": {"type": "string", "description": "unknown values encode as unknown"},
+    "zip_code": {"type": "string"},
+    "timestamp": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMaximum": _MAX_TIMESTAMP,
+        "description": "unix seconds: the request's time",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,7 @@ class MovieLensRankRows:
     without a `timestamp` is scored at."""
 
     raw_features: tuple[str, ...] = RAW_FEATURES
+    raw_schema: Mapping[str, Any] = MappingProxyType(RAW_SCHEMA)
     user_features: tuple[str, ...] = USER_FEATURES
 
     def __init__(self, encoding: MovieLensEncoding) -> None:

@@ -9,7 +9,7 @@ in the dataset's own module (MovieLens: data/movielens_rank.py). So `serve/` nam
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class RankRows(Protocol):
     user_ids: np.ndarray  # every user id, in row order
     item_ids: np.ndarray  # every item id, sorted: the catalogue, in row order
     raw_features: tuple[str, ...]  # the raw values a request may send
+    # Each raw value's JSON Schema, by name: what the OpenAPI document says `features` takes.
+    raw_schema: Mapping[str, Any]
     user_features: tuple[str, ...]  # those that describe a user (a new user needs one)
 
     def rows(

@@ -44,11 +44,20 @@ from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.middleware import (
     RequestMetrics,
+    error_parts,
     error_response,
     read_body,
     request_id_of,
 )
 from recaccel.serve.models import ModelRepository
+from recaccel.serve.openapi import (
+    HEALTH_RESPONSES,
+    PROMETHEUS_TEXT,
+    errors,
+    finish,
+    infer_body,
+    load_body,
+)
 from recaccel.serve.overload import (
     SERVER_OVERLOADED,
     OverloadGuard,
@@ -66,18 +75,7 @@ from recaccel.serve.rank import RankRequest, RankResponse
 from recaccel.serve.rank_route import RANK_PATH, MeasuredRank, RankEndpoint
 
 log = logging.getLogger("recaccel.serve")
-_ERROR = {"content": {"application/json": {"example": {"error": "what is wrong, and a hint"}}}}
-RANK_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "a malformed request: the error names the field", **_ERROR},
-    404: {"description": "an unknown model, user or item", **_ERROR},
-    413: {"description": "a body or candidate list over the server's limits", **_ERROR},
-    429: {"description": "refused now, to be answered in time: see Retry-After", **_ERROR},
-    503: {
-        "description": "draining, starting, no feature store, or the feature store failed "
-        '(reason "feature_store")',
-        **_ERROR,
-    },
-}
+RANK_ERRORS = errors(400, 404, 413, 429, 503)
 
 
 class ShortCut:
@@ -92,10 +90,15 @@ class ShortCut:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         here = scope["type"] == "http" and scope["path"] == self.path
-        if here and scope["method"] == self.method:
-            await self.endpoint(scope, receive, send)
-        else:
+        if not here:
             await self.app(scope, receive, send)
+        elif scope["method"] == self.method:
+            await self.endpoint(scope, receive, send)
+        else:  # the path is this endpoint's alone: any other method is not allowed here
+            refusal = RequestError(f"{scope['method']} {self.path}: use {self.method}", status=405)
+            status, headers, body = error_parts(refusal, request_id_of(scope))
+            response = Response(body, status, {**headers, "Allow": self.method})
+            await response(scope, receive, send)
 
 
 def _rank_documented(body: RankRequest) -> RankResponse:
@@ -229,9 +232,8 @@ def create_app(
                 description=app.description,
                 routes=[*app.routes, documented],
             )
-            # FastAPI documents a 422 for every body; this endpoint answers 400 instead.
-            schema["paths"][RANK_PATH]["post"]["responses"].pop("422", None)
-            app.openapi_schema = schema
+            store = repository.features
+            app.openapi_schema = finish(schema, None if store is None else store.raw_schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -242,40 +244,77 @@ def create_app(
     async def server_metadata() -> dict[str, Any]:
         return protocol.server_metadata(recaccel.__version__, ["model_repository"])
 
-    @app.get("/v2/health/live", summary="the process is up")
+    @app.get(
+        "/v2/health/live",
+        summary="the process is up",
+        response_class=Response,
+        responses={200: HEALTH_RESPONSES[200]},
+    )
     async def live() -> Response:
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready", summary="every model can serve, in every front process")
+    @app.get(
+        "/v2/health/ready",
+        summary="every model can serve, in every front process",
+        response_class=Response,
+        responses=HEALTH_RESPONSES,
+    )
     async def ready() -> Response:
         every = link is None or link.all_ready()
         return Response(status_code=200 if repository.ready and every else 503)
 
-    @app.get("/v2/models/{name}", summary="model metadata")
-    @app.get("/v2/models/{name}/versions/{version}", summary="model metadata (one version)")
+    unknown = errors(404)
+
+    @app.get("/v2/models/{name}", summary="model metadata", responses=unknown)
+    @app.get(
+        "/v2/models/{name}/versions/{version}",
+        summary="model metadata (one version)",
+        responses=unknown,
+    )
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
         deployment = repository.get(name, version)
         return protocol.model_metadata(
             name, repository.versions(name), deployment.schema, "recaccel_" + deployment.backend
         )
 
-    @app.get("/v2/models/{name}/ready", summary="model readiness")
-    @app.get("/v2/models/{name}/versions/{version}/ready", summary="model readiness (one version)")
+    readiness = {**unknown, 503: {"description": "the model is not ready (same body)"}}
+
+    @app.get("/v2/models/{name}/ready", summary="model readiness", responses=readiness)
+    @app.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        summary="model readiness (one version)",
+        responses=readiness,
+    )
     async def model_ready(name: str, version: str | None = None) -> Response:
         deployment = repository.get(name, version)
         return JSONResponse(
             {"name": name, "ready": deployment.ready}, status_code=200 if deployment.ready else 503
         )
 
-    @app.get("/v2/models/{name}/stats", summary="workers and their counters (this process)")
-    @app.get("/v2/models/{name}/versions/{version}/stats", summary="stats (one version)")
+    @app.get(
+        "/v2/models/{name}/stats",
+        summary="workers and their counters (this process)",
+        responses=unknown,
+    )
+    @app.get(
+        "/v2/models/{name}/versions/{version}/stats",
+        summary="stats (one version)",
+        responses=unknown,
+    )
     async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
         return repository.get(name, version).stats()
 
     # --- inference ----------------------------------------------------------------------------
 
-    @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol inference")
-    @app.post("/v2/models/{name}/versions/{version}/infer", summary="inference (one version)")
+    infer_doc: dict[str, Any] = {
+        "responses": errors(400, 404, 413, 429, 503),
+        "openapi_extra": infer_body(),
+    }
+
+    @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol inference", **infer_doc)
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer", summary="inference (one version)", **infer_doc
+    )
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         request.state.model = name
         body = await read_body(request, config.server.max_body_bytes)
@@ -298,7 +337,12 @@ def create_app(
 
     # --- metrics and management ---------------------------------------------------------------
 
-    @app.get("/metrics", summary="Prometheus metrics (every front process)")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (every front process)",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text", "content": {PROMETHEUS_TEXT: {}}}},
+    )
     async def prometheus() -> Response:
         text = generate_latest(_metrics_registry(metrics))
         return Response(text, media_type=CONTENT_TYPE_LATEST)
@@ -315,7 +359,14 @@ def create_app(
         if not secrets.compare_digest(given.encode(), expected.encode()):
             raise RequestError("missing or wrong bearer token", status=401)
 
-    @app.post("/v2/repository/models/{name}/load", summary="load or hot-swap a model version")
+    managed = errors(400, 401, 403, 404, 409, 503)
+
+    @app.post(
+        "/v2/repository/models/{name}/load",
+        summary="load or hot-swap a model version",
+        responses=managed,
+        openapi_extra=load_body(),
+    )
     async def load(request: Request, name: str) -> dict[str, Any]:
         _authorize(request)
         body = await read_body(request, config.server.max_body_bytes)
@@ -334,7 +385,9 @@ def create_app(
             version = await repository.load(name, artifact, asked)
         return {"name": name, "version": version, "ready": True}
 
-    @app.post("/v2/repository/models/{name}/unload", summary="drain and unload a model")
+    @app.post(
+        "/v2/repository/models/{name}/unload", summary="drain and unload a model", responses=managed
+    )
     async def unload(request: Request, name: str) -> dict[str, Any]:
         _authorize(request)
         if link is not None:

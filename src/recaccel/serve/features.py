@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,6 +69,10 @@ def candidate_ids(item_ids: Sequence[int] | np.ndarray, max_candidates: int) -> 
         ids = np.asarray(item_ids)
     except (ValueError, TypeError, OverflowError):
         ids = np.asarray([], dtype=object)
+    if ids.dtype.kind == "f" and ids.ndim == 1:
+        ids = _whole_ids(item_ids, ids)  # JSON Schema's integers include 5.0
+    elif isinstance(item_ids, list) and bool in map(type, item_ids):
+        ids = np.asarray([], dtype=object)  # numpy reads [true, 2] as [1, 2]; JSON does not
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) != len(item_ids):
         where = "" if isinstance(item_ids, np.ndarray) else _first_non_integer(item_ids)
         raise RequestError(
@@ -90,6 +94,15 @@ def candidate_ids(item_ids: Sequence[int] | np.ndarray, max_candidates: int) -> 
             "send each item once: top-k over repeated items is ambiguous",
         )
     return ids
+
+
+def _whole_ids(item_ids: Sequence[int] | np.ndarray, as_floats: np.ndarray) -> np.ndarray:
+    """The ids as int64 when every one is a whole number within int64 (ints kept exact, not
+    through the float array numpy made of a mixed list); else `as_floats`, to be refused."""
+    whole = [int(v) if isinstance(v, float) and v.is_integer() else v for v in item_ids]
+    if all(type(v) is int and -(2**63) <= v < 2**63 for v in whole):
+        return np.array(whole, dtype=np.int64)
+    return as_floats
 
 
 def user_id_of(value: object) -> int:
@@ -124,6 +137,11 @@ class FeatureSource(Protocol):
     schema: FeatureSchema | None  # the features its rows hold; serving checks models against it
     max_candidates: int
     remote: bool  # a read leaves the process (admission is checked before it, app.py)
+
+    @property
+    def raw_schema(self) -> Mapping[str, Any]:
+        """The raw values a request's `features` may carry, name -> JSON Schema (none: empty)."""
+        ...
 
     @property
     def catalogue(self) -> np.ndarray:
@@ -217,6 +235,10 @@ class FeatureStore(InMemorySource):
     def catalogue(self) -> np.ndarray:
         """Every item id that can be ranked, sorted (int64, read-only)."""
         return self._catalogue
+
+    @property
+    def raw_schema(self) -> Mapping[str, Any]:
+        return self._rank_rows.raw_schema
 
     @property
     def user_ids(self) -> np.ndarray:

@@ -136,19 +136,26 @@ class ModelRepository:
         try:
             manifest = read_manifest(path)
         except Exception as error:
-            raise RequestError(f"cannot load {artifact}: {error}") from None
+            # Nothing loadable at that path: not found, as the model repository would say.
+            raise NotFoundError(f"cannot load {artifact}: {error}") from None
         if self._models and FeatureSchema.from_dict(manifest.schema) != FeatureSchema.from_dict(
             self._any().manifest.schema
         ):
             raise RequestError(
-                f"{artifact} was trained on another feature schema than the served models"
+                f"{artifact} was trained on another feature schema than the served models",
+                "serve it from a server of its own",
+                status=409,
             )
         assert self._lock is not None
         async with self._lock:
             existing = self._models.get(name, {})
             new_version = version or str(max((_version_key(v) for v in existing), default=0) + 1)
             if new_version in existing:
-                raise RequestError(f"model {name!r} already has version {new_version!r}")
+                raise RequestError(
+                    f"model {name!r} already has version {new_version!r}",
+                    "load it as another version, or leave the version out",
+                    status=409,
+                )
             await self._start(name, path, new_version)
             for old_version, old in list(existing.items()):
                 if old_version != new_version:
@@ -173,7 +180,11 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         versions = self._versions(name)
         if len(self._models) == 1:
-            raise RequestError(f"{name!r} is the only model; the server would serve nothing")
+            raise RequestError(
+                f"{name!r} is the only model; the server would serve nothing",
+                "load another model first",
+                status=409,  # a well-formed request the server's state refuses
+            )
         for deployment in list(versions.values()):
             await deployment.drain()
         self._models.pop(name, None)

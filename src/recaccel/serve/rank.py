@@ -16,14 +16,27 @@ read is what the server does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from recaccel.serve.errors import RequestError
 
+
+def _integral(value: Any) -> Any:
+    """A float with no fractional part as the int it is (JSON Schema's integers include
+    `5.0`); anything else unchanged, for the strict check after."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Ids and priorities are 64-bit: JSON integers past that range are refused (400). The document
+# says at most 2**63 - 1024, the largest one a double holds exactly: JSON tools that compare in
+# doubles (JavaScript's, fuzzers' generators) then agree with it; the server takes to 2**63 - 1.
+DOUBLE_EXACT_MAX = 2**63 - 1024
+Int64 = Annotated[int, Field(ge=-(2**63), le=DOUBLE_EXACT_MAX), BeforeValidator(_integral)]
+Count = Annotated[int, Field(ge=1, le=DOUBLE_EXACT_MAX), BeforeValidator(_integral)]
 FIELDS = ("user_id", "candidates", "k", "features", "model", "deadline_ms", "priority")
 
 
@@ -32,11 +45,15 @@ class RankRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: int = Field(description="the user to rank for")
-    candidates: list[int] | None = Field(
-        default=None, description="distinct item ids to rank; absent: the whole catalogue"
+    user_id: Int64 = Field(description="the user to rank for")
+    candidates: list[Int64] | None = Field(
+        default=None,
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="distinct item ids to rank, at most the server's rank.max_candidates "
+        "(413 past it); absent: the whole catalogue",
     )
-    k: int | None = Field(default=None, ge=1, description="how many items to return")
+    k: Count | None = Field(default=None, description="how many items to return")
     features: dict[str, Any] | None = Field(
         default=None,
         description="raw feature values in place of the stored ones, where the server's "
@@ -47,7 +64,7 @@ class RankRequest(BaseModel):
     deadline_ms: float | None = Field(
         default=None, gt=0, description="answer within this, or get a 429 at once"
     )
-    priority: int = Field(default=0, description="higher may use the queue's reserve")
+    priority: Int64 = Field(default=0, description="higher may use the queue's reserve")
 
 
 class RankedItem(BaseModel):
@@ -77,8 +94,17 @@ class RankQuery:
     priority: int = 0
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> int | None:
+    """`value` as a 64-bit integer, or None. A number with no fractional part is an integer,
+    as JSON Schema counts one (`5.0` is valid where the document says integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT64[0] <= value <= _INT64[1] else None
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -114,12 +140,13 @@ def parse_rank_request(body: bytes) -> RankQuery:
     user_id, candidates, k = raw["user_id"], raw.get("candidates"), raw.get("k")
     features, model, deadline_ms = raw.get("features"), raw.get("model"), raw.get("deadline_ms")
     priority = raw.get("priority", 0)
-    if not _is_int(user_id):
-        raise _bad("user_id", "an integer", user_id)
+    user = _int64(user_id)
+    if user is None:
+        raise _bad("user_id", "a 64-bit integer", user_id)
     if candidates is not None and not isinstance(candidates, list):
         raise _bad("candidates", "an array of item ids", candidates)
-    if k is not None and not (_is_int(k) and k >= 1):
-        raise _bad("k", "an integer >= 1", k)
+    if k is not None and not ((k := _int64(k)) is not None and k >= 1):
+        raise _bad("k", "an integer >= 1", raw["k"])
     if features is not None and not isinstance(features, dict):
         raise _bad("features", "an object of raw feature values", features)
     if model is not None and not isinstance(model, str):
@@ -130,9 +157,10 @@ def parse_rank_request(body: bytes) -> RankQuery:
         raise _bad("deadline_ms", "a number of milliseconds > 0", deadline_ms)
     if deadline_ms is not None and not deadline_ms > 0:
         raise _bad("deadline_ms", "a number of milliseconds > 0", deadline_ms)
-    if not _is_int(priority):
-        raise _bad("priority", "an integer", priority)
-    return RankQuery(user_id, candidates, k, features, model, deadline_ms, priority)
+    rank = _int64(priority)
+    if rank is None:
+        raise _bad("priority", "a 64-bit integer", priority)
+    return RankQuery(user, candidates, k, features, model, deadline_ms, rank)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

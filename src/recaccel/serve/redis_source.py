@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,8 @@ class RedisSource:
         schema: the served model's features, each with its side.
         rank: the server's rank section: `redis` (URL), its namespace, budget and cache.
     """
+
+    raw_schema: Mapping[str, Any] = MappingProxyType({})  # takes no raw values
 
     remote = True
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,6 +51,8 @@ class TableSource(InMemorySource):
         items: item_id + the candidate-side features.
         max_candidates: the longest candidate list a request may send (413 beyond).
     """
+
+    raw_schema: Mapping[str, Any] = MappingProxyType({})  # takes no raw values
 
     def __init__(
         self,
