@@ -12,6 +12,8 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.utils import np_to_triton_dtype
 
 from recaccel.data.dataset import Dataset
@@ -392,6 +394,37 @@ def test_truncated_and_corrupted_bodies_raise_request_error_only() -> None:
                 at = int(rng.integers(0, end))
                 served += _parse_or_refuse(body[:at] + token + body[at:], length)
     assert served > 0  # some corruptions land in values and still parse: the fuzz reaches deep
+
+
+_WRONG_DATATYPES = [*DATATYPES, "FP8", "fp32", "", "BYTES", "INT128"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    claimed=st.one_of(
+        st.none(),
+        st.integers(-3, 400),
+        st.text(max_size=8),
+        st.sampled_from(["0x10", " 12", "1e2", "99999999999999999999"]),
+    ),
+    datatypes=st.lists(st.sampled_from(_WRONG_DATATYPES), min_size=3, max_size=3),
+    keep=st.integers(0, 400),
+)
+def test_a_binary_body_whose_header_lies_is_parsed_or_refused_400_never_more(
+    claimed: int | str | None, datatypes: list[str], keep: int
+) -> None:
+    """Triton's binary extension fuzzed where a schema cannot reach: the header length any
+    value (a lie, too long, not a number), each tensor's datatype any name, the body cut
+    anywhere. Whatever arrives is features or a RequestError (400), never another error."""
+    arrays = _inputs(3)
+    body, length = triton_body(arrays, True)
+    assert length is not None
+    header = orjson.loads(body[:length])
+    for tensor, datatype in zip(header["inputs"], datatypes, strict=True):
+        tensor["datatype"] = datatype
+    rewritten = orjson.dumps(header)
+    sent = (rewritten + body[length:])[: len(rewritten) + keep]
+    _parse_or_refuse(sent, claimed)  # type: ignore[arg-type]
 
 
 # --- model inputs ----------------------------------------------------------------------------
