@@ -182,3 +182,13 @@ def test_the_fast_lane_answers_as_the_asgi_route_does(server: Server, body: obje
     for answer in (fast_answer, routed_answer):
         answer.pop("server_ms", None)
     assert fast_answer == routed_answer
+
+
+def test_made_up_model_names_do_not_become_metric_labels(server: Server) -> None:
+    """Each unknown name a client sends is a 404, not a new time series (found by the fuzzer:
+    every random name in an infer path had become a `model` label)."""
+    for name in ("made-up-1", "made-up-2"):
+        assert server.post(f"/v2/models/{name}/infer", {"inputs": []})[0] == 404
+        assert server.post("/v1/rank", {"user_id": 3, "model": name})[0] == 404
+    _, text = server.get("/metrics")
+    assert b"made-up" not in text

@@ -316,11 +316,13 @@ def create_app(
         "/v2/models/{name}/versions/{version}/infer", summary="inference (one version)", **infer_doc
     )
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        request.state.model = name
         body = await read_body(request, config.server.max_body_bytes)
         # No await between choosing the version and queueing on it: a hot swap in between
         # would leave the request on a draining version.
         deployment = repository.get(name, version)
+        # The metrics' model label once the name is a served model's: a client's made-up
+        # names must not each become a time series.
+        request.state.model = deployment.name
         decoded = protocol.parse_infer_request(body, request.headers.get(protocol.HEADER_LENGTH))
         protocol.check_requested_outputs(decoded, [OUTPUT_NAME])
         batch = protocol.features_from_inputs(
