@@ -27,7 +27,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "refused in the server's present state (unloading its only model)",
     413: "a body or candidate list over the server's limits",
     429: "refused now, to be answered in time: see Retry-After",
-    503: "draining, starting, or the model cannot serve now",
+    503: "draining, starting, or the model or the feature store cannot serve now (the "
+    'body\'s "reason" says which, e.g. "feature_store")',
 }
 
 

@@ -15,6 +15,10 @@ oversized bodies (the app answers 413), `Expect: 100-continue`, protocol upgrade
 string or an escaped path, and a request pipelined behind one not yet answered (uvicorn queues
 it; a fast cycle looks to that queue like uvicorn's own, and starts it once answered).
 
+uvicorn's `limit_concurrency` (its last-resort 503 past a count of connections and tasks) does
+not see the lane's requests, which are not tasks; the in-flight limit and admission control,
+which refuse with 429 well before it, apply to them as to every inference request.
+
 Written by hand because no server offers it: uvicorn's protocol classes are the only way in
 below ASGI (`uvicorn.Config(http=...)` takes one), and this subclass overrides four parser
 callbacks. It leans on `HttpToolsProtocol`'s attributes (`cycle`, `pipeline`, `parser`,
