@@ -38,7 +38,7 @@ class Lane:
             raise RuntimeError("a bug in the endpoint")
         headers = [(b"content-type", b"text/plain"), (b"x-request-id", request_id or b"-")]
         answer = b"fast:" + body
-        if self.delay_s:
+        if self.delay_s and not body.startswith(b"now"):
             loop = asyncio.get_running_loop()
             loop.call_later(self.delay_s, reply, 200, headers, answer)
         else:
@@ -82,7 +82,7 @@ class Running:
         return connection.getresponse()
 
 
-def _serve(lane: Lane) -> Running:
+def _serve(lane: Lane, keep_alive_s: float = 5.0) -> Running:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -92,6 +92,7 @@ def _serve(lane: Lane) -> Running:
         loop="asyncio",
         log_level="warning",
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=keep_alive_s,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -192,6 +193,19 @@ def test_pipelined_requests_are_answered_in_order() -> None:
             assert _read_answers(sock, 3) == [b"fast:first", b"asgi:/second", b"asgi:/v1/rank"]
             sock.sendall(_post(PATH, b"fourth"))  # nothing pending now: the lane again
             assert _read_answers(sock, 1) == [b"fast:fourth"]
+    finally:
+        served.server.should_exit = True
+        served.thread.join(10)
+
+
+def test_a_slow_request_pipelined_behind_a_quick_answer_outlives_the_keep_alive_timeout() -> None:
+    """The first is answered inside the read that carries both, which arms the keep-alive
+    timer; the second, slower than that timeout, must still be answered."""
+    served = _serve(Lane(delay_s=0.6), keep_alive_s=0.2)
+    try:
+        with served.connect() as sock:
+            sock.sendall(_post(PATH, b"now") + _post(PATH, b"slow"))
+            assert _read_answers(sock, 2) == [b"fast:now", b"fast:slow"]
     finally:
         served.server.should_exit = True
         served.thread.join(10)

@@ -120,6 +120,10 @@ class FastLaneProtocol(HttpToolsProtocol):
     max_body: int
 
     def on_headers_complete(self) -> None:
+        # A request has begun: no keep-alive timeout runs under it. uvicorn clears the timer
+        # when data arrives, but a lane answered at once, inside the same `data_received`,
+        # arms it again before a request pipelined behind it is read.
+        self._unset_keepalive_if_required()
         if self._fast_lane_takes():
             keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
             self.cycle = FastCycle(self, keep_alive, self._request_id())  # type: ignore[assignment]
