@@ -78,3 +78,20 @@ def test_schemathesis_finds_nothing_the_document_does_not_promise(
     assert int(generated[1]) == int(generated[2]) >= 300, generated[0]  # every operation ran
     assert server.get("/v2/health/ready")[0] == 200  # alive and still serving its model
     assert server.post("/v1/rank", {"user_id": 3, "k": 2})[0] == 200
+
+
+def test_management_needs_the_token_itself(
+    server_factory: Callable[..., Server], served_artifact: Path
+) -> None:
+    """No token, a wrong one, or the right one with a byte more: 401, and nothing unloaded."""
+    server = server_factory(
+        [f"{MODEL}={served_artifact}", f"other={served_artifact}"],
+        {"server": {"management": True}},
+        env={"RECACCEL_TOKEN": TOKEN},
+    )
+    unload = "/v2/repository/models/other/unload"
+    for given in (None, "Bearer wrong", f"Bearer {TOKEN}x", TOKEN, f"bearer  {TOKEN}"):
+        headers = {} if given is None else {"Authorization": given}
+        assert server.post(unload, {}, headers)[0] == 401, given
+    assert server.get("/v2/models/other/ready")[0] == 200  # still served
+    assert server.post(unload, {}, {"Authorization": f"Bearer {TOKEN}"})[0] == 200
