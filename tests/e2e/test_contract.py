@@ -41,6 +41,7 @@ expected-statuses = ["2xx", "400", "404", "413", "429", "503"]
 
 
 def schemathesis_run(server: Server, config: Path, examples: int, seed: int) -> tuple[int, str]:
+    """`st run` with every check; run in the config's folder, where it keeps its cache."""
     command = [
         str(Path(sys.executable).parent / "st"),
         "--config-file",
@@ -57,7 +58,9 @@ def schemathesis_run(server: Server, config: Path, examples: int, seed: int) -> 
         f"Authorization: Bearer {TOKEN}",
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=config.parent
+    )
     return done.returncode, done.stdout + done.stderr
 
 
