@@ -27,6 +27,7 @@ from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError
 from recaccel.serve.errors import NotFoundError, PayloadTooLargeError, RequestError
+from recaccel.serve.rank import int64_of
 
 DEFAULT_MAX_CANDIDATES = 10_000
 _SHOWN = 10  # ids named in one error message
@@ -99,10 +100,8 @@ def candidate_ids(item_ids: Sequence[int] | np.ndarray, max_candidates: int) -> 
 def _whole_ids(item_ids: Sequence[int] | np.ndarray, as_floats: np.ndarray) -> np.ndarray:
     """The ids as int64 when every one is a whole number within int64 (ints kept exact, not
     through the float array numpy made of a mixed list); else `as_floats`, to be refused."""
-    whole = [int(v) if isinstance(v, float) and v.is_integer() else v for v in item_ids]
-    if all(type(v) is int and -(2**63) <= v < 2**63 for v in whole):
-        return np.array(whole, dtype=np.int64)
-    return as_floats
+    whole = [int64_of(v) for v in item_ids]
+    return as_floats if None in whole else np.array(whole, dtype=np.int64)
 
 
 def user_id_of(value: object) -> int:

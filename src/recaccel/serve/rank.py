@@ -25,10 +25,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from recaccel.serve.errors import RequestError
 
 
+def int64_of(value: Any) -> int | None:
+    """`value` as a 64-bit integer, or None (bools too). A number with no fractional part is
+    an integer, as JSON Schema counts one (`5.0` is valid where the document says integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**63 else None
+    return None
+
+
 def _integral(value: Any) -> Any:
-    """A float with no fractional part as the int it is (JSON Schema's integers include
-    `5.0`); anything else unchanged, for the strict check after."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    """`int64_of` for the documented model: the int, or `value` unchanged for the strict check
+    after to refuse."""
+    whole = int64_of(value)
+    return value if whole is None else whole
 
 
 # Ids and priorities are 64-bit: JSON integers past that range are refused (400). The document
@@ -94,19 +105,6 @@ class RankQuery:
     priority: int = 0
 
 
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _int64(value: Any) -> int | None:
-    """`value` as a 64-bit integer, or None. A number with no fractional part is an integer,
-    as JSON Schema counts one (`5.0` is valid where the document says integer)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if _INT64[0] <= value <= _INT64[1] else None
-    return None
-
-
 def _kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
         type(value), "null" if value is None else "number"
@@ -140,12 +138,12 @@ def parse_rank_request(body: bytes) -> RankQuery:
     user_id, candidates, k = raw["user_id"], raw.get("candidates"), raw.get("k")
     features, model, deadline_ms = raw.get("features"), raw.get("model"), raw.get("deadline_ms")
     priority = raw.get("priority", 0)
-    user = _int64(user_id)
+    user = int64_of(user_id)
     if user is None:
         raise _bad("user_id", "a 64-bit integer", user_id)
     if candidates is not None and not isinstance(candidates, list):
         raise _bad("candidates", "an array of item ids", candidates)
-    if k is not None and not ((k := _int64(k)) is not None and k >= 1):
+    if k is not None and not ((k := int64_of(k)) is not None and k >= 1):
         raise _bad("k", "an integer >= 1", raw["k"])
     if features is not None and not isinstance(features, dict):
         raise _bad("features", "an object of raw feature values", features)
@@ -157,7 +155,7 @@ def parse_rank_request(body: bytes) -> RankQuery:
         raise _bad("deadline_ms", "a number of milliseconds > 0", deadline_ms)
     if deadline_ms is not None and not deadline_ms > 0:
         raise _bad("deadline_ms", "a number of milliseconds > 0", deadline_ms)
-    rank = _int64(priority)
+    rank = int64_of(priority)
     if rank is None:
         raise _bad("priority", "a 64-bit integer", priority)
     return RankQuery(user, candidates, k, features, model, deadline_ms, rank)
