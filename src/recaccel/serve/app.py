@@ -52,11 +52,11 @@ from recaccel.serve.middleware import (
 from recaccel.serve.models import ModelRepository
 from recaccel.serve.openapi import (
     HEALTH_RESPONSES,
+    INFER_BODY,
+    LOAD_BODY,
     PROMETHEUS_TEXT,
     errors,
     finish,
-    infer_body,
-    load_body,
 )
 from recaccel.serve.overload import (
     SERVER_OVERLOADED,
@@ -308,7 +308,7 @@ def create_app(
 
     infer_doc: dict[str, Any] = {
         "responses": errors(400, 404, 413, 429, 503),
-        "openapi_extra": infer_body(),
+        "openapi_extra": INFER_BODY,
     }
 
     @app.post("/v2/models/{name}/infer", summary="Open Inference Protocol inference", **infer_doc)
@@ -367,7 +367,7 @@ def create_app(
         "/v2/repository/models/{name}/load",
         summary="load or hot-swap a model version",
         responses=managed,
-        openapi_extra=load_body(),
+        openapi_extra=LOAD_BODY,
     )
     async def load(request: Request, name: str) -> dict[str, Any]:
         _authorize(request)

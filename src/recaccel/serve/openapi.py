@@ -108,29 +108,24 @@ class LoadRequest(BaseModel):
     parameters: LoadParameters
 
 
-def load_body() -> dict[str, Any]:
-    """`openapi_extra` for the load route: its JSON body."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/LoadRequest"}}
-            },
-        }
+def json_body(model: type[BaseModel], description: str | None = None) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body `model` documents (`finish` adds the model
+    to the document's components)."""
+    body: dict[str, Any] = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
     }
+    if description is not None:
+        body["description"] = description
+    return {"requestBody": body}
 
 
-def infer_body() -> dict[str, Any]:
-    """`openapi_extra` for the infer routes: their JSON body and the binary form."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/OipRequest"}},
-            },
-            "description": f"JSON; or JSON then tensor bytes, with {HEADER_LENGTH} set",
-        }
-    }
+INFER_BODY = json_body(OipRequest, f"JSON; or JSON then tensor bytes, with {HEADER_LENGTH} set")
+LOAD_BODY = json_body(LoadRequest)
+# The bodies the routes check by hand: their models, and the models within them ($defs).
+BODY_MODELS = (OipRequest, LoadRequest)
 
 
 def raw_features_schema(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,7 +156,7 @@ def finish(schema: dict[str, Any], raw: Mapping[str, Any] | None) -> dict[str, A
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
-    for model in (OipRequest, OipTensor, OipOutput, LoadRequest, LoadParameters):
+    for model in BODY_MODELS:
         definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, nested in definition.pop("$defs", {}).items():
             components[name] = nested
