@@ -27,6 +27,8 @@ from recaccel.serve.overload import SERVER_OVERLOADED, OverloadGuard
 
 log = logging.getLogger("recaccel.serve")
 REQUEST_ID = "X-Request-ID"
+# The in-flight limit's refusals: come back in a second (the limit moves every 100 ms).
+REFUSAL_RETRY_AFTER = (b"retry-after", b"1")
 
 
 def error_parts(error: RequestError, request_id: str) -> tuple[int, dict[str, str], bytes]:
@@ -95,6 +97,11 @@ def new_request_id(given: bytes = b"") -> str:
     return given.decode("latin-1")[:64] or f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
 
 
+def request_id_header(request_id: str) -> tuple[bytes, bytes]:
+    """The raw header that echoes `request_id` on an answer."""
+    return (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
+
+
 def request_id_of(scope: Scope) -> str:
     """The request's X-Request-ID as sent (at most 64 characters), else a new one."""
     state: dict[str, Any] = scope.setdefault("state", {})
@@ -129,7 +136,7 @@ class RequestMetrics:
             return
         request_id = request_id_of(scope)
         scope["state"].setdefault("model", "")
-        header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
+        header = request_id_header(request_id)
         status = 500
         start = time.perf_counter()
         guard = self.overload if _endpoint(scope.get("path", "")) in ("infer", "rank") else None
@@ -138,7 +145,7 @@ class RequestMetrics:
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
+                REFUSAL_RETRY_AFTER,
                 header,
             ]
             await send({"type": "http.response.start", "status": 429, "headers": headers})

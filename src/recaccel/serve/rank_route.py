@@ -28,12 +28,13 @@ from recaccel.serve.deployment import Deployment
 from recaccel.serve.errors import RequestError, UnavailableError
 from recaccel.serve.features import FeatureSource, InMemorySource
 from recaccel.serve.middleware import (
-    REQUEST_ID,
+    REFUSAL_RETRY_AFTER,
     RequestMetrics,
     error_parts,
     error_response,
     new_request_id,
     receive_body,
+    request_id_header,
     request_id_of,
 )
 from recaccel.serve.models import ModelRepository
@@ -182,12 +183,12 @@ class MeasuredRank:
     def __call__(self, body: bytes, given_id: bytes, reply: Reply) -> None:
         start = time.perf_counter()
         request_id = new_request_id(given_id)
-        id_header = (REQUEST_ID.lower().encode(), request_id.encode("latin-1"))
+        id_header = request_id_header(request_id)
         guard, measured = self.measured.overload, self.measured
         state = {"model": ""}
         if guard is not None and not guard.enter():
             refusal = measured.refusal(guard)
-            reply(429, [JSON, (b"retry-after", b"1"), id_header], refusal)
+            reply(429, [JSON, REFUSAL_RETRY_AFTER, id_header], refusal)
             measured.record("POST", RANK_PATH, "", 429, time.perf_counter() - start, request_id)
             return
 
