@@ -63,10 +63,10 @@ class Server:
         return request(self.url + path)
 
     def post(
-        self, path: str, body: Any, headers: dict[str, str] | None = None
+        self, path: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 30
     ) -> tuple[int, bytes]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return request(self.url + path, data, headers)
+        return request(self.url + path, data, headers, timeout)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include `labels`."""

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from load import Load, Tally, matches, reference_scores
 from server_harness import TOKEN, Server, assert_drained, wait_for, write_config
 
+from recaccel.data.dataset import Dataset
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
 
 MODEL = "ranker"
 Start = Callable[..., Server]
+Report = Callable[[str, Tally], None]
 # For the tests of losing nothing (kill -9, SIGTERM, hot swap): on a CPU-starved machine (a
 # fresh-clone `make check` beside `make demo`) the in-flight limit rightly refused 8 of 3,295
 # requests during a swap, as overload; that is its own test's subject, not theirs.
@@ -36,65 +39,87 @@ WORKER_PLANE = {"plane": {"processes": 1, "execution": "workers"}}
 ONE_FRONT = {"plane": {"processes": 1}}  # in-process, as served by default, one front
 
 
-class Load:
-    """Threads sending rank requests until stopped; every outcome is recorded."""
-
-    def __init__(
-        self,
-        server: Server,
-        threads: int,
-        body: dict[str, Any] | None = None,
-        stop_on_503: bool = False,
-    ) -> None:
-        self.server, self.body = server, body or {"user_id": 3, "k": 5}
-        self.stop_on_503 = stop_on_503  # as a load balancer does when a replica drains
-        self.outcomes: list[tuple[int, dict[str, Any]]] = []
-        self.errors: list[str] = []  # anything that is not an HTTP answer
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, body = self.server.post("/v1/rank", self.body)
-                outcome = (status, json.loads(body))
-                with self._lock:
-                    self.outcomes.append(outcome)
-                if status == 503 and self.stop_on_503:
-                    return
-            except (OSError, urllib.error.URLError) as error:
-                with self._lock:
-                    self.errors.append(repr(error))
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def statuses(self) -> dict[int, int]:
-        with self._lock:
-            found: dict[int, int] = {}
-            for status, _ in self.outcomes:
-                found[status] = found.get(status, 0) + 1
-            return found
+# The events that must lose nothing, in the default configuration (the in-flight limit on, its
+# target a tenth of the SLO) and in worker processes with the limit off.
+PLANES = {
+    "default": {},  # in-process executors in one front per core, the in-flight limit on
+    "workers-limit-off": {**WORKER_PLANE, "workers": {"min": 1, "max": 1}, **NO_IN_FLIGHT_LIMIT},
+}
+# Requests wait up to 500 ms for their batch to fill, so work is queued when an event comes;
+# an SLO of 10 s keeps that wait from being refused as late (and puts the in-flight limit's
+# default target, a tenth of it, above the wait).
+QUEUED_WORK = {"slo": {"p99_ms": 10_000, "max_queue_delay_ms": 500}}
 
 
-def test_a_killed_worker_is_replaced_and_no_request_is_lost(
-    server_factory: Start, served_artifact: Path
+@pytest.mark.parametrize("plane", PLANES)
+def test_sigterm_answers_every_admitted_request_and_refuses_the_rest_at_once(
+    plane: str,
+    server_factory: Start,
+    served_artifact: Path,
+    tiny_dataset: Dataset,
+    report_requests: Report,
 ) -> None:
+    """SIGTERM comes while each of 8 clients has a request waiting at least 200 ms in its
+    batch (admitted long before). Each such request is answered 200 with the model's own
+    scores: a drain that failed queued work with 503 fails. Requests sent later are answered
+    200 or refused 503 "draining" at once (not after a wait in the queue); none is lost; the
+    process exits on the signal once the grace period is over."""
+    grace_s = 2.0
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {"workers": {"min": 2, "max": 2}, **WORKER_PLANE, **NO_IN_FLIGHT_LIMIT},
+        {**QUEUED_WORK, **PLANES[plane], "server": {"drain_grace_s": grace_s}},
     )
+    reference = reference_scores(served_artifact, tiny_dataset)
+    with Load(server, threads=8, stop_on_503=True) as load:
+        wait_for(lambda: load.count() >= 16, 60, "load to start")
+        wait_for(lambda: load.waiting(for_s=0.2) >= 4, 30, "requests waiting in their batch")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(60)
+        exited = time.monotonic()
+    outcomes = load.outcomes
+    report_requests("SIGTERM under load", Tally.of(outcomes))
+    assert code in (0, -signal.SIGTERM), server.log.read_text()[-2000:]
+    assert [o.error for o in outcomes if o.status is None] == []  # nothing lost
+    admitted = [o for o in outcomes if o.sent_s <= signalled - 0.2]
+    assert all(o.status == 200 and matches(o.body, reference) for o in admitted), [
+        (o.status, o.body) for o in admitted if o.status != 200
+    ][:3]
+    assert sum(o.done_s > signalled for o in admitted) >= 4  # finished by the drain
+    later = [o for o in outcomes if o.sent_s > signalled - 0.2]
+    refused = [o for o in later if o.status == 503]
+    assert refused and all(o.reason == "draining" for o in refused), refused[:3]
+    assert all(o.done_s - o.sent_s < 0.5 for o in refused)  # never queued: the batch wait
+    assert all(matches(o.body, reference) for o in later if o.status == 200)
+    assert {o.status for o in later} <= {200, 503}
+    assert exited - signalled >= grace_s  # 503s, not resets, until the grace period is over
+    assert "drained" in server.log.read_text()
+
+
+def test_a_worker_killed_holding_a_batch_has_it_retried_and_nothing_is_lost(
+    server_factory: Start,
+    served_artifact: Path,
+    tiny_dataset: Dataset,
+    report_requests: Report,
+) -> None:
+    """The worker is paused (SIGSTOP) until a batch is sent to it, then killed (-9) with the
+    batch unanswered: its requests are retried on the other worker and answered 200 with the
+    model's scores, the retry metric counts it, the worker is replaced, nothing is lost.
+    Deleting the retry would answer that batch's requests 503 and fail this test."""
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"workers": {"min": 2, "max": 2}, **WORKER_PLANE, "slo": {"p99_ms": 60_000}},
+    )
+    reference = reference_scores(served_artifact, tiny_dataset)
     victim = server.stats(MODEL)["workers"][0]["pid"]
+
+    def held_by_victim() -> int:
+        workers = server.stats(MODEL)["workers"]
+        return sum(w["in_flight"] for w in workers if w["pid"] == victim)
+
+    os.kill(victim, signal.SIGSTOP)
     with Load(server, threads=4) as load:
-        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
+        wait_for(lambda: held_by_victim() >= 1, 30, "a batch sent to the paused worker")
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: server.metric("recaccel_worker_restarts_total") >= 1, 30, "the restart")
         wait_for(
@@ -102,74 +127,60 @@ def test_a_killed_worker_is_replaced_and_no_request_is_lost(
             120,
             "the replacement worker",
         )
-        seen = len(load.outcomes)
-        wait_for(lambda: len(load.outcomes) > seen + 20, 30, "requests after the restart")
-    assert load.errors == []
-    statuses = load.statuses()
-    assert set(statuses) <= {200, 503}, statuses  # retried once, else a clear 503
-    assert statuses[200] > 40
-    pids = {w["pid"] for w in server.stats(MODEL)["workers"]}
-    assert victim not in pids
+        seen = load.count()
+        wait_for(lambda: load.count() > seen + 20, 30, "requests after the restart")
+    outcomes = load.outcomes
+    report_requests("worker killed holding a batch", Tally.of(outcomes))
+    assert [(o.status, o.body, o.error) for o in outcomes if o.status != 200] == []
+    assert all(matches(o.body, reference) for o in outcomes)
+    assert server.metric("recaccel_retried_batches_total", model=MODEL) >= 1
+    assert victim not in {w["pid"] for w in server.stats(MODEL)["workers"]}
     assert_drained(server)
 
 
-def test_sigterm_drains_every_admitted_request(
-    server_factory: Start, served_artifact: Path
+@pytest.mark.parametrize("plane", PLANES)
+def test_a_hot_swap_under_load_answers_each_request_wholly_from_one_version(
+    plane: str,
+    server_factory: Start,
+    served_artifact: Path,
+    second_artifact: Path,
+    tiny_dataset: Dataset,
+    report_requests: Report,
 ) -> None:
+    """Version 2 is another model (a DeepFM beside the DLRM) whose scores differ: every answer
+    under load carries the scores of the version it names, both versions answer, and once the
+    swap is done every answer is version 2's. No request fails."""
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
-        {
-            "workers": {"min": 1, "max": 1},
-            "slo": {"p99_ms": 5000, "max_queue_delay_ms": 50},
-            "server": {"drain_grace_s": 2.0},
-            **WORKER_PLANE,
-            **NO_IN_FLIGHT_LIMIT,
-        },
-    )
-    with Load(server, threads=8, stop_on_503=True) as load:
-        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(60) in (0, -signal.SIGTERM)
-    # From SIGTERM on, requests get 503 at once while the admitted ones finish; the clients
-    # move on, and only then does the listener close. Every request got an HTTP answer.
-    assert load.errors == []
-    statuses = load.statuses()
-    assert set(statuses) == {200, 503}, statuses
-    assert statuses[503] <= 8  # one per client: each stopped at its first 503
-    assert "drained" in server.log.read_text()
-
-
-def test_hot_swap_under_load_fails_no_request(server_factory: Start, served_artifact: Path) -> None:
-    server = server_factory(
-        [f"{MODEL}={served_artifact}"],
-        {
-            "workers": {"min": 1, "max": 1},
-            "server": {"management": True},
-            **WORKER_PLANE,
-            **NO_IN_FLIGHT_LIMIT,
-        },
+        {**PLANES[plane], "server": {"management": True}},
         env={"RECACCEL_TOKEN": TOKEN},
     )
+    reference = {
+        "1": reference_scores(served_artifact, tiny_dataset),
+        "2": reference_scores(second_artifact, tiny_dataset),
+    }
+    assert max(abs(reference["1"][k] - reference["2"][k]) for k in reference["1"]) > 1e-3
     auth = {"Authorization": f"Bearer {TOKEN}"}
     load_path = f"/v2/repository/models/{MODEL}/load"
-    assert server.post(load_path, {"parameters": {"artifact": str(served_artifact)}})[0] == 401
+    swap = {"parameters": {"artifact": str(second_artifact)}}
+    assert server.post(load_path, swap)[0] == 401
     with Load(server, threads=4) as load:
-        wait_for(lambda: len(load.outcomes) > 20, 30, "load to start")
-        status, body = server.post(
-            load_path, {"parameters": {"artifact": str(served_artifact)}}, auth
-        )
+        wait_for(lambda: load.count() > 20, 30, "load to start")
+        status, body = server.post(load_path, swap, auth, timeout=600)
         assert status == 200, body
         assert json.loads(body)["version"] == "2"
-        wait_for(lambda: any(o[1].get("version") == "2" for o in load.outcomes), 30, "version 2")
-    assert load.errors == []
-    assert load.statuses() == {200: len(load.outcomes)}
-    versions = [o[1]["version"] for o in load.outcomes]
-    assert versions[0] == "1"
-    # Outcomes are listed as they complete, over four threads: a request sent to version 1
-    # just before the swap may finish after one sent to version 2. So the swap is checked by
-    # a request sent after the load: version 2 answers it.
-    status, body = server.post("/v1/rank", load.body)
-    assert status == 200 and json.loads(body)["version"] == "2", body
+        swapped = time.monotonic()
+        wait_for(
+            lambda: sum(o.sent_s > swapped for o in load.outcomes) > 20, 30, "answers after it"
+        )
+    outcomes = load.outcomes
+    report_requests("hot swap under load", Tally.of(outcomes))
+    assert [(o.status, o.body, o.error) for o in outcomes if o.status != 200] == []
+    versions = [o.body["version"] for o in outcomes]
+    assert {"1", "2"} <= set(versions)
+    wrong = [o.body for o in outcomes if not matches(o.body, reference[o.body["version"]])]
+    assert wrong == []  # each answer wholly from the version it names
+    assert {o.body["version"] for o in outcomes if o.sent_s > swapped} == {"2"}
     wait_for(
         lambda: (
             [m["version"] for m in json.loads(server.post("/v2/repository/index", {})[1])] == ["2"]
@@ -202,7 +213,7 @@ def test_the_autoscaler_adds_workers_under_load_and_removes_them_after(
     )
     workers = lambda: server.metric("recaccel_workers", model=MODEL)  # noqa: E731
     assert workers() == 1
-    with Load(server, threads=8, body={"user_id": 3, "k": 5}):
+    with Load(server, threads=8):
         wait_for(lambda: workers() == 2, 120, "a second worker under load")
     wait_for(lambda: workers() == 1, 60, "scale-down after the load")
     assert server.metric("recaccel_autoscaler_decisions_total", direction="up") >= 1
@@ -258,7 +269,7 @@ def test_overload_is_refused_at_once_with_retry_after(
 
 
 def test_past_the_in_flight_limit_inference_is_refused_at_once_and_probes_still_answer(
-    server_factory: Start, served_artifact: Path
+    server_factory: Start, served_artifact: Path, report_requests: Report
 ) -> None:
     # A target of 10 µs: every answered request takes longer, so each interval with enough
     # answers reads as a standing queue and the limit falls to its floor of 2, as it does
@@ -276,10 +287,10 @@ def test_past_the_in_flight_limit_inference_is_refused_at_once_and_probes_still_
         standing = lambda: server.metric("recaccel_standing_delay_seconds")  # noqa: E731
         wait_for(lambda: standing() > 0, 30, "a standing delay while overloaded")
         assert server.get("/v2/health/ready")[0] == 200  # probes are never limited
-    assert load.errors == []
-    statuses = load.statuses()
-    assert set(statuses) == {200, 429}, statuses
-    refused = [body for status, body in load.outcomes if status == 429]
+    outcomes = load.outcomes
+    report_requests("past the in-flight limit", Tally.of(outcomes))
+    assert {o.status for o in outcomes} == {200, 429}, Tally.of(outcomes)
+    refused = [o.body for o in outcomes if o.status == 429]
     past_limit = [body for body in refused if body.get("reason") == "server_overloaded"]
     assert all("in flight, its limit now" in body["error"] for body in past_limit)
     assert shed() == len(past_limit) >= 5, refused[:3]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from load import Load, Tally
 from server_harness import TOKEN, Server, assert_drained, request, wait_for, write_config
 
 from recaccel.artifact import WEIGHTS_FILE, load_artifact
@@ -34,14 +35,9 @@ from recaccel.serve.plane.front import PRELOAD_MODULE
 
 MODEL = "ranker"
 Start = Callable[..., Server]
+Report = Callable[[str, Tally], None]
 TWO_FRONTS = {"plane": {"processes": 2}, "admission": {"overload_target_ms": 0}}
 CANDIDATES = list(range(1, 31))
-
-
-@pytest.fixture(scope="module")
-def second_artifact(trained: Callable[[str, str, int], Path]) -> Path:
-    """Another model of the same schema (a DeepFM), whose scores differ from the DLRM's."""
-    return trained("deepfm", "small", 2)
 
 
 def _children(pid: int) -> dict[int, bytes]:
@@ -153,15 +149,29 @@ def test_every_front_maps_the_one_copy_of_the_weights_and_a_swap_unmaps_the_old(
 
 
 def test_a_killed_front_is_replaced_and_readiness_fails_until_it_is(
-    server_factory: Start, served_artifact: Path
+    server_factory: Start, served_artifact: Path, report_requests: Report
 ) -> None:
+    """Under load, one front is killed (-9). The requests it held die with it: each of its
+    clients' connections is reset, at most one request a client (a client or balancer retries
+    those; no server can answer from a dead process). The other front keeps answering, and
+    readiness fails until the replacement serves."""
     server = server_factory([f"{MODEL}={served_artifact}"], TWO_FRONTS)
     victim, survivor = fronts(server)
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: server.get("/v2/health/ready")[0] == 503, 10, "readiness to fail")
-    status, body = _rank(server)
-    assert status == 200, body  # the survivor serves meanwhile
-    wait_for(lambda: server.get("/v2/health/ready")[0] == 200, 180, "the replacement front")
+    threads = 4
+    with Load(server, threads=threads) as load:
+        wait_for(lambda: load.count() > 40, 30, "load to start")
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: server.get("/v2/health/ready")[0] == 503, 10, "readiness to fail")
+        wait_for(lambda: server.get("/v2/health/ready")[0] == 200, 180, "the replacement front")
+        ready = time.monotonic()
+        wait_for(lambda: sum(o.sent_s > ready for o in load.outcomes) > 40, 30, "answers after")
+    outcomes = load.outcomes
+    report_requests("front killed under load", Tally.of(outcomes))
+    lost = [o for o in outcomes if o.status is None]
+    assert len(lost) <= threads and all(o.sent_s < killed for o in lost), lost
+    assert {o.status for o in outcomes if o.status is not None} == {200}
+    assert sum(killed < o.sent_s < ready and o.status == 200 for o in outcomes) > 0  # survivor
     replaced = fronts(server)
     assert survivor in replaced and victim not in replaced and len(replaced) == 2
     newcomer = next(pid for pid in replaced if pid != survivor)

@@ -61,7 +61,7 @@ from recaccel.runtime.part_cache import CacheCounts
 from recaccel.runtime.profile import Profile
 from recaccel.serve import admission, batcher_policy, router
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, ServeConfig
-from recaccel.serve.errors import RequestError, UnavailableError
+from recaccel.serve.errors import DrainingError, RequestError, UnavailableError
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.plane import queue
 from recaccel.serve.plane.inproc import InProcessLane, start_lanes
@@ -322,7 +322,8 @@ class Deployment:
         to spend time on a request's rows first (a remote feature store) calls it before."""
         now = time.monotonic() if now is None else now
         if self.draining or not self.ready:
-            raise UnavailableError(
+            refusal = DrainingError if self.draining else UnavailableError
+            raise refusal(
                 f"model {self.model.name} version {self.model.version} is not serving "
                 f"({'draining' if self.draining else 'starting'})"
             )

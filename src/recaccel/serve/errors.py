@@ -50,6 +50,13 @@ class UnavailableError(RequestError):
     status = 503
 
 
+class DrainingError(UnavailableError):
+    """The server, or this version of a model, is shutting down and takes no new requests:
+    answered 503 with reason `draining`, so a client or balancer sends it to another replica."""
+
+    code = "draining"
+
+
 class FeatureStoreError(UnavailableError):
     """The feature store failed this request: down, slower than the request's budget, or
     holding a value the schema cannot read. Answered 503 with reason `feature_store` and a

@@ -21,7 +21,7 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.deployment import Deployment, ModelVersion
-from recaccel.serve.errors import NotFoundError, RequestError, UnavailableError
+from recaccel.serve.errors import DrainingError, NotFoundError, RequestError
 from recaccel.serve.features import FeatureSource
 from recaccel.serve.metrics import ServerMetrics
 
@@ -114,7 +114,7 @@ class ModelRepository:
 
     def get(self, name: str | None, version: str | None) -> Deployment:
         if not self.admitting:
-            raise UnavailableError(
+            raise DrainingError(
                 "the server is shutting down and takes no new requests",
                 "send it to another replica",
             )

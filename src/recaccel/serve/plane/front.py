@@ -57,7 +57,7 @@ from recaccel.errors import RecaccelError
 from recaccel.runtime.executor import prepare_form
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
-from recaccel.serve.errors import RequestError
+from recaccel.serve.errors import DrainingError, RequestError
 from recaccel.serve.features import FeatureSource
 from recaccel.serve.plane.control import Channel, ChannelClosedError, Command, Reply
 
@@ -130,7 +130,7 @@ class FrontLink:
         try:
             reply = await self.channel.ask(Command(op, args), MANAGEMENT_TIMEOUT_S)
         except ChannelClosedError:
-            raise RequestError("the server is shutting down", status=503) from None
+            raise DrainingError("the server is shutting down") from None
         return reply.result()
 
 
@@ -354,7 +354,7 @@ class Supervisor:
 
     async def _handle(self, command: Command) -> Any:
         if self._stopping:
-            raise RequestError("the server is shutting down", status=503)
+            raise DrainingError("the server is shutting down")
         async with self._lock:
             if command.op == "load":
                 return await self._load(**command.args)
