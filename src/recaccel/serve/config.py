@@ -5,7 +5,8 @@
     [plane]      processes, execution, inline_max_ms
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
-    [workers]    min, max, executors = [{backend, device, precision, threads, reuse, count}]
+    [workers]    min, max, hang_timeout_s,
+                 executors = [{backend, device, precision, threads, reuse, count}]
     [part_cache] ttl_s, max_entries
     [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
                  interval_s
@@ -119,6 +120,10 @@ class WorkersSection:
     min: int = 1
     max: int = 2
     executors: tuple[ExecutorSection, ...] = (ExecutorSection(),)
+    # A worker process holding one batch this long is hung (a native kernel stuck, a
+    # deadlock): it is killed, replaced, and what it held retried once (workers.py). Batches
+    # take milliseconds; a few seconds already means something is wrong.
+    hang_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -331,6 +336,8 @@ def _check(config: ServeConfig) -> ServeConfig:
         (config.slo.max_queue_delay_ms >= 0, "slo.max_queue_delay_ms: must be >= 0"),
         (config.batching.max_rows >= 1, "batching.max_rows: must be >= 1"),
         (config.workers.min >= 1, f"workers.min: must be >= 1, got {config.workers.min}"),
+        (config.workers.hang_timeout_s > 0,
+         f"workers.hang_timeout_s: must be > 0, got {config.workers.hang_timeout_s}"),
         (config.workers.min <= config.workers.max,
          f"workers.max ({config.workers.max}) must be >= workers.min ({config.workers.min})"),
         (config.autoscaler.interval_s > 0, "autoscaler.interval_s: must be > 0"),

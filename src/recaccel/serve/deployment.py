@@ -226,7 +226,7 @@ class Deployment:
         self._update_worker_gauges()
 
     async def _add_worker(self, kind: _Kind) -> WorkerProcess:
-        worker = WorkerProcess(kind.spec, next(self._names))
+        worker = WorkerProcess(kind.spec, next(self._names), self.config.workers.hang_timeout_s)
         worker.on_exit = self._worker_exited
         worker.start()
         info = await worker.ready()

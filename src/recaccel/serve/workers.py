@@ -14,6 +14,10 @@ Plumbing, and why each piece:
 - The loop also watches the worker's process sentinel: a worker that dies (kill -9, out of
   memory, a segfault in a native kernel) is noticed at once, and every batch it held fails
   with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
+- A worker that hangs (a native kernel stuck, a deadlock) is not dead, so no sentinel fires: a
+  watchdog kills a worker that has held a batch `hang_timeout_s` (`workers.hang_timeout_s`),
+  and the death path above retries what it held. Only worker processes have one: a thread of
+  the front (an in-process lane) cannot be killed.
 - Workers ignore SIGINT and SIGTERM: the server receives those and drains first; a worker ends
   when told to, or as soon as the server's process ends, however it ends (a watcher thread
   waits on the parent's process sentinel), so a killed server leaves no orphans.
@@ -52,6 +56,7 @@ from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts, PartCacheSettings
 from recaccel.serve import ipc
+from recaccel.serve.config import WorkersSection
 from recaccel.serve.heap import freeze_long_lived_heap
 
 log = logging.getLogger(__name__)
@@ -196,6 +201,16 @@ _ids = itertools.count()
 class _Pending:
     future: asyncio.Future[np.ndarray]
     rows: int
+    sent_s: float  # time.monotonic() when it was sent
+
+
+def hung_for(sent: list[float], now: float, timeout_s: float) -> tuple[bool, float]:
+    """(whether the oldest batch of those sent at `sent` has been held `timeout_s` or more,
+    seconds until it would be): the watchdog's decision."""
+    if not sent:
+        return False, timeout_s
+    held = now - min(sent)
+    return held >= timeout_s, max(0.0, timeout_s - held)
 
 
 @dataclass
@@ -212,9 +227,13 @@ class WorkerStats:
 class WorkerProcess:
     """One worker process, driven from the server's event loop (see the module docstring)."""
 
-    def __init__(self, spec: WorkerSpec, name: str) -> None:
+    def __init__(
+        self, spec: WorkerSpec, name: str, hang_timeout_s: float = WorkersSection.hang_timeout_s
+    ) -> None:
         self.spec = spec
         self.name = name
+        self.hang_timeout_s = hang_timeout_s
+        self._watchdog: asyncio.TimerHandle | None = None
         self.info: WorkerInfo | None = None
         self.stats = WorkerStats()
         self.on_exit: Callable[[WorkerProcess], None] | None = None
@@ -304,9 +323,28 @@ class WorkerProcess:
             future.set_exception(WorkerDiedError(f"worker {self.name} is not accepting work"))
             return future
         batch_id = next(_ids)
-        self._pending[batch_id] = _Pending(future, len(batch))
+        self._pending[batch_id] = _Pending(future, len(batch), time.monotonic())
         self._send((batch_id, *batch.as_tuple(), batch.requests))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self.hang_timeout_s, self._check_hung)
         return future
+
+    def _check_hung(self) -> None:
+        """Kill the worker if it has held a batch too long; else look again when it would
+        have. Armed while batches are out, so an idle worker costs no wake-ups."""
+        assert self._loop is not None
+        self._watchdog = None
+        sent = [p.sent_s for p in self._pending.values()]
+        hung, wait_s = hung_for(sent, time.monotonic(), self.hang_timeout_s)
+        if hung:
+            log.error(
+                "worker %s (pid %s) has held a batch for %.1f s (workers.hang_timeout_s): "
+                "killing it as hung; what it held is retried",
+                self.name, self.pid, time.monotonic() - min(sent),
+            )  # fmt: skip
+            self.kill()
+        elif sent:
+            self._watchdog = self._loop.call_later(wait_s, self._check_hung)
 
     def _send(self, message: Any) -> None:
         assert self._tasks is not None
@@ -382,6 +420,9 @@ class WorkerProcess:
 
     def _died(self) -> None:
         was_alive, self.alive = self.alive, False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         code = self._process.exitcode if self._process is not None else None
         error = WorkerDiedError(f"worker {self.name} (pid {self.pid}) exited with code {code}")
         assert self._ready is not None
