@@ -31,6 +31,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import recaccel
@@ -43,6 +44,7 @@ from recaccel.serve.errors import RequestError
 from recaccel.serve.heap import freeze_long_lived_heap
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.middleware import (
+    CLIENT_CLOSED_REQUEST,
     RequestMetrics,
     error_parts,
     error_response,
@@ -200,7 +202,11 @@ def create_app(
         log.error("request %s %s failed", request_id, request.url.path, exc_info=error)
         return error_response(RequestError("internal error", status=500), request_id)
 
+    async def client_gone(request: Request, error: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # unsent: the client has left
+
     app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected_error)
     rank = RankEndpoint(repository, config)
     app.add_middleware(ShortCut, endpoint=rank, method="POST", path=RANK_PATH)

@@ -46,6 +46,11 @@ def error_response(error: RequestError, request_id: str) -> Response:
     return Response(body, status, headers, media_type="application/json")
 
 
+# The client left before its request was whole; nothing was answered. Counted under nginx's
+# status for it (never sent: there is nobody to send it to), not as a server error.
+CLIENT_CLOSED_REQUEST = 499
+
+
 async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request's body, refused with 413 past `limit` bytes before it is all read.
 
@@ -153,16 +158,26 @@ class RequestMetrics:
             self._record(scope, 429, time.perf_counter() - start, request_id)
             return
 
+        answered = gone = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, answered = int(message["status"]), True
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
+        async def receive_noting_departure() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_departure, send_with_id)
         finally:
+            if gone and not answered:
+                status = CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - start
             if guard is not None:
                 guard.leave(elapsed, answered=status == 200)
