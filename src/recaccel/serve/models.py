@@ -17,13 +17,14 @@ from typing import Any
 from recaccel.artifact import read_manifest
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.schema import FeatureSchema
-from recaccel.errors import ConfigError
+from recaccel.errors import ArtifactError, ConfigError
 from recaccel.runtime.profile import Profile
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.deployment import Deployment, ModelVersion
 from recaccel.serve.errors import DrainingError, NotFoundError, RequestError
 from recaccel.serve.features import FeatureSource
 from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.workers import WorkerFailedError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,14 @@ class ModelRepository:
                     "load it as another version, or leave the version out",
                     status=409,
                 )
-            await self._start(name, path, new_version)
+            try:
+                await self._start(name, path, new_version)
+            except (ArtifactError, WorkerFailedError) as error:
+                # Corrupt, truncated, or not loadable on this server's executors: the request
+                # named an artifact that cannot be served; the served versions go on.
+                raise RequestError(
+                    f"cannot load {artifact}: {error}", "the served version is unchanged"
+                ) from None
             for old_version, old in list(existing.items()):
                 if old_version != new_version:
                     self._retire(name, old_version, old)

@@ -20,7 +20,8 @@ from recaccel.serve.protocol import DATATYPES, HEADER_LENGTH
 
 _ERROR_EXAMPLE = {"error": "what is wrong, and a hint"}
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "a malformed request: the error names the field",
+    400: "a malformed request: the error names the field (a load: an artifact that cannot be "
+    "loaded, and why)",
     401: "a missing or wrong bearer token",
     403: "model management is off on this server",
     404: "an unknown model or version (or, for /v1/rank, user or item)",
