@@ -280,7 +280,18 @@ class Supervisor:
         self._stopping = True
         if self._state is not None:
             self._state.admitting.value = 0
+            starting = [f.index for f in self._fronts.values() if not self._ever_ready(f)]
+            if starting:
+                log.warning(
+                    "stopped while starting: front process(es) %s had not served yet and stop "
+                    "with what they had started", ", ".join(map(str, starting)),
+                )  # fmt: skip
         self._done.set()
+
+    def _ever_ready(self, front: _Front) -> bool:
+        assert self._state is not None
+        front.ever_ready = front.ever_ready or bool(self._state.ready[front.index])
+        return front.ever_ready
 
     def _start(self, index: int) -> None:
         assert self._state is not None and self._sock is not None
@@ -331,7 +342,7 @@ class Supervisor:
         assert self._state is not None
         while True:
             for front in self._fronts.values():
-                front.ever_ready = front.ever_ready or bool(self._state.ready[front.index])
+                self._ever_ready(front)
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def _stop_fronts(self) -> None:
