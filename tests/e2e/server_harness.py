@@ -3,6 +3,7 @@ SIGTERM. Tests talk to it over HTTP only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,6 +154,47 @@ def assert_drained(server: Server) -> None:
     log = server.log.read_text()
     assert code in (0, -signal.SIGTERM), log
     assert "drained" in log, log
+
+
+def children(pid: int) -> dict[int, bytes]:
+    """pid -> command line of each child of `pid`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: its children, theirs, and so on."""
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for parent in frontier for child in children(parent)]
+        found += below
+        frontier = below
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie awaiting its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def open_fds(pids: list[int]) -> int:
+    """File descriptors the processes `pids` hold open between them."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+    return total
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

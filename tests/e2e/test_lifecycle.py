@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from load import Load, Tally, matches, reference_scores
-from server_harness import TOKEN, Server, assert_drained, wait_for, write_config
+from server_harness import TOKEN, Server, assert_drained, running, wait_for, write_config
 
 from recaccel.data.dataset import Dataset
 from recaccel.runtime.executor import ExecutorConfig
@@ -358,15 +358,6 @@ def test_a_bad_config_stops_the_server_with_the_key_named(
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie awaiting its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_workers_exit_when_the_server_is_killed(
     server_factory: Start, served_artifact: Path
 ) -> None:
@@ -374,7 +365,7 @@ def test_workers_exit_when_the_server_is_killed(
         [f"{MODEL}={served_artifact}"], {"workers": {"min": 1, "max": 1}, **WORKER_PLANE}
     )
     pids = [w["pid"] for w in server.stats(MODEL)["workers"]]
-    assert pids and all(_running(pid) for pid in pids)
+    assert pids and all(running(pid) for pid in pids)
     server.process.kill()  # SIGKILL to the supervisor: no drain, no goodbye to the fronts
     server.process.wait(10)
-    wait_for(lambda: not any(_running(pid) for pid in pids), 60, "orphaned workers to exit")
+    wait_for(lambda: not any(running(pid) for pid in pids), 60, "orphaned workers to exit")

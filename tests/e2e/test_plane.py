@@ -26,7 +26,16 @@ import numpy as np
 import pytest
 import torch
 from load import Load, Tally
-from server_harness import TOKEN, Server, assert_drained, request, wait_for, write_config
+from server_harness import (
+    TOKEN,
+    Server,
+    assert_drained,
+    children,
+    request,
+    running,
+    wait_for,
+    write_config,
+)
 
 from recaccel.artifact import WEIGHTS_FILE, load_artifact
 from recaccel.data.dataset import Dataset
@@ -40,28 +49,15 @@ TWO_FRONTS = {"plane": {"processes": 2}, "admission": {"overload_target_ms": 0}}
 CANDIDATES = list(range(1, 31))
 
 
-def _children(pid: int) -> dict[int, bytes]:
-    """pid -> command line of each child of `pid`."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes()
-    return found
-
-
 def fronts(server: Server) -> list[int]:
     """The supervisor's front processes: the children of its forkserver, the one child that
     preloaded the server (front.py), so that its imports are shared by every front."""
     [forkserver] = [
         pid
-        for pid, command in _children(server.process.pid).items()
+        for pid, command in children(server.process.pid).items()
         if b"forkserver" in command and PRELOAD_MODULE.encode() in command
     ]
-    return sorted(_children(forkserver))
+    return sorted(children(forkserver))
 
 
 @contextlib.contextmanager
@@ -286,13 +282,6 @@ def test_fronts_drain_and_exit_when_the_supervisor_is_killed(
     server.process.kill()  # SIGKILL: the supervisor cannot relay anything
     server.process.wait(10)
 
-    def gone(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        return state == "Z"
-
-    wait_for(lambda: all(gone(pid) for pid in every), 60, "the fronts to exit")
+    wait_for(lambda: not any(running(pid) for pid in every), 60, "the fronts to exit")
     with pytest.raises(OSError):
         request(server.url + "/v2/health/live", timeout=2)
