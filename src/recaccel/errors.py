@@ -42,5 +42,9 @@ class ArtifactError(RecaccelError):
     """A model artifact is missing a file, corrupt, or of an unknown format version."""
 
 
+class OutputError(RecaccelError):
+    """A result could not be written: the disk full, no permission."""
+
+
 class ConfigError(RecaccelError):
     """A configuration value is invalid."""

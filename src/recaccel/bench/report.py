@@ -13,6 +13,7 @@ from pathlib import Path
 
 from recaccel.bench.plots import PLOT_FILES, write_plots
 from recaccel.bench.results import Bar, BenchResult, ConfigResult, RunSummary
+from recaccel.paths import write_text
 
 MARKDOWN_FILE = "report.md"
 JSON_FILE = "report.json"
@@ -194,7 +195,7 @@ def write_report(result: BenchResult, out: Path) -> list[Path]:
     """report.md, report.json and the plots into `out`; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / MARKDOWN_FILE
-    markdown.write_text(render_markdown(result))
+    write_text(markdown, render_markdown(result))
     data = out / JSON_FILE
-    data.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text(data, json.dumps(result.to_dict(), indent=2) + "\n")
     return [markdown, data, *write_plots(result, out)]

@@ -69,6 +69,7 @@ from recaccel.bench.served import ServedOptions, has_split_twin_at, select_serve
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
+from recaccel.paths import write_text
 from recaccel.runtime.executor import BACKENDS
 from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
 from recaccel.runtime.profiler import (
@@ -403,8 +404,8 @@ def _choose_by_serving(
             command=server_command,
         )
         table = served_table(selection)
-        (profile_path.parent / "served.md").write_text(table)  # beside what `--select` reads
-        (out / f"served-{name}.md").write_text(table)  # beside the report, which links it
+        write_text(profile_path.parent / "served.md", table)  # beside what `--select` reads
+        write_text(out / f"served-{name}.md", table)  # beside the report, which links it
         if selection.chosen is None:
             say(f"{name}: nothing served within the SLO; chosen by the compute profile")
             continue

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recaccel.errors import ConfigError
+from recaccel.paths import write_text
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 
@@ -152,7 +153,7 @@ def save_profile(profile: Profile, path: Path) -> Path:
     """Write `profile` as JSON to `path` (a file, or a directory to hold PROFILE_FILE)."""
     target = path / PROFILE_FILE if path.is_dir() else path
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+    write_text(target, json.dumps(profile.to_dict(), indent=2) + "\n")
     return target
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from recaccel.paths import write_text
 from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
 from recaccel.runtime.select import Judgement, Selection
 
@@ -201,8 +202,8 @@ def write_profile_outputs(profile: Profile, selection: Selection | None, out: Pa
     ]
     if selection is not None:
         markdown += ["", "## Selection", "", selection_markdown(selection)]
-        (out / SELECTION_FILE).write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
-    (out / MARKDOWN_FILE).write_text("\n".join(markdown) + "\n")
+        write_text(out / SELECTION_FILE, json.dumps(selection.to_dict(), indent=2) + "\n")
+    write_text(out / MARKDOWN_FILE, "\n".join(markdown) + "\n")
     if any(e.ok for e in profile.entries):
         plot_profile(profile, out / PLOT_FILE)
     return out
