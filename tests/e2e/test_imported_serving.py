@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from load import Outcome, Tally
 from redis_process import RedisProcess
 from server_harness import wait_for
 from torch import nn
@@ -130,7 +131,11 @@ def test_rank_serves_an_imported_model_from_the_users_own_tables(
 
 
 def test_rank_serves_features_from_redis_and_answers_503_while_redis_is_down(
-    imported: dict[str, Path], server_factory: Any, redis_server: RedisProcess, capsys: Any
+    imported: dict[str, Path],
+    server_factory: Any,
+    redis_server: RedisProcess,
+    capsys: Any,
+    report_requests: Any,
 ) -> None:
     """`features push` writes the user's tables to a real Redis; `serve --redis` ranks from it
     as from the tables; Redis killed mid-load gives 503s with reason feature_store and no
@@ -187,6 +192,10 @@ def test_rank_serves_features_from_redis_and_answers_503_while_redis_is_down(
         stop.set()
         for client in clients:
             client.join(60)
+    report_requests(
+        "feature store (Redis) killed under load, then back",
+        Tally.of(Outcome(0, 0, s or None, json.loads(b) if s else {}) for s, b in outcomes),
+    )
     statuses = [status for status, _ in outcomes[:restarted] + outcomes[back:]]
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     refilling = {status for status, _ in outcomes[restarted:back]}
