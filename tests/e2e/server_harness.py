@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recaccel.serve.plane.front import PRELOAD_MODULE
+
 SERVER_SCRIPT = Path(__file__).with_name("tiny_server.py")
 READY_TIMEOUT_S = 180.0  # workers spawn, import torch and load: slow on a busy 2-core CI box
 TOKEN = "e2e-secret-token"
@@ -167,6 +169,17 @@ def children(pid: int) -> dict[int, bytes]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found[int(entry.name)] = (entry / "cmdline").read_bytes()
     return found
+
+
+def fronts(server: Server) -> list[int]:
+    """The supervisor's front processes: the children of its forkserver, the one child that
+    preloaded the server (front.py), so that its imports are shared by every front."""
+    [forkserver] = [
+        pid
+        for pid, command in children(server.process.pid).items()
+        if b"forkserver" in command and PRELOAD_MODULE.encode() in command
+    ]
+    return sorted(children(forkserver))
 
 
 def descendants(pid: int) -> list[int]:

@@ -27,6 +27,7 @@ from server_harness import (
     assert_drained,
     descendants,
     free_port,
+    fronts,
     open_fds,
     running,
     wait_for,
@@ -40,6 +41,7 @@ MODEL = "ranker"
 Start = Callable[..., Server]
 Report = Callable[[str, Tally], None]
 WORKER_PLANE = {"plane": {"processes": 1, "execution": "workers"}}
+HANG_TIMEOUT_S = 3.0  # plane.hang_timeout_s here: past a CPU-starved CI box's longest stall
 
 
 def test_a_hung_worker_is_killed_its_batch_retried_and_it_is_replaced(
@@ -49,13 +51,13 @@ def test_a_hung_worker_is_killed_its_batch_retried_and_it_is_replaced(
     report_requests: Report,
 ) -> None:
     """A worker paused (SIGSTOP) with a batch in hand is alive but hung: no sentinel fires.
-    After `workers.hang_timeout_s` the watchdog kills it; the batch is retried on the other
+    After `plane.hang_timeout_s` the watchdog kills it; the batch is retried on the other
     worker and answered 200 with the model's scores, and the worker is replaced."""
     server = server_factory(
         [f"{MODEL}={served_artifact}"],
         {
-            **WORKER_PLANE,
-            "workers": {"min": 2, "max": 2, "hang_timeout_s": 2.0},
+            "plane": {**WORKER_PLANE["plane"], "hang_timeout_s": HANG_TIMEOUT_S},
+            "workers": {"min": 2, "max": 2},
             "slo": {"p99_ms": 60_000},
         },
     )
@@ -84,6 +86,44 @@ def test_a_hung_worker_is_killed_its_batch_retried_and_it_is_replaced(
     assert server.metric("recaccel_retried_batches_total", model=MODEL) >= 1
     assert server.metric("recaccel_worker_restarts_total") >= 1
     assert "killing it as hung" in server.log.read_text()
+    assert_drained(server)
+
+
+def test_a_hung_front_is_killed_and_replaced_while_the_other_serves(
+    server_factory: Start,
+    served_artifact: Path,
+    tiny_dataset: Dataset,
+    report_requests: Report,
+) -> None:
+    """A front paused (SIGSTOP) is hung as one stuck in a native call is: its event loop
+    stops, and with it its heartbeat. After `plane.hang_timeout_s` the supervisor kills it
+    and starts another; the other front answers meanwhile. The requests on the hung front's
+    connections are reset (at most one per client): no process can answer them."""
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {"plane": {"processes": 2, "hang_timeout_s": HANG_TIMEOUT_S}},
+    )
+    reference = reference_scores(served_artifact, tiny_dataset)
+    victim, survivor = fronts(server)
+    threads = 4
+    with Load(server, threads=threads) as load:
+        wait_for(lambda: load.count() > 40, 30, "load to start")
+        os.kill(victim, signal.SIGSTOP)
+        hung = time.monotonic()
+        wait_for(lambda: not running(victim), 60, "the supervisor to kill the hung front")
+        wait_for(lambda: server.get("/v2/health/ready")[0] == 200, 180, "the replacement front")
+        ready = time.monotonic()
+        wait_for(lambda: sum(o.sent_s > ready for o in load.outcomes) > 40, 30, "answers after")
+    outcomes = load.outcomes
+    report_requests("a front hung (SIGSTOP)", Tally.of(outcomes))
+    lost = [o for o in outcomes if o.status is None]
+    assert len(lost) <= threads and all(o.sent_s < hung for o in lost), lost
+    assert {o.status for o in outcomes if o.status is not None} == {200}
+    assert all(matches(o.body, reference) for o in outcomes if o.status == 200)
+    assert sum(hung < o.sent_s < ready and o.status == 200 for o in outcomes) > 0  # survivor
+    replaced = fronts(server)
+    assert survivor in replaced and victim not in replaced and len(replaced) == 2
+    assert "is hung (no heartbeat" in server.log.read_text()
     assert_drained(server)
 
 

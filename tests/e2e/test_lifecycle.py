@@ -175,12 +175,19 @@ def test_a_hot_swap_under_load_answers_each_request_wholly_from_one_version(
         )
     outcomes = load.outcomes
     report_requests("hot swap under load", Tally.of(outcomes))
-    assert [(o.status, o.body, o.error) for o in outcomes if o.status != 200] == []
-    versions = [o.body["version"] for o in outcomes]
+    # In the default configuration admission may refuse a request as late (429) while the
+    # new version loads beside the old on a CPU-starved machine: an answer that says so, at
+    # once. Never an error, a 503 or a lost request.
+    refused = [o for o in outcomes if o.status == 429]
+    assert all(o.reason in ("deadline", "server_overloaded") for o in refused), refused[:3]
+    assert plane == "default" or not refused
+    answered = [o for o in outcomes if o.status == 200]
+    assert [(o.status, o.body, o.error) for o in outcomes if o.status not in (200, 429)] == []
+    versions = [o.body["version"] for o in answered]
     assert {"1", "2"} <= set(versions)
-    wrong = [o.body for o in outcomes if not matches(o.body, reference[o.body["version"]])]
+    wrong = [o.body for o in answered if not matches(o.body, reference[o.body["version"]])]
     assert wrong == []  # each answer wholly from the version it names
-    assert {o.body["version"] for o in outcomes if o.sent_s > swapped} == {"2"}
+    assert {o.body["version"] for o in answered if o.sent_s > swapped} == {"2"}
     wait_for(
         lambda: (
             [m["version"] for m in json.loads(server.post("/v2/repository/index", {})[1])] == ["2"]

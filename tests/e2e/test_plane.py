@@ -30,7 +30,7 @@ from server_harness import (
     TOKEN,
     Server,
     assert_drained,
-    children,
+    fronts,
     request,
     running,
     wait_for,
@@ -40,24 +40,12 @@ from server_harness import (
 from recaccel.artifact import WEIGHTS_FILE, load_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.serve.features import FeatureStore
-from recaccel.serve.plane.front import PRELOAD_MODULE
 
 MODEL = "ranker"
 Start = Callable[..., Server]
 Report = Callable[[str, Tally], None]
 TWO_FRONTS = {"plane": {"processes": 2}, "admission": {"overload_target_ms": 0}}
 CANDIDATES = list(range(1, 31))
-
-
-def fronts(server: Server) -> list[int]:
-    """The supervisor's front processes: the children of its forkserver, the one child that
-    preloaded the server (front.py), so that its imports are shared by every front."""
-    [forkserver] = [
-        pid
-        for pid, command in children(server.process.pid).items()
-        if b"forkserver" in command and PRELOAD_MODULE.encode() in command
-    ]
-    return sorted(children(forkserver))
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def test_yaml_works_too(tmp_path: Path) -> None:
         ("[slo]\np99 = 10\n", {}, "slo.p99"),
         ("[sloo]\np99_ms = 10\n", {}, "unknown section [sloo]"),
         ("[workers]\nmin = 3\nmax = 2\n", {}, "workers.max (2) must be >= workers.min (3)"),
-        ("[workers]\nhang_timeout_s = 0\n", {}, "workers.hang_timeout_s: must be > 0"),
+        ("[plane]\nhang_timeout_s = 0\n", {}, "plane.hang_timeout_s: must be > 0"),
         ("[server]\nport = 70000\n", {}, "server.port"),
         ("[server]\nport = 'x'\n", {}, "server.port: expected int"),
         ("[server]\nmanagement = true\n", {}, "RECACCEL_TOKEN is not set"),

@@ -153,7 +153,18 @@ def create_app(
         raise RequestError(f"unknown control command {command.op!r}", status=500)
 
     async def publish_readiness(link: FrontLink) -> None:
+        """Readiness, and a heartbeat: a loop that stops beating (stuck in a native call)
+        or a lane that holds one batch too long has this front replaced (front.py)."""
+        timeout_s = config.plane.hang_timeout_s
         while True:
+            hung = repository.hung_lane(time.monotonic(), timeout_s)
+            if hung is not None:
+                log.error(
+                    "lane %s has held one batch for %.0f s or more (plane.hang_timeout_s): "
+                    "this front stops and is replaced", hung, timeout_s,
+                )  # fmt: skip
+                link.publish(False, hung=True)
+                return
             link.publish(repository.ready)
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 

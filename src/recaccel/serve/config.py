@@ -2,11 +2,10 @@
 
     [server]     host, port, max_body_bytes, management, log_requests, drain_grace_s,
                  fast_lane
-    [plane]      processes, execution, inline_max_ms
+    [plane]      processes, execution, inline_max_ms, hang_timeout_s
     [slo]        p99_ms, max_queue_delay_ms
     [batching]   max_rows
-    [workers]    min, max, hang_timeout_s,
-                 executors = [{backend, device, precision, threads, reuse, count}]
+    [workers]    min, max, executors = [{backend, device, precision, threads, reuse, count}]
     [part_cache] ttl_s, max_entries
     [autoscaler] target_utilization, target_queue_delay_ms, upscale_delay_s, downscale_delay_s,
                  interval_s
@@ -76,6 +75,11 @@ class PlaneSection:
     # own thread rather than its lane's; a hand-off to a thread and back costs about 0.1-0.2
     # ms of CPU on a VM (plane/inproc.py). 0: always on the lane's thread.
     inline_max_ms: float = 2.0
+    # Hung, and killed and replaced: a worker process holding one batch this long (what it
+    # held is retried once, workers.py), or a front whose event loop or in-process lane has
+    # been stuck this long (its connections are reset: front.py). A native kernel stuck or a
+    # deadlock; batches take milliseconds, so a few seconds already means something is wrong.
+    hang_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,6 @@ class WorkersSection:
     min: int = 1
     max: int = 2
     executors: tuple[ExecutorSection, ...] = (ExecutorSection(),)
-    # A worker process holding one batch this long is hung (a native kernel stuck, a
-    # deadlock): it is killed, replaced, and what it held retried once (workers.py). Batches
-    # take milliseconds; a few seconds already means something is wrong.
-    hang_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -336,8 +336,8 @@ def _check(config: ServeConfig) -> ServeConfig:
         (config.slo.max_queue_delay_ms >= 0, "slo.max_queue_delay_ms: must be >= 0"),
         (config.batching.max_rows >= 1, "batching.max_rows: must be >= 1"),
         (config.workers.min >= 1, f"workers.min: must be >= 1, got {config.workers.min}"),
-        (config.workers.hang_timeout_s > 0,
-         f"workers.hang_timeout_s: must be > 0, got {config.workers.hang_timeout_s}"),
+        (config.plane.hang_timeout_s > 0,
+         f"plane.hang_timeout_s: must be > 0, got {config.plane.hang_timeout_s}"),
         (config.workers.min <= config.workers.max,
          f"workers.max ({config.workers.max}) must be >= workers.min ({config.workers.min})"),
         (config.autoscaler.interval_s > 0, "autoscaler.interval_s: must be > 0"),

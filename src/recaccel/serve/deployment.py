@@ -71,6 +71,7 @@ from recaccel.serve.workers import (
     WorkerDiedError,
     WorkerProcess,
     WorkerSpec,
+    hung_for,
 )
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class Deployment:
         self._update_worker_gauges()
 
     async def _add_worker(self, kind: _Kind) -> WorkerProcess:
-        worker = WorkerProcess(kind.spec, next(self._names), self.config.workers.hang_timeout_s)
+        worker = WorkerProcess(kind.spec, next(self._names), self.config.plane.hang_timeout_s)
         worker.on_exit = self._worker_exited
         worker.start()
         info = await worker.ready()
@@ -272,6 +273,17 @@ class Deployment:
                     task = asyncio.ensure_future(self._add_worker(kind))
                     task.add_done_callback(_log_failure)
         self._pump()  # the batches it held are queued again
+
+    def hung_lane(self, now: float, timeout_s: float) -> str | None:
+        """The name of an in-process lane that has held one batch `timeout_s` or more, if
+        any: a thread cannot be killed, so its front must be (plane/front.py). Worker
+        processes have a watchdog of their own (workers.py)."""
+        for kind in self.kinds:
+            for lane in kind.workers:
+                since = lane.held_since if isinstance(lane, InProcessLane) else None
+                if since is not None and hung_for([since], now, timeout_s)[0]:
+                    return lane.name
+        return None
 
     def _update_worker_gauges(self) -> None:
         """Workers came or went: the gauges, and the latency model planned with."""

@@ -108,6 +108,14 @@ class ModelRepository:
         live = [v for v in versions if not versions[v].draining] or list(versions)
         return versions[max(live, key=_version_key)]
 
+    def hung_lane(self, now: float, timeout_s: float) -> str | None:
+        """An in-process lane of any served version stuck on one batch (Deployment.hung_lane)."""
+        for versions in self._models.values():
+            for deployment in versions.values():
+                if (lane := deployment.hung_lane(now, timeout_s)) is not None:
+                    return lane
+        return None
+
     def stop_admitting(self) -> None:
         """Shutdown has begun: readiness fails and new requests get 503 at once, so clients and
         load balancers go elsewhere while what was admitted finishes."""

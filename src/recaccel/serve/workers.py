@@ -15,9 +15,9 @@ Plumbing, and why each piece:
   memory, a segfault in a native kernel) is noticed at once, and every batch it held fails
   with `WorkerDiedError` instead of hanging — the caller retries it elsewhere.
 - A worker that hangs (a native kernel stuck, a deadlock) is not dead, so no sentinel fires: a
-  watchdog kills a worker that has held a batch `hang_timeout_s` (`workers.hang_timeout_s`),
-  and the death path above retries what it held. Only worker processes have one: a thread of
-  the front (an in-process lane) cannot be killed.
+  watchdog kills a worker that has held a batch `hang_timeout_s` (`plane.hang_timeout_s`),
+  and the death path above retries what it held. A thread of the front (an in-process lane)
+  cannot be killed alone: its front is (plane/front.py).
 - Workers ignore SIGINT and SIGTERM: the server receives those and drains first; a worker ends
   when told to, or as soon as the server's process ends, however it ends (a watcher thread
   waits on the parent's process sentinel), so a killed server leaves no orphans.
@@ -56,7 +56,7 @@ from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
 from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts, PartCacheSettings
 from recaccel.serve import ipc
-from recaccel.serve.config import WorkersSection
+from recaccel.serve.config import PlaneSection
 from recaccel.serve.heap import freeze_long_lived_heap
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class WorkerProcess:
     """One worker process, driven from the server's event loop (see the module docstring)."""
 
     def __init__(
-        self, spec: WorkerSpec, name: str, hang_timeout_s: float = WorkersSection.hang_timeout_s
+        self, spec: WorkerSpec, name: str, hang_timeout_s: float = PlaneSection.hang_timeout_s
     ) -> None:
         self.spec = spec
         self.name = name
@@ -338,7 +338,7 @@ class WorkerProcess:
         hung, wait_s = hung_for(sent, time.monotonic(), self.hang_timeout_s)
         if hung:
             log.error(
-                "worker %s (pid %s) has held a batch for %.1f s (workers.hang_timeout_s): "
+                "worker %s (pid %s) has held a batch for %.1f s (plane.hang_timeout_s): "
                 "killing it as hung; what it held is retried",
                 self.name, self.pid, time.monotonic() - min(sent),
             )  # fmt: skip

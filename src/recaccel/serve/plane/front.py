@@ -103,6 +103,8 @@ class FrontState:
         context = front_context()
         self.ready: Any = context.RawArray("b", processes)
         self.admitting: Any = context.RawValue("b", 1)
+        self.beats: Any = context.RawArray("d", processes)  # each front's last, monotonic s
+        self.hung: Any = context.RawArray("b", processes)  # a front's own verdict on itself
 
     def all_ready(self) -> bool:
         return bool(self.admitting.value) and all(self.ready)
@@ -117,7 +119,11 @@ class FrontLink:
     connection: Connection
     channel: Channel | None = None  # opened on the front's loop at start-up
 
-    def publish(self, ready: bool) -> None:
+    def publish(self, ready: bool, hung: bool = False) -> None:
+        """Readiness and a heartbeat; `hung`: this front cannot serve again, replace it."""
+        # The beat first: the supervisor judges a front by its beat once it reads it ready.
+        self.state.beats[self.index] = time.monotonic()
+        self.state.hung[self.index] = int(hung)
         self.state.ready[self.index] = int(ready)
 
     def all_ready(self) -> bool:
@@ -197,6 +203,14 @@ def _drain_when_parent_ends() -> None:
     threading.Thread(target=watch, name="drain-with-parent", daemon=True).start()
 
 
+def front_is_hung(ever_ready: bool, says_hung: bool, beat_age_s: float, timeout_s: float) -> bool:
+    """Whether the supervisor kills a front as hung: one that served, and says it is hung (a
+    lane stuck on one batch) or has not beaten for `timeout_s` (its event loop stuck in a
+    native call, or the process stopped). A front still starting is not judged: loading and
+    compiling block its loop for longer than any batch."""
+    return ever_ready and (says_hung or beat_age_s >= timeout_s)
+
+
 def front_main(
     spec: FrontSpec, sock: socket.socket, index: int, state: FrontState, control: Connection
 ) -> None:
@@ -222,6 +236,7 @@ class _Front:
     channel: Channel
     started_at: float
     ever_ready: bool = False
+    killed: bool = False  # by the supervisor, as hung
 
 
 class Supervisor:
@@ -320,6 +335,7 @@ class Supervisor:
         # one that never started, and its death stopped the whole server.
         front.ever_ready = front.ever_ready or bool(self._state.ready[front.index])
         self._state.ready[front.index] = 0
+        self._state.hung[front.index] = 0
         _forget_metrics_of(front.process.pid)
         if self._fronts.get(front.index) is front:
             del self._fronts[front.index]
@@ -338,11 +354,34 @@ class Supervisor:
         self._start(front.index)
 
     async def _watch_readiness(self) -> None:
-        """Mark each front that has been ready once (a later death is then replaced)."""
-        assert self._state is not None
+        """Mark each front that has been ready once (a later death is then replaced), and
+        kill one that is hung (`front_is_hung`): its death then replaces it."""
+        state = self._state
+        assert state is not None
+        timeout_s = self.spec.config.plane.hang_timeout_s
         while True:
-            for front in self._fronts.values():
-                self._ever_ready(front)
+            now = time.monotonic()
+            for front in list(self._fronts.values()):
+                beat_age_s = now - state.beats[front.index]
+                if (
+                    not self._stopping
+                    and not front.killed
+                    and front_is_hung(
+                        self._ever_ready(front),
+                        bool(state.hung[front.index]),
+                        beat_age_s,
+                        timeout_s,
+                    )
+                ):
+                    log.error(
+                        "front process %d (pid %s) is hung (%s): killing it; its open "
+                        "connections are reset and a new front replaces it", front.index,
+                        front.process.pid,
+                        "a lane stuck on one batch" if state.hung[front.index]
+                        else f"no heartbeat for {beat_age_s:.1f} s",
+                    )  # fmt: skip
+                    front.killed = True
+                    front.process.kill()
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def _stop_fronts(self) -> None:

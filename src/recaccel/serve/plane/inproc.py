@@ -31,7 +31,8 @@ new version while the loop keeps serving the old one.
 A lane has the interface of a worker process (`WorkerProcess`): `run`, `in_flight`,
 `in_flight_rows`, `alive`, `stats`, `stop`, so batching, routing and admission (deployment.py)
 treat both alike. Unlike a process it cannot die alone: an executor error fails its batch with
-`WorkerFailedError` (500), and the lane goes on.
+`WorkerFailedError` (500), and the lane goes on; a lane that hangs has its whole front
+replaced (plane/front.py).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def runs_inline(latency: LatencyModel | None, rows: int, inline_max_ms: float) -
 class _Batch:
     rows: int
     future: asyncio.Future[np.ndarray]
+    started_s: float  # time.monotonic()
 
 
 class SharedExecutor:
@@ -112,6 +114,11 @@ class InProcessLane:
     def in_flight_rows(self) -> int:
         return 0 if self._running is None else self._running.rows
 
+    @property
+    def held_since(self) -> float | None:
+        """When the batch it is running was handed to it (time.monotonic()); None: idle."""
+        return None if self._running is None else self._running.started_s
+
     def run(self, batch: Rows, parallel: bool = False) -> asyncio.Future[np.ndarray]:
         """Score `batch` inline or on the lane's thread (module docstring); on the thread
         whatever its size when `parallel` (a part of a split request, run beside the other
@@ -121,7 +128,7 @@ class InProcessLane:
         if not self.alive:
             future.set_exception(WorkerDiedError(f"lane {self.name} is stopped"))
             return future
-        self._running = _Batch(len(batch), future)
+        self._running = _Batch(len(batch), future, time.monotonic())
         if not parallel and runs_inline(self.latency, len(batch), self.inline_max_ms):
             outcome: Outcome
             try:

@@ -1,0 +1,100 @@
+"""Hang checks' decisions: a worker holding a batch past its timeout (workers.hung_for), a
+front the supervisor kills as hung (front.front_is_hung), and an in-process lane stuck on one
+batch (Deployment.hung_lane)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recaccel.data.rows import Rows
+from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
+from recaccel.serve.config import load_serve_config
+from recaccel.serve.deployment import Deployment, ModelVersion
+from recaccel.serve.metrics import ServerMetrics
+from recaccel.serve.plane.front import front_is_hung
+from recaccel.serve.plane.inproc import InProcessLane
+from recaccel.serve.workers import hung_for
+
+
+def test_a_worker_holding_nothing_is_never_hung() -> None:
+    assert hung_for([], now=100.0, timeout_s=2.0) == (False, 2.0)
+
+
+def test_the_oldest_batch_decides() -> None:
+    assert hung_for([99.5, 97.9], now=100.0, timeout_s=2.0) == (True, 0.0)
+
+
+def test_a_batch_held_under_the_timeout_is_looked_at_again_when_it_would_be_hung() -> None:
+    hung, wait_s = hung_for([99.5, 99.0], now=100.0, timeout_s=2.0)
+    assert not hung
+    assert wait_s == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("ever_ready", "says_hung", "beat_age_s", "hung"),
+    [
+        (True, False, 0.1, False),  # beating
+        (True, False, 10.0, True),  # silent for the timeout: its loop is stuck
+        (True, True, 0.1, True),  # beating, but a lane of it is stuck
+        (False, False, 60.0, False),  # still starting: loading blocks a loop for long
+    ],
+)
+def test_the_supervisor_kills_a_front_that_served_and_stopped_beating_or_says_it_is_hung(
+    ever_ready: bool, says_hung: bool, beat_age_s: float, hung: bool
+) -> None:
+    assert front_is_hung(ever_ready, says_hung, beat_age_s, timeout_s=10.0) is hung
+
+
+class StuckExecutor:
+    """Scores nothing until released: a native call that does not return."""
+
+    concurrent_runs = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def run_counted(self, batch: Rows) -> tuple[np.ndarray, CacheCounts]:
+        self.release.wait(60)
+        return np.zeros(len(batch), np.float32), NO_COUNTS
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lane_stuck_on_one_batch_is_named_hung_once_it_has_held_it_the_timeout(
+    train_tiny: Any, tmp_path: Path
+) -> None:
+    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
+    config = load_serve_config(None, {"admission": {"overload_target_ms": 0}})
+
+    async def main() -> None:
+        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
+        await deployment.start()
+        [lane] = deployment.kinds[0].workers
+        assert isinstance(lane, InProcessLane)
+        stuck = StuckExecutor()
+        lane.executor, lane.latency = stuck, None  # None: on the lane's thread
+        assert deployment.hung_lane(time.monotonic(), 2.0) is None
+        rows = Rows(
+            np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64), np.zeros((3, 1, 1), np.int64)
+        )
+        scoring = asyncio.ensure_future(deployment.score(rows, time.monotonic() + 60))
+        await asyncio.sleep(0.1)
+        now = time.monotonic()
+        assert lane.held_since is not None and lane.held_since <= now
+        assert deployment.hung_lane(now, 2.0) is None
+        assert deployment.hung_lane(now + 2.0, 2.0) == lane.name
+        stuck.release.set()
+        await scoring
+        assert lane.held_since is None
+        assert deployment.hung_lane(now + 60.0, 2.0) is None
+        await deployment.drain()
+
+    asyncio.run(main())
