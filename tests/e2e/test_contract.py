@@ -86,15 +86,17 @@ def test_schemathesis_finds_nothing_the_document_does_not_promise(
 def test_management_needs_the_token_itself(
     server_factory: Callable[..., Server], served_artifact: Path
 ) -> None:
-    """No token, a wrong one, or the right one with a byte more: 401, and nothing unloaded."""
+    """No token, a wrong one, the right one with a byte more or under another scheme: 401, and
+    nothing unloaded. The scheme's case is free (RFC 7235): "bearer" unloads."""
     server = server_factory(
         [f"{MODEL}={served_artifact}", f"other={served_artifact}"],
         {"server": {"management": True}},
         env={"RECACCEL_TOKEN": TOKEN},
     )
     unload = "/v2/repository/models/other/unload"
-    for given in (None, "Bearer wrong", f"Bearer {TOKEN}x", TOKEN, f"bearer  {TOKEN}"):
+    wrong = ("Bearer wrong", f"Bearer {TOKEN}x", TOKEN, f"bearer  {TOKEN}", f"Basic {TOKEN}")
+    for given in (None, *wrong):
         headers = {} if given is None else {"Authorization": given}
         assert server.post(unload, {}, headers)[0] == 401, given
     assert server.get("/v2/models/other/ready")[0] == 200  # still served
-    assert server.post(unload, {}, {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert server.post(unload, {}, {"Authorization": f"bearer {TOKEN}"})[0] == 200

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +45,7 @@ from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.middleware import (
     CLIENT_CLOSED_REQUEST,
     RequestMetrics,
+    bearer_matches,
     error_parts,
     error_response,
     read_body,
@@ -373,9 +373,7 @@ def create_app(
                 "start the server with server.management = true and RECACCEL_TOKEN set",
                 status=403,
             )
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {config.token}"
-        if not secrets.compare_digest(given.encode(), expected.encode()):
+        if not bearer_matches(request.headers.get("authorization", ""), config.token or ""):
             raise RequestError("missing or wrong bearer token", status=401)
 
     managed = errors(400, 401, 403, 404, 409, 503)

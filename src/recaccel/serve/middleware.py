@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import time
 from typing import Any
 
@@ -44,6 +45,17 @@ def error_parts(error: RequestError, request_id: str) -> tuple[int, dict[str, st
 def error_response(error: RequestError, request_id: str) -> Response:
     status, headers, body = error_parts(error, request_id)
     return Response(body, status, headers, media_type="application/json")
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries `token` as a bearer credential. The scheme's
+    case is free (RFC 7235: "bearer" is "Bearer"); the token is compared in constant time."""
+    scheme, _, given = authorization.partition(" ")
+    return (
+        bool(token)
+        and scheme.lower() == "bearer"
+        and secrets.compare_digest(given.encode(), token.encode())
+    )
 
 
 # The client left before its request was whole; nothing was answered. Counted under nginx's
