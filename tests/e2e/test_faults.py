@@ -89,6 +89,45 @@ def test_a_hung_worker_is_killed_its_batch_retried_and_it_is_replaced(
     assert_drained(server)
 
 
+def test_a_batch_whose_worker_dies_twice_is_answered_503_with_the_reason(
+    server_factory: Start, served_artifact: Path
+) -> None:
+    """Both workers paused; a request's batch goes to one, which is killed; its retry goes to
+    the other, killed too. The request is answered 503 saying it was retried once already
+    (not retried forever, not lost); the replacements then serve."""
+    server = server_factory(
+        [f"{MODEL}={served_artifact}"],
+        {**WORKER_PLANE, "workers": {"min": 2, "max": 2}, "slo": {"p99_ms": 60_000}},
+    )
+    paused = [w["pid"] for w in server.stats(MODEL)["workers"]]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+
+    def holder() -> int | None:
+        held = [w["pid"] for w in server.stats(MODEL)["workers"] if w["in_flight"]]
+        return held[0] if held else None
+
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(server.post, "/v1/rank", RANK_BODY, None, 120)
+        for _ in range(2):
+            wait_for(lambda: holder() in paused, 30, "the batch sent to a paused worker")
+            victim = holder()
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            paused.remove(victim)
+        status, body = answer.result(120)
+    assert status == 503, body
+    assert "retried once already" in json.loads(body)["error"]
+    assert server.metric("recaccel_retried_batches_total", model=MODEL) == 1
+    wait_for(
+        lambda: len([w for w in server.stats(MODEL)["workers"] if w["alive"]]) == 2,
+        120,
+        "the replacement workers",
+    )
+    assert server.post("/v1/rank", RANK_BODY)[0] == 200
+    assert_drained(server)
+
+
 def test_a_hung_front_is_killed_and_replaced_while_the_other_serves(
     server_factory: Start,
     served_artifact: Path,

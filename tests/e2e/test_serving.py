@@ -192,3 +192,15 @@ def test_made_up_model_names_do_not_become_metric_labels(server: Server) -> None
         assert server.post("/v1/rank", {"user_id": 3, "model": name})[0] == 404
     _, text = server.get("/metrics")
     assert b"made-up" not in text
+
+
+@pytest.mark.parametrize("path", ["/v1/rank", "/v1/rank?lane=asgi"])
+def test_a_requests_own_deadline_is_kept_over_http(server: Server, path: str) -> None:
+    """`deadline_ms` replaces the server's SLO for that request (2 s here): a request that
+    cannot be answered within 0.01 ms is refused as late at once; with a minute, and a
+    priority, it is answered."""
+    status, body = server.post(path, {"user_id": 3, "deadline_ms": 0.01})
+    answer = json.loads(body)
+    assert status == 429 and answer["reason"] == "deadline", answer
+    status, body = server.post(path, {"user_id": 3, "deadline_ms": 60_000, "priority": 5})
+    assert status == 200, body
