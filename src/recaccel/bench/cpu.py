@@ -65,27 +65,41 @@ def _read_stats(proc: Path) -> dict[int, ProcStat]:
     return stats
 
 
-def tree_ticks(stats: dict[int, ProcStat], root: int) -> int:
-    """utime + stime of `root` and every live descendant, plus `root`'s reaped children."""
+def tree_pids(stats: dict[int, ProcStat], root: int) -> list[int]:
+    """`root` and every live descendant of it, root first."""
     children: dict[int, list[int]] = {}
     for stat in stats.values():
         children.setdefault(stat.ppid, []).append(stat.pid)
-    total = stats[root].cutime + stats[root].cstime
-    todo = [root]
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += stats[pid].utime + stats[pid].stime
+        found.append(pid)
         todo.extend(children.get(pid, ()))
-    return total
+    return found
+
+
+def tree_ticks(stats: dict[int, ProcStat], root: int) -> int:
+    """utime + stime of `root` and every live descendant, plus `root`'s reaped children."""
+    total = stats[root].cutime + stats[root].cstime
+    return total + sum(stats[pid].utime + stats[pid].stime for pid in tree_pids(stats, root))
+
+
+def _stats_with(pid: int, proc: Path, what: str, hint: str) -> dict[int, ProcStat]:
+    if not proc.is_dir():
+        raise ConfigError(f"reading a server's {what} needs Linux's /proc", "run on Linux")
+    stats = _read_stats(proc)
+    if pid not in stats:
+        raise ConfigError(f"no process {pid} to read {what} from", hint)
+    return stats
+
+
+def process_tree_pids(pid: int, proc: Path = PROC) -> list[int]:
+    """Process `pid` and its live descendants (a server's fronts and workers), `pid` first."""
+    hint = "pass the pid of the server's first process (its supervisor)"
+    return tree_pids(_stats_with(pid, proc, "process tree", hint), pid)
 
 
 def process_tree_cpu_s(pid: int, proc: Path = PROC) -> float:
     """CPU seconds (user + system) used so far by process `pid` and its descendants."""
-    if not proc.is_dir():
-        raise ConfigError("reading a server's CPU time needs Linux's /proc", "run on Linux")
-    stats = _read_stats(proc)
-    if pid not in stats:
-        raise ConfigError(
-            f"no process {pid} to read CPU time from", "pass the server's pid, or none"
-        )
+    stats = _stats_with(pid, proc, "CPU time", "pass the server's pid, or none")
     return tree_ticks(stats, pid) / os.sysconf("SC_CLK_TCK")

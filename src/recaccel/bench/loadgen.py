@@ -38,7 +38,13 @@ from recaccel.bench.books import Ranked
 from recaccel.bench.cpu import process_tree_cpu_s
 from recaccel.bench.loadgen_log import LATENCY_NOT_MET, LoadGenResult, read_result
 from recaccel.bench.search import SearchPolicy, SearchResult, search
-from recaccel.bench.sut import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, HttpSut, SutReport
+from recaccel.bench.sut import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    HttpSut,
+    SutReport,
+    Transport,
+)
 from recaccel.bench.workload import RankWorkload
 from recaccel.errors import ConfigError
 
@@ -207,6 +213,7 @@ def run_server_scenario(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_duration_s: float | None = None,
+    transport: Callable[[], Transport] | None = None,
 ) -> ScenarioResult:
     """One Server-scenario run at `target_qps` with p99 <= `latency_p99_ms` as the bound.
 
@@ -219,6 +226,8 @@ def run_server_scenario(
         concurrency: connections in the client's pool.
         timeout_s: a request unanswered by then fails.
         max_duration_s: stop issuing after this long (see `server_settings`); None: no cap.
+        transport: makes the client's transport (HttpSut's `transport`; default its pool), for
+            a caller that books each answer as it comes (bench/soak_run.py).
     """
     settings = server_settings(
         target_qps, latency_p99_ms, duration_s, min_query_count, max_duration_s
@@ -234,6 +243,7 @@ def run_server_scenario(
         server_pid,
         concurrency,
         timeout_s,
+        transport,
     )
 
 
@@ -364,10 +374,13 @@ def _run(
     server_pid: int | None,
     concurrency: int,
     timeout_s: float,
+    transport: Callable[[], Transport] | None = None,
 ) -> ScenarioResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     server_before = None if server_pid is None else process_tree_cpu_s(server_pid)
-    with HttpSut(workload.bodies, url, concurrency=concurrency, timeout_s=timeout_s) as sut:
+    with HttpSut(
+        workload.bodies, url, concurrency=concurrency, timeout_s=timeout_s, transport=transport
+    ) as sut:
         sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
         qsl_handle = lg.ConstructQSL(len(workload), len(workload), _no_op, _no_op)
         try:

@@ -26,6 +26,7 @@ actually sent, so a report states those, not the targets.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,6 +190,41 @@ class RankWorkload:
             p99,
             k=k,
             max_candidates=max_candidates,
+        )
+
+    @classmethod
+    def from_bodies(cls, bodies: Sequence[bytes], source: str = "the bodies") -> RankWorkload:
+        """Requests given as /v1/rank bodies (JSON objects with `user_id` and `candidates`,
+        optionally `k`), sent as they are: a captured request log, or a workload for a server
+        whose users and items no dataset here knows. ConfigError names the first bad one."""
+        users, candidates, ks = [], [], []
+        for number, body in enumerate(bodies, 1):
+            try:
+                request = orjson.loads(body)
+                users.append(int(request["user_id"]))
+                candidates.append(np.asarray(request["candidates"], dtype=np.int64).ravel())
+                ks.append(int(request.get("k", DEFAULT_K)))
+            except (AttributeError, KeyError, TypeError, ValueError) as error:  # JSON's too
+                raise ConfigError(
+                    f"request {number} of {source} is not a /v1/rank body ({error!r})",
+                    'one JSON object a line: {"user_id": 1, "candidates": [1, 2], "k": 10}',
+                ) from None
+        if not users:
+            raise ConfigError(f"{source} hold no requests", "give at least one")
+        sizes = np.array([len(c) for c in candidates], dtype=np.int64)
+        for array in (*candidates, sizes):
+            array.setflags(write=False)
+        return cls(
+            bodies=tuple(bodies),
+            user_ids=np.array(users, dtype=np.int64),
+            candidates=tuple(candidates),
+            sizes=sizes,
+            seed=-1,  # not drawn
+            median=float(np.median(sizes)),
+            p99=float(np.percentile(sizes, 99)),
+            cap=int(sizes.max()),
+            k=max(ks),
+            drawn_over_cap=0,
         )
 
     def stats(self) -> SizeStats:
