@@ -59,6 +59,7 @@ from recaccel.bench.soak import (
     markdown_report,
     summarise_windows,
 )
+from recaccel.bench.soak_bursts import around_trouble, markdown_bursts
 from recaccel.bench.soak_run import AnswerRecorder, SoakRun, run_soak
 from recaccel.bench.sut import RANK_PATH, outcome_of
 from recaccel.bench.workload import RankWorkload
@@ -303,10 +304,14 @@ def soak(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
     windows = summarise_windows(run.answers, run.samples, layout)
     verdict = judge(windows, criteria, run.before, run.after)
+    trouble = around_trouble(run.answers)
     summary = record(argv, target_qps, search, layout, criteria, run, windows, verdict)
+    summary["around_trouble"] = [[dataclasses.asdict(s) for s in burst] for burst in trouble]
     if args.out is not None:
         args.out.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{markdown_report(windows, verdict)}\n")
+    if trouble:
+        print(f"Around the refusals and errors, by send time:\n\n{markdown_bursts(trouble)}")
     whole, books = run.scenario, summary["client_books"]
     print(
         f"LoadGen, the whole run: {whole.loadgen.completed_qps:.1f} QPS completed, p99 "
