@@ -1,7 +1,7 @@
 """The OpenAPI document is the contract: Schemathesis, with every one of its checks, holds the
 real server to it — every operation, the management ones with the token, the model routes with
-the served model's name as often as random ones. A bounded run here; docs/serving.md's
-reliability table has the command for a longer one."""
+the served model's name as often as random ones. A bounded run here; docs/reliability.md has
+the command for a longer one."""
 
 from __future__ import annotations
 
