@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from load import Tally
+from load import Report, Tally
 from server_harness import Server, start_server
 
 
@@ -44,7 +44,7 @@ REQUESTS_PROPERTY = "requests"
 
 
 @pytest.fixture
-def report_requests(request: pytest.FixtureRequest) -> Callable[[str, Tally], None]:
+def report_requests(request: pytest.FixtureRequest) -> Report:
     """report(event, tally): what a lifecycle test's clients saw, printed after the run
     (the reliability table's sent / answered / refused / lost columns come from there)."""
 

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,9 @@ class Tally:
             "other": self.other,
             "lost": self.lost,
         }
+
+
+Report = Callable[[str, Tally], None]  # the report_requests fixture: report(event, tally)
 
 
 def send(server: Server, body: dict[str, Any] | None = None, timeout: float = 60) -> Outcome:

@@ -101,6 +101,9 @@ class Server:
             raise
 
 
+Start = Callable[..., Server]  # the server_factory fixture: start(artifacts, sections, ...)
+
+
 def request(
     url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
 ) -> tuple[int, bytes]:
@@ -182,16 +185,6 @@ def fronts(server: Server) -> list[int]:
     return sorted(children(forkserver))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid`: its children, theirs, and so on."""
-    found, frontier = [], [pid]
-    while frontier:
-        below = [child for parent in frontier for child in children(parent)]
-        found += below
-        frontier = below
-    return found
-
-
 def running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie awaiting its reaper counts as gone)."""
     try:
@@ -201,13 +194,18 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
-def open_fds(pids: list[int]) -> int:
-    """File descriptors the processes `pids` hold open between them."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += len(os.listdir(f"/proc/{pid}/fd"))
-    return total
+def batches_held(server: Server, model: str, pid: int) -> int:
+    """Batches the worker `pid` of `model` holds now (its stats' in_flight)."""
+    return sum(w["in_flight"] for w in server.stats(model)["workers"] if w["pid"] == pid)
+
+
+def wait_for_live_workers(server: Server, model: str, count: int, timeout_s: float = 120) -> None:
+    """Until `model` has `count` live workers: a replacement started and loaded."""
+    wait_for(
+        lambda: sum(w["alive"] for w in server.stats(model)["workers"]) == count,
+        timeout_s,
+        f"{count} live workers",
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -14,32 +14,31 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from load import RANK_BODY, Load, Tally, matches, reference_scores
+from load import RANK_BODY, Load, Report, Tally, matches, reference_scores
 from server_harness import (
     SERVER_SCRIPT,
     TOKEN,
-    Server,
+    Start,
     assert_drained,
-    descendants,
+    batches_held,
     free_port,
     fronts,
-    open_fds,
     running,
     wait_for,
+    wait_for_live_workers,
     write_config,
 )
 
 from recaccel.artifact import WEIGHTS_FILE
+from recaccel.bench.cpu import process_tree_pids
+from recaccel.bench.proc_usage import tree_usage
 from recaccel.data.dataset import Dataset
 
 MODEL = "ranker"
-Start = Callable[..., Server]
-Report = Callable[[str, Tally], None]
 WORKER_PLANE = {"plane": {"processes": 1, "execution": "workers"}}
 HANG_TIMEOUT_S = 3.0  # plane.hang_timeout_s here: past a CPU-starved CI box's longest stall
 
@@ -63,20 +62,12 @@ def test_a_hung_worker_is_killed_its_batch_retried_and_it_is_replaced(
     )
     reference = reference_scores(served_artifact, tiny_dataset)
     victim = server.stats(MODEL)["workers"][0]["pid"]
-
-    def held_by_victim() -> int:
-        workers = server.stats(MODEL)["workers"]
-        return sum(w["in_flight"] for w in workers if w["pid"] == victim)
-
     os.kill(victim, signal.SIGSTOP)
     with Load(server, threads=4) as load:
-        wait_for(lambda: held_by_victim() >= 1, 30, "a batch sent to the paused worker")
+        held = lambda: batches_held(server, MODEL, victim)  # noqa: E731
+        wait_for(lambda: held() >= 1, 30, "a batch sent to the paused worker")
         wait_for(lambda: not running(victim), 30, "the watchdog to kill the hung worker")
-        wait_for(
-            lambda: len([w for w in server.stats(MODEL)["workers"] if w["alive"]]) == 2,
-            120,
-            "the replacement worker",
-        )
+        wait_for_live_workers(server, MODEL, 2)
         seen = load.count()
         wait_for(lambda: load.count() > seen + 20, 30, "requests after the replacement")
     outcomes = load.outcomes
@@ -119,11 +110,7 @@ def test_a_batch_whose_worker_dies_twice_is_answered_503_with_the_reason(
     assert status == 503, body
     assert "retried once already" in json.loads(body)["error"]
     assert server.metric("recaccel_retried_batches_total", model=MODEL) == 1
-    wait_for(
-        lambda: len([w for w in server.stats(MODEL)["workers"] if w["alive"]]) == 2,
-        120,
-        "the replacement workers",
-    )
+    wait_for_live_workers(server, MODEL, 2)
     assert server.post("/v1/rank", RANK_BODY)[0] == 200
     assert_drained(server)
 
@@ -220,11 +207,11 @@ def test_clients_gone_mid_request_on_every_route_cost_the_server_nothing(
         env={"RECACCEL_TOKEN": TOKEN},
     )
     reference = reference_scores(served_artifact, tiny_dataset)
-    tree = [server.process.pid, *descendants(server.process.pid)]
+    fds = lambda: tree_usage(server.process.pid).fds  # noqa: E731
     for method, path, body, headers in ROUTES:  # every route answered once: lazy state made
         _leave(server.port, _request(method, path, body, headers))
     time.sleep(1.0)
-    fds_before = open_fds(tree)
+    fds_before = fds()
     for method, path, body, headers in ROUTES:
         whole = _request(method, path, body, headers)
         cut = len(whole) - max(1, len(body) // 2) if body else len(whole) // 2
@@ -235,7 +222,7 @@ def test_clients_gone_mid_request_on_every_route_cost_the_server_nothing(
         answers = list(pool.map(lambda _: server.post("/v1/rank", RANK_BODY), range(20)))
     assert [status for status, _ in answers] == [200] * 20, answers[:2]
     assert all(matches(json.loads(body), reference) for _, body in answers)
-    wait_for(lambda: open_fds(tree) <= fds_before, 10, "every abandoned connection closed")
+    wait_for(lambda: fds() <= fds_before, 10, "every abandoned connection closed")
     # Counted as left (499) where the app had started on them (ASGI rank, infer, load: the
     # fast lane and the GET routes see no request until it is whole), never as a 500.
     assert server.metric("recaccel_requests_total", status="499") == 3 * 40
@@ -322,7 +309,7 @@ def test_sigterm_during_start_up_stops_the_server_at_once_and_leaves_no_process(
         seen: set[int] = set()
 
         def started_processes() -> bool:
-            seen.update(descendants(process.pid))
+            seen.update(process_tree_pids(process.pid)[1:])
             return len(seen) >= 2 + processes  # the forkserver, its fronts, a worker
 
         wait_for(started_processes, 120, "the server to start its processes")

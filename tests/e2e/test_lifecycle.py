@@ -12,14 +12,22 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from load import Load, Tally, matches, reference_scores
-from server_harness import TOKEN, Server, assert_drained, running, wait_for, write_config
+from load import Load, Report, Tally, matches, reference_scores
+from server_harness import (
+    TOKEN,
+    Start,
+    assert_drained,
+    batches_held,
+    running,
+    wait_for,
+    wait_for_live_workers,
+    write_config,
+)
 
 from recaccel.data.dataset import Dataset
 from recaccel.runtime.executor import ExecutorConfig
@@ -27,8 +35,6 @@ from recaccel.runtime.latency_model import LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry, save_profile
 
 MODEL = "ranker"
-Start = Callable[..., Server]
-Report = Callable[[str, Tally], None]
 # For the tests of losing nothing (kill -9, SIGTERM, hot swap): on a CPU-starved machine (a
 # fresh-clone `make check` beside `make demo`) the in-flight limit rightly refused 8 of 3,295
 # requests during a swap, as overload; that is its own test's subject, not theirs.
@@ -112,21 +118,13 @@ def test_a_worker_killed_holding_a_batch_has_it_retried_and_nothing_is_lost(
     )
     reference = reference_scores(served_artifact, tiny_dataset)
     victim = server.stats(MODEL)["workers"][0]["pid"]
-
-    def held_by_victim() -> int:
-        workers = server.stats(MODEL)["workers"]
-        return sum(w["in_flight"] for w in workers if w["pid"] == victim)
-
     os.kill(victim, signal.SIGSTOP)
     with Load(server, threads=4) as load:
-        wait_for(lambda: held_by_victim() >= 1, 30, "a batch sent to the paused worker")
+        held = lambda: batches_held(server, MODEL, victim)  # noqa: E731
+        wait_for(lambda: held() >= 1, 30, "a batch sent to the paused worker")
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: server.metric("recaccel_worker_restarts_total") >= 1, 30, "the restart")
-        wait_for(
-            lambda: len([w for w in server.stats(MODEL)["workers"] if w["alive"]]) == 2,
-            120,
-            "the replacement worker",
-        )
+        wait_for_live_workers(server, MODEL, 2)
         seen = load.count()
         wait_for(lambda: load.count() > seen + 20, 30, "requests after the restart")
     outcomes = load.outcomes

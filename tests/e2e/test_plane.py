@@ -18,17 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from load import Load, Tally
+from load import CANDIDATES, Load, Report, Tally, matches, reference_scores
 from server_harness import (
     TOKEN,
     Server,
+    Start,
     assert_drained,
     fronts,
     request,
@@ -37,15 +36,11 @@ from server_harness import (
     write_config,
 )
 
-from recaccel.artifact import WEIGHTS_FILE, load_artifact
+from recaccel.artifact import WEIGHTS_FILE
 from recaccel.data.dataset import Dataset
-from recaccel.serve.features import FeatureStore
 
 MODEL = "ranker"
-Start = Callable[..., Server]
-Report = Callable[[str, Tally], None]
 TWO_FRONTS = {"plane": {"processes": 2}, "admission": {"overload_target_ms": 0}}
-CANDIDATES = list(range(1, 31))
 
 
 @contextlib.contextmanager
@@ -59,13 +54,6 @@ def only(front: int, every: list[int]) -> Iterator[None]:
     finally:
         for pid in others:
             os.kill(pid, signal.SIGCONT)
-
-
-def _reference(artifact: Path, store: FeatureStore, user: int) -> np.ndarray:
-    rows, _ = store.rows(user, CANDIDATES)
-    with torch.inference_mode():
-        logits = load_artifact(artifact).model(*map(torch.from_numpy, rows.as_tuple()))
-    return torch.sigmoid(logits).numpy()
 
 
 def _rank(server: Server, user: int = 3) -> tuple[int, dict[str, object]]:
@@ -173,38 +161,24 @@ def test_a_hot_swap_reaches_every_front_with_the_new_models_scores(
         {**TWO_FRONTS, "server": {"management": True}},
         env={"RECACCEL_TOKEN": TOKEN},
     )
-    store = FeatureStore.from_dataset(tiny_dataset)
-    before, after = (_reference(a, store, 3) for a in (served_artifact, second_artifact))
-    assert np.abs(before - after).max() > 1e-3  # the two models are told apart
-    outcomes: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            outcomes.append(_rank(server)[0])
-
-    clients = [threading.Thread(target=load) for _ in range(3)]
-    for client in clients:
-        client.start()
-    status, body = server.post(
-        f"/v2/repository/models/{MODEL}/load",
-        {"parameters": {"artifact": str(second_artifact)}},
-        {"Authorization": f"Bearer {TOKEN}"},
-    )
-    stop.set()
-    for client in clients:
-        client.join(60)
+    before, after = (reference_scores(a, tiny_dataset) for a in (served_artifact, second_artifact))
+    assert max(abs(before[k] - after[k]) for k in before) > 1e-3  # the models are told apart
+    with Load(server, threads=3) as load:
+        status, body = server.post(
+            f"/v2/repository/models/{MODEL}/load",
+            {"parameters": {"artifact": str(second_artifact)}},
+            {"Authorization": f"Bearer {TOKEN}"},
+        )
     assert status == 200, body
     assert json.loads(body)["version"] == "2"
-    assert outcomes and set(outcomes) == {200}  # nothing failed during the swap
+    statuses = {o.status for o in load.outcomes}
+    assert load.outcomes and statuses == {200}  # nothing failed during the swap
     every = fronts(server)
     for front in every:
         with only(front, every):
             status, answer = _rank(server)
             assert status == 200 and answer["version"] == "2"
-            scores = {item["item_id"]: item["score"] for item in answer["items"]}  # type: ignore[attr-defined]
-            got = np.array([scores[item] for item in CANDIDATES])
-            np.testing.assert_allclose(got, after, rtol=0, atol=1e-5)
+            assert matches(answer, after)
     assert_drained(server)
 
 
