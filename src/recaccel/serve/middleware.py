@@ -61,6 +61,7 @@ def bearer_matches(authorization: str, token: str) -> bool:
 # The client left before its request was whole; nothing was answered. Counted under nginx's
 # status for it (never sent: there is nobody to send it to), not as a server error.
 CLIENT_CLOSED_REQUEST = 499
+CLIENT_GONE = "client_gone"  # the request state's flag, set where the body is read
 
 
 async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -77,6 +78,7 @@ async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
+            scope.setdefault("state", {})[CLIENT_GONE] = True  # counted 499 (RequestMetrics)
             raise ClientDisconnect()
         chunk = message.get("body", b"")
         size += len(chunk)
@@ -170,7 +172,7 @@ class RequestMetrics:
             self._record(scope, 429, time.perf_counter() - start, request_id)
             return
 
-        answered = gone = False
+        answered = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
@@ -179,16 +181,10 @@ class RequestMetrics:
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
-        async def receive_noting_departure() -> Message:
-            nonlocal gone
-            message = await receive()
-            gone = gone or message["type"] == "http.disconnect"
-            return message
-
         try:
-            await self.app(scope, receive_noting_departure, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
-            if gone and not answered:
+            if not answered and scope["state"].get(CLIENT_GONE):
                 status = CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - start
             if guard is not None:
