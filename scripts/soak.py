@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from recaccel.bench.soak_run import AnswerRecorder, SoakRun, run_soak
 from recaccel.bench.sut import RANK_PATH, outcome_of
 from recaccel.bench.workload import RankWorkload
 from recaccel.errors import ConfigError, RecaccelError
+from recaccel.runtime.profiler import describe_machine, machine_facts
 
 PASSED, FAILED, BAD_ARGUMENTS, INTERRUPTED = 0, 1, 2, 130
 WORKLOAD_SAMPLES = 20_000
@@ -222,15 +222,6 @@ def show_progress(sample: ResourceSample, recorder: AnswerRecorder) -> None:
     )
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, for the record ("" when not Linux)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), "")
-
-
 def record(
     argv: Sequence[str],
     target_qps: float,
@@ -246,7 +237,7 @@ def record(
     return {
         "command": shlex.join(["scripts/soak.py", *argv]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": describe_machine(machine_facts()),  # as the bench's report states it
         "target_qps": target_qps,
         "capacity_search": search,
         "layout": dataclasses.asdict(layout),
