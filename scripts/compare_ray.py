@@ -60,7 +60,7 @@ from recaccel.serve.config import ServeConfig, load_serve_config
 from recaccel.serve.deployment import Deployment, ModelVersion
 from recaccel.serve.errors import UnavailableError
 from recaccel.serve.metrics import ServerMetrics
-from recaccel.serve.models import ModelRepository
+from recaccel.serve.repository import ModelRepository
 from recaccel.serve.server import feature_store_for
 
 DEPLOYMENTS = (

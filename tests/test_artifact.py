@@ -177,7 +177,7 @@ def test_manifest_with_unknown_model_is_refused_clearly(
 def test_quantized_artifact_round_trips(tmp_path: Path, tiny_dataset: Dataset, bits: int) -> None:
     from dataclasses import replace
 
-    from recaccel.models.quantized import QuantizedEmbeddingBag, quantize_embeddings
+    from recaccel.models.quant.embedding import QuantizedEmbeddingBag, quantize_embeddings
 
     _save(tmp_path / "float", tiny_dataset)
     parent = load_artifact(tmp_path / "float")

@@ -8,14 +8,14 @@ import torch
 
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
-from recaccel.models.half_precision import (
+from recaccel.models.layers import MLP
+from recaccel.models.quant.dense import quantize_dense
+from recaccel.models.quant.half import (
     DeviceCaps,
     HalfPrecisionMLP,
     natively_supports,
     probe_device,
 )
-from recaccel.models.layers import MLP
-from recaccel.models.quantized_dense import quantize_dense
 from recaccel.models.registry import build_model, preset_config
 
 # Score (sigmoid) drift allowed against the float model on the tiny test split: bf16 rounds to

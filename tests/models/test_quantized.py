@@ -11,7 +11,7 @@ from torch import nn
 
 from recaccel.data.dataset import Dataset
 from recaccel.models.layers import SparseArch
-from recaccel.models.quantized import (
+from recaccel.models.quant.embedding import (
     EMBEDDING_LAYOUTS,
     FBGEMM_AVAILABLE,
     SUPPORTED_BITS,
@@ -20,7 +20,7 @@ from recaccel.models.quantized import (
     quantize_embeddings,
     worth_quantizing,
 )
-from recaccel.models.quantized_fused import QuantizedSparseArch
+from recaccel.models.quant.fused import QuantizedSparseArch
 from recaccel.models.registry import MODELS, build_model, count_parameters, preset_config
 from recaccel.models.transforms import apply_transforms, quantize_embeddings_transform
 
@@ -149,7 +149,7 @@ def test_quantizing_keeps_the_parameter_count(
     tiny_dataset: Dataset, bits: int, layout: str
 ) -> None:
     """Quantized weights are buffers, but still weights: quantizing is not pruning."""
-    from recaccel.models.quantized_dense import quantize_dense
+    from recaccel.models.quant.dense import quantize_dense
 
     model = build_model("dlrm", tiny_dataset.schema, preset_config("dlrm", "small"))
     before = count_parameters(model)

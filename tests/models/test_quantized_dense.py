@@ -20,7 +20,10 @@ from torch.export import Dim, export
 from recaccel.artifact import LineageStep, load_artifact, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.errors import ConfigError
-from recaccel.models.int8_layers import (
+from recaccel.models.layers import MLP
+from recaccel.models.quant.dense import capture_mlp_inputs, quantize_dense
+from recaccel.models.quant.embedding import quantize_embeddings
+from recaccel.models.quant.int8 import (
     FBGEMM_AVAILABLE,
     WEIGHT_QMAX,
     Int8DynamicLinear,
@@ -28,9 +31,6 @@ from recaccel.models.int8_layers import (
     activation_qparams,
     quantize_weight,
 )
-from recaccel.models.layers import MLP
-from recaccel.models.quantized import quantize_embeddings
-from recaccel.models.quantized_dense import capture_mlp_inputs, quantize_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 
 needs_fbgemm = pytest.mark.skipif(not FBGEMM_AVAILABLE, reason="no FBGEMM quantized linear ops")

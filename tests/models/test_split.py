@@ -16,8 +16,8 @@ from recaccel.data.dataset import Dataset
 from recaccel.data.schema import Feature, FeatureKind, FeatureSchema, Side
 from recaccel.errors import ConfigError
 from recaccel.models.deepfm import DeepFM, DeepFMConfig
-from recaccel.models.quantized import quantize_embeddings
-from recaccel.models.quantized_dense import quantize_dense
+from recaccel.models.quant.dense import quantize_dense
+from recaccel.models.quant.embedding import quantize_embeddings
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.models.split import (
     OneRankRequest,

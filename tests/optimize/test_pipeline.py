@@ -13,7 +13,7 @@ import torch
 
 from recaccel.artifact import Artifact, LineageStep, load_artifact
 from recaccel.data.dataset import Dataset
-from recaccel.models.quantized import quantize_embeddings
+from recaccel.models.quant.embedding import quantize_embeddings
 from recaccel.optimize import recipe as recipe_module
 from recaccel.optimize import steps
 from recaccel.optimize.pipeline import run_recipe

@@ -38,7 +38,7 @@ import torch
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.errors import ConfigError
-from recaccel.models.half_precision import HALF_DTYPES, natively_supports, probe_device
+from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
 from recaccel.models.registry import MODELS
 from recaccel.optimize.quantize import quantize_dense_step, quantize_embeddings_step
 from recaccel.runtime.executor import (

@@ -17,12 +17,12 @@ import onnx
 from recaccel.artifact import Artifact, LineageStep, load_artifact, save_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch, example_batch
 from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, Feature, FeatureKind, FeatureSchema
-from recaccel.models.quantized import (
+from recaccel.models.quant.dense import prepare_quantized_dense
+from recaccel.models.quant.embedding import (
     FBGEMM_AVAILABLE,
     QuantizedEmbeddingBag,
     quantize_embeddings,
 )
-from recaccel.models.quantized_dense import prepare_quantized_dense
 from recaccel.models.registry import MODELS, build_model, preset_config
 from recaccel.runtime.export import (
     UnsupportedOnBackendError,

@@ -35,7 +35,7 @@ import torch
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch
-from recaccel.models.half_precision import natively_supports, probe_device
+from recaccel.models.quant.half import natively_supports, probe_device
 from recaccel.models.registry import MODELS
 from recaccel.optimize.quantize import quantize_dense_step, quantize_embeddings_step
 from recaccel.runtime.executor import ExecutorConfig, ExecutorError, load_executor

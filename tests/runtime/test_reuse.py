@@ -96,7 +96,7 @@ def test_reuse_on_onnxruntime_names_a_pytorch_only_op(
     trained: dict[str, Artifact], tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
-    from recaccel.models.quantized_dense import quantize_dense
+    from recaccel.models.quant.dense import quantize_dense
     from recaccel.runtime.export import UnsupportedOnBackendError
 
     artifact = trained["deepfm"]

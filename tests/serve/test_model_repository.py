@@ -17,7 +17,7 @@ from recaccel.errors import ConfigError
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.metrics import ServerMetrics
-from recaccel.serve.models import ModelRepository
+from recaccel.serve.repository import ModelRepository
 
 
 def test_a_feature_store_from_another_dataset_is_refused(

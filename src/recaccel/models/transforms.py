@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from recaccel.errors import ConfigError
-from recaccel.models.quantized import quantize_embeddings
-from recaccel.models.quantized_dense import prepare_quantized_dense
+from recaccel.models.quant.dense import prepare_quantized_dense
+from recaccel.models.quant.embedding import quantize_embeddings
 
 
 def _quantize_embeddings(model: nn.Module, params: Mapping[str, Any]) -> nn.Module:

@@ -17,7 +17,7 @@ from torch import nn
 
 from recaccel.artifact import Artifact, LineageStep, Manifest, save_artifact
 from recaccel.data.dataset import Dataset
-from recaccel.models.quantized import quantize_embeddings
+from recaccel.models.quant.embedding import quantize_embeddings
 from recaccel.models.transforms import quantize_embeddings_transform
 from recaccel.train.metrics import Metrics, evaluate, paired_bootstrap_auc_delta
 from recaccel.train.trainer import predict
@@ -96,7 +96,7 @@ def quantize_dense_step(
     parent: Artifact, dataset: Dataset, mode: str, out: Path, force: bool = False
 ) -> tuple[Manifest, Metrics, Metrics]:
     """The MLPs in INT8 (dynamic, or static calibrated on training rows) or FP16/BF16."""
-    from recaccel.models.quantized_dense import quantize_dense
+    from recaccel.models.quant.dense import quantize_dense
 
     calibration = dataset.train.features(calibration_rows(dataset, CALIBRATION_ROWS))
     model, report = quantize_dense(

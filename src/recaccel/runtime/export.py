@@ -43,8 +43,8 @@ from recaccel.data.schema import INPUT_NAMES, OUTPUT_NAME, FeatureSchema
 from recaccel.errors import RecaccelError
 from recaccel.imported.adapter import BoundModel
 from recaccel.imported.onnx_graph import OnnxGraph, bind_onnx
-from recaccel.models.half_precision import HalfPrecisionMLP
-from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
+from recaccel.models.quant.half import HalfPrecisionMLP
+from recaccel.models.quant.int8 import Int8DynamicLinear, Int8StaticMLP
 from recaccel.runtime.executor import outermost_ops
 from recaccel.runtime.onnx_lookups import UnsupportedLookupError, onnx_lookups
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recaccel.errors import RecaccelError
-from recaccel.models.quantized import QuantizedEmbeddingBag, packed_parts
+from recaccel.models.quant.embedding import QuantizedEmbeddingBag, packed_parts
 
 # Bags up to this many ids are summed one id slot at a time: L gathers of (B, D) rows and L − 1
 # adds. ONNX Runtime's ReduceSum over the middle axis of the (B, L, D) gather costs about as much
@@ -59,7 +59,7 @@ class FloatRows(nn.Module):
 class QuantizedRows(nn.Module):
     """Rows of a row-wise quantized table by id, dequantized after the gather.
 
-    The packed rows (quantized.py's layouts) are split once into values (R, D) uint8 for INT8
+    The packed rows (quant/embedding.py's layouts) are split once into values (R, D) uint8 for INT8
     or (R, D/2) uint8 for INT4, and a scale and bias (R, 1) per row in the precision the layout
     stores them (fp32 for INT8, fp16 for INT4): the same bytes as the packed table.
     """
@@ -103,7 +103,7 @@ class GatheredBag(nn.Module):
         self, rows: nn.Module, shape: tuple[int, int], padding_idx: int | None, mode: str
     ) -> None:
         super().__init__()
-        # The table's shape, as the modules that call it read it (quantized_fused.py).
+        # The table's shape, as the modules that call it read it (quant/fused.py).
         self.num_embeddings, self.embedding_dim = shape
         if mode not in ("sum", "mean", "max"):
             raise UnsupportedLookupError(f"EmbeddingBag(mode={mode!r})", "use mode='sum'")

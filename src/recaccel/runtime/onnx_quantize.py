@@ -17,7 +17,7 @@ activations), which dynamic mode leaves float. Embedding tables (Gather) stay fl
 `quantize_embeddings=True`: ORT then stores each table as uint8 with one scale for the whole
 table (per tensor, from its largest value) and dequantizes gathered rows, so the many small rows
 of rarely seen ids lose most of their precision; recaccel's row-wise tables
-(models/quantized.py) are the accurate way to shrink them.
+(models/quant/embedding.py) are the accurate way to shrink them.
 
 Weights are signed 7-bit (`weight_type=QInt8, reduce_range=True`); static activations are u8.
 On x86 without VNNI (AVX2, as on the machines here) ORT's u8 x s8 kernels use VPMADDUBSW,

@@ -32,7 +32,7 @@ executors of every backend loaded side by side and called in turn on the same te
     fp16         OpenVINO's own INFERENCE_PRECISION_HINT f16 on the float export (ORT's fp16
                  file would only add Casts around every op), and only where the CPU computes
                  fp16 natively (AVX512-FP16, AMX-FP16), decided as for PyTorch half precision
-                 (`models.half_precision.natively_supports`). Refused elsewhere: on AVX2 the
+                 (`models.quant.half.natively_supports`). Refused elsewhere: on AVX2 the
                  plugin ignores the hint without a word and computes f32, fp32 under a wrong
                  name. Not measured (no such CPU here).
 
@@ -81,7 +81,7 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.errors import RecaccelError
-from recaccel.models.half_precision import HALF_DTYPES, DeviceCaps, natively_supports, probe_device
+from recaccel.models.quant.half import HALF_DTYPES, DeviceCaps, natively_supports, probe_device
 from recaccel.runtime.executor import (
     Executor,
     ExecutorConfig,

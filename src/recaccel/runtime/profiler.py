@@ -16,7 +16,7 @@ since a p99 from 30 samples is nearly the max.
 What runs where (`plan_configs`, a pure function): every installed backend on every device it
 supports that is visible; every precision the backend takes, except fp16/bf16 on PyTorch and
 OpenVINO where the device would only emulate them (slower than fp32, and refused at load; see
-models/half_precision.py); thread
+models/quant/half.py); thread
 counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
 ONNX backend, a missing GPU provider) becomes an "unsupported" entry with the reason.
 
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.errors import ConfigError, RecaccelError
-from recaccel.models.half_precision import HALF_DTYPES, natively_supports, probe_device
+from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
 from recaccel.optimize.latency import SERVING_BATCH, percentile, sample_rows, time_rounds
 from recaccel.runtime.executor import (
     BACKENDS,

@@ -12,7 +12,7 @@ Quantized artifacts run here as they do in eager PyTorch, on CPU only: their INT
 dense modules call FBGEMM's x86 kernels. On CUDA they would fall back to plain-torch emulation
 (dequantize the weights on every call), as slow as the float model or slower, so CUDA refuses
 them; the float parent in fp16/bf16 is the GPU form. Under torch.compile the INT8 dense layers run
-their plain-torch path (see models/quantized_dense.py); the embedding lookups stay on FBGEMM.
+their plain-torch path (see models/quant/dense.py); the embedding lookups stay on FBGEMM.
 
 Dynamo keeps compiled graphs per model class, up to `torch._dynamo.config.recompile_limit`
 (8) per class; models of one class and one shape share a graph. A process that compiles more
@@ -35,10 +35,10 @@ from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.errors import ConfigError
-from recaccel.models.half_precision import HALF_DTYPES
-from recaccel.models.int8_layers import Int8DynamicLinear, Int8StaticMLP
-from recaccel.models.quantized import QuantizedEmbeddingBag
-from recaccel.models.quantized_dense import quantize_dense
+from recaccel.models.quant.dense import quantize_dense
+from recaccel.models.quant.embedding import QuantizedEmbeddingBag
+from recaccel.models.quant.half import HALF_DTYPES
+from recaccel.models.quant.int8 import Int8DynamicLinear, Int8StaticMLP
 from recaccel.models.split import SplitModel
 from recaccel.runtime.executor import (
     Executor,

@@ -51,7 +51,6 @@ from recaccel.serve.middleware import (
     read_body,
     request_id_of,
 )
-from recaccel.serve.models import ModelRepository
 from recaccel.serve.openapi import (
     HEALTH_RESPONSES,
     INFER_BODY,
@@ -75,6 +74,7 @@ from recaccel.serve.plane.front import (
 )
 from recaccel.serve.rank import RankRequest, RankResponse
 from recaccel.serve.rank_route import RANK_PATH, MeasuredRank, RankEndpoint
+from recaccel.serve.repository import ModelRepository
 
 log = logging.getLogger("recaccel.serve")
 RANK_ERRORS = errors(400, 404, 413, 429, 503)

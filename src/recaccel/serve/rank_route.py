@@ -37,8 +37,8 @@ from recaccel.serve.middleware import (
     request_id_header,
     request_id_of,
 )
-from recaccel.serve.models import ModelRepository
 from recaccel.serve.rank import RankQuery, answer_body, parse_rank_request
+from recaccel.serve.repository import ModelRepository
 
 log = logging.getLogger("recaccel.serve")
 RANK_PATH = "/v1/rank"

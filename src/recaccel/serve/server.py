@@ -41,11 +41,11 @@ from recaccel.serve.app import create_app, fast_rank, lean_app
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, ServeConfig
 from recaccel.serve.features import FeatureSource, FeatureStore
 from recaccel.serve.metrics import ServerMetrics
-from recaccel.serve.models import ModelRepository
 from recaccel.serve.plane.fast_http import fast_lane_protocol
 from recaccel.serve.plane.front import FrontLink, FrontSpec, Supervisor, prepare_forms
 from recaccel.serve.rank_route import RANK_PATH
 from recaccel.serve.redis_source import RedisSource
+from recaccel.serve.repository import ModelRepository
 from recaccel.serve.table_source import TableSource
 
 log = logging.getLogger(__name__)

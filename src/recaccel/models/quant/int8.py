@@ -4,7 +4,7 @@ Both keep only plain tensors in their state (int8 weights, fp32 scales, activati
 artifacts save to safetensors; FBGEMM's packed form is a cache built on first use and dropped
 whenever the state changes. Where the build lacks the ops, a plain-torch path computes the same
 numbers (dequantized weights for the dynamic Linear, fake quantization for the static MLP);
-`kernel_path()` says which one runs. `quantize_dense` (quantized_dense.py) applies them.
+`kernel_path()` says which one runs. `quantize_dense` (quant/dense.py) applies them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ to remove, so a plain-torch path — gather the packed rows, then `q * scale + b
 same numbers without them; `lookup_path()` says which one runs. The FBGEMM kernels always sum a
 bag whatever their `mode` argument says, so padding (index 0) is masked with per-sample weights.
 
-`quantize_embeddings` turns each `SparseArch` into a `QuantizedSparseArch` (quantized_fused.py),
+`quantize_embeddings` turns each `SparseArch` into a `QuantizedSparseArch` (quant/fused.py),
 whose single-valued tables of one width share one stacked `QuantizedEmbeddingBag` and one kernel
 call; other tables become one `QuantizedEmbeddingBag` each.
 
@@ -209,7 +209,7 @@ def quantize_embeddings(
         inplace: modify `model` rather than a copy.
         layout: "fused": each `SparseArch` becomes a `QuantizedSparseArch`, its single-valued
             tables of one width stacked and looked up in one kernel call
-            (models/quantized_fused.py); "per-table": one `QuantizedEmbeddingBag` in place of
+            (models/quant/fused.py); "per-table": one `QuantizedEmbeddingBag` in place of
             each table (the layout of artifacts made before fused lookups). Tables outside a
             `SparseArch` are quantized one by one in either layout.
 
@@ -221,8 +221,8 @@ def quantize_embeddings(
         raise ValueError(f"embedding quantization supports {SUPPORTED_BITS} bits, not {bits}")
     if layout not in EMBEDDING_LAYOUTS:
         raise ValueError(f"embedding layouts are {EMBEDDING_LAYOUTS}, not {layout!r}")
-    # Here, not at the top: quantized_fused builds on this module's QuantizedEmbeddingBag.
-    from recaccel.models.quantized_fused import QuantizedSparseArch
+    # Here, not at the top: fused.py builds on this module's QuantizedEmbeddingBag.
+    from recaccel.models.quant.fused import QuantizedSparseArch
 
     target = model if inplace else copy.deepcopy(model)
     report: list[QuantizedTable] = []

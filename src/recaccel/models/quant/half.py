@@ -3,7 +3,7 @@
 `HalfPrecisionMLP` stores and runs an `MLP` in a 16-bit float type: its bytes halve on every
 device, but it is only faster where the device computes that type natively. `probe_device`
 reads what a device can do and `natively_supports` answers the question, so `quantize_dense`
-(quantized_dense.py) can refuse an emulated dtype, which would be smaller but slower than fp32.
+(quant/dense.py) can refuse an emulated dtype, which would be smaller but slower than fp32.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from recaccel.models.layers.embedding import SparseArch
-from recaccel.models.quantized import QuantizedEmbeddingBag, worth_quantizing
+from recaccel.models.quant.embedding import QuantizedEmbeddingBag, worth_quantizing
 
 
 class TableBatchedQuantizedEmbedding(nn.Module):

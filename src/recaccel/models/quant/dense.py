@@ -1,7 +1,7 @@
 """Quantized dense layers: INT8 dynamic Linear, INT8 static MLP; `quantize_dense` for all modes.
 
 The embedding tables hold most of a CTR model's bytes; the MLPs hold most of its FLOPs. This
-module is the dense counterpart of `quantized.py`, with the same pattern: modules whose state is
+module is the dense counterpart of `embedding.py`, with the same pattern: modules whose state is
 plain tensors (so artifacts save to safetensors), built by `from_float`, running on PyTorch's
 FBGEMM kernels where the build has them and on plain torch otherwise, and saying which ran.
 
@@ -10,7 +10,7 @@ FBGEMM kernels where the build has them and on plain torch otherwise, and saying
 - INT8 static (`Int8StaticMLP`): a whole MLP chained in the quantized domain (`quantized::
   linear_relu`), activation scales fixed by calibration on real inputs, dequantized once at the
   end. Cheaper than dynamic (no per-batch min/max), but needs calibration rows.
-- FP16/BF16 (`HalfPrecisionMLP`, in half_precision.py): weights stored and run in a 16-bit
+- FP16/BF16 (`HalfPrecisionMLP`, in half.py): weights stored and run in a 16-bit
   float type, refused on a device that would only emulate it.
 
 The FBGEMM ops build quint8/qint8 tensors, which torch 2.13 deprecates (pytorch#184982); the
@@ -32,15 +32,15 @@ from torch import nn
 
 from recaccel.data.dataset import FeatureBatch
 from recaccel.errors import ConfigError
-from recaccel.models.half_precision import (
+from recaccel.models.layers import MLP
+from recaccel.models.quant.embedding import QuantizedEmbeddingBag
+from recaccel.models.quant.half import (
     HALF_DTYPES,
     HalfPrecisionMLP,
     natively_supports,
     probe_device,
 )
-from recaccel.models.int8_layers import FBGEMM_AVAILABLE, Int8DynamicLinear, Int8StaticMLP
-from recaccel.models.layers import MLP
-from recaccel.models.quantized import QuantizedEmbeddingBag
+from recaccel.models.quant.int8 import FBGEMM_AVAILABLE, Int8DynamicLinear, Int8StaticMLP
 
 logger = logging.getLogger(__name__)
 
