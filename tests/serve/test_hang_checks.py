@@ -5,6 +5,9 @@ batch (Deployment.hung_lane)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ from recaccel.data.rows import Rows
 from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
 from recaccel.serve.config import load_serve_config
 from recaccel.serve.deployment import Deployment, ModelVersion
+from recaccel.serve.errors import UnavailableError
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.plane.front import front_is_hung
 from recaccel.serve.plane.inproc import InProcessLane
@@ -96,5 +100,85 @@ def test_a_lane_stuck_on_one_batch_is_named_hung_once_it_has_held_it_the_timeout
         assert lane.held_since is None
         assert deployment.hung_lane(now + 60.0, 2.0) is None
         await deployment.drain()
+
+    asyncio.run(main())
+
+
+def test_a_drain_past_its_time_limit_answers_503_and_returns_with_a_lane_stuck(
+    train_tiny: Any, tmp_path: Path
+) -> None:
+    """The lane is stuck on one batch at shutdown, a second request waits behind it: past the
+    drain's limit both are answered 503 (the stuck one fails as a dead worker's batch, and its
+    retry has nothing to run it), and the drain returns instead of waiting on the stuck call.
+    When the call ends after all, its outcome goes nowhere: the request was answered."""
+    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
+    config = load_serve_config(None, {"admission": {"overload_target_ms": 0}})
+
+    async def main() -> None:
+        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
+        await deployment.start()
+        [lane] = deployment.kinds[0].workers
+        assert isinstance(lane, InProcessLane)
+        stuck = StuckExecutor()
+        lane.executor, lane.latency = stuck, None
+        rows = Rows(
+            np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64), np.zeros((3, 1, 1), np.int64)
+        )
+        deadline = time.monotonic() + 60
+        held = asyncio.ensure_future(deployment.score(rows, deadline))
+        await asyncio.sleep(0.1)
+        assert lane.held_since is not None  # the lane has the first batch
+        waiting = asyncio.ensure_future(deployment.score(rows, deadline))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # queued: the only lane is busy
+        await asyncio.wait_for(deployment.drain(timeout_s=0.3), 10)
+        with pytest.raises(UnavailableError, match="stopped before this request could run"):
+            await waiting
+        with pytest.raises(UnavailableError, match="stopped before this request could finish"):
+            await held
+        stuck.release.set()
+        await asyncio.sleep(0.1)  # the stuck call returns; nothing must raise for it
+        assert lane.held_since is None
+
+    asyncio.run(main())
+
+
+def test_a_drain_past_its_time_limit_kills_a_worker_process_still_holding_a_batch(
+    train_tiny: Any, tmp_path: Path
+) -> None:
+    """The same with a worker process paused holding the batch: past the limit it is killed
+    (not left to the 10 s hang watchdog) and the batch answered 503."""
+    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
+    config = load_serve_config(
+        None,
+        {
+            "admission": {"overload_target_ms": 0},
+            "plane": {"execution": "workers"},
+            "workers": {"min": 1, "max": 1},
+        },
+    )
+
+    async def main() -> None:
+        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
+        await deployment.start()
+        [worker] = deployment.kinds[0].workers
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            rows = Rows(
+                np.zeros((3, 1), np.float32),
+                np.zeros((3, 1), np.int64),
+                np.zeros((3, 1, 1), np.int64),
+            )
+            held = asyncio.ensure_future(deployment.score(rows, time.monotonic() + 60))
+            await asyncio.sleep(0.1)
+            assert worker.in_flight == 1  # sent, and the paused process holds it
+            await asyncio.wait_for(deployment.drain(timeout_s=0.3), 5)
+            with pytest.raises(UnavailableError, match="stopped before this request could"):
+                await held
+            assert not worker.alive
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
 
     asyncio.run(main())

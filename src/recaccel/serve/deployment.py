@@ -197,7 +197,8 @@ class Deployment:
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop admitting, finish every queued and running batch, then stop the workers.
 
-        Whatever is still queued after `timeout_s` (no worker left to run it) is answered 503.
+        Past `timeout_s`, whatever is still queued, or running on a worker that has not
+        finished it, is answered 503: a stuck batch does not keep the server from stopping.
         """
         self.draining = True
         self.ready = False
@@ -217,13 +218,20 @@ class Deployment:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._stop_workers()
+        # The batches still running get what is left of the limit, then fail as a dead
+        # worker's do, and their retries come back to the queue with nothing to run them.
+        await self._stop_workers(wait_s=max(0.0, deadline - time.monotonic()))
+        while self._queue:
+            self._fail(
+                self._queue.popleft().request,
+                UnavailableError(f"model {self.name} stopped before this request could finish"),
+            )
 
-    async def _stop_workers(self) -> None:
+    async def _stop_workers(self, wait_s: float | None = None) -> None:
         workers = [w for kind in self.kinds for w in kind.workers]
         for kind in self.kinds:
             kind.workers = []
-        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(w.stop(wait_s=wait_s) for w in workers), return_exceptions=True)
         self._update_worker_gauges()
 
     async def _add_worker(self, kind: _Kind) -> WorkerProcess:

@@ -296,11 +296,19 @@ class WorkerProcess:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Finish what was sent, then end the process (killed if it does not end in time)."""
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S, wait_s: float | None = None) -> None:
+        """Finish what was sent, then end the process (killed if it does not end in time).
+
+        `wait_s`: the longest to wait for what was sent (None: as long as it takes; the hang
+        watchdog bounds that). Past it the process is killed, and its death fails what it held
+        with WorkerDiedError."""
         self._stopping = True
         if self._pending:
-            await asyncio.wait([asyncio.ensure_future(p.future) for p in self._pending.values()])
+            held = [asyncio.ensure_future(p.future) for p in self._pending.values()]
+            await asyncio.wait(held, timeout=wait_s)
+            if not all(f.done() for f in held):
+                self.kill()
+                await asyncio.wait(held, timeout=timeout_s)
         if self.alive:
             self._send(None)
         await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout_s)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ from recaccel.serve.workers import (
     startup_latency,
     with_part_cache,
 )
+
+log = logging.getLogger("recaccel.serve")
 
 
 def runs_inline(latency: LatencyModel | None, rows: int, inline_max_ms: float) -> bool:
@@ -144,6 +147,8 @@ class InProcessLane:
     def _finished(self, outcome: Outcome) -> None:
         running, self._running = self._running, None
         assert running is not None
+        if running.future.done():  # `stop` gave up on it; its outcome is answered already
+            return
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -161,13 +166,28 @@ class InProcessLane:
         self.stats.rows += running.rows
         running.future.set_result(scores)
 
-    async def stop(self) -> None:
-        """Finish the batch running, then release the thread and its use of the executor."""
+    async def stop(self, wait_s: float | None = None) -> None:
+        """Finish the batch running, then release the thread and its use of the executor.
+
+        `wait_s`: the longest to wait for that batch (None: as long as it takes). Past it the
+        batch fails as a dead worker's would, and the executor is left open: a thread cannot
+        be stopped, and closing an executor under a call still in it is not safe; the process
+        ends soon after a drain anyway."""
         if not self.alive:
             return
         self.alive = False
-        if self._running is not None:
-            await asyncio.wait([self._running.future])
+        running = self._running
+        if running is not None:
+            await asyncio.wait([running.future], timeout=wait_s)
+            if not running.future.done():
+                log.warning(
+                    "lane %s stopped with a batch still running after %g s", self.name, wait_s
+                )
+                running.future.set_exception(
+                    WorkerDiedError(f"lane {self.name} stopped with this batch still running")
+                )
+                self._thread.shutdown(wait=False)
+                return
         self._thread.shutdown(wait=False)
         self._shared.release()
 
