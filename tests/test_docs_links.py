@@ -1,4 +1,4 @@
-"""Every relative link in the user's guide resolves: README.md, docs/*.md, results/README.md.
+"""Every relative link in the user's guide resolves: README.md, docs/ and results/.
 
 A link to a file must name a file or folder of the repository; a link with an anchor must name a
 heading of its page (GitHub's slugs). So a page moved, renamed or retitled breaks a test, not a
@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted([ROOT / "README.md", ROOT / "results" / "README.md", *(ROOT / "docs").glob("*.md")])
+PAGES = sorted(
+    [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "results").rglob("*.md")]
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~)")
 
