@@ -1,4 +1,4 @@
-"""Data flows one way (DESIGN.md): a lower stage never imports a higher one."""
+"""Data flows one way (docs/design.md): a lower stage never imports a higher one."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recaccel.bench.report import render_markdown, write_report
+from recaccel.bench.report import method_link, render_markdown, write_report
 from recaccel.bench.results import (
     AucChange,
     Bar,
@@ -127,7 +127,6 @@ def result(baseline: ConfigResult = BASELINE, recaccel: ConfigResult = RECACCEL)
         test_rows=9988,
         started_at="2026-01-01T00:00:00+00:00",
         wall_s=600.0,
-        notes=("Interleaved.",),
     )
 
 
@@ -195,6 +194,21 @@ def test_the_markdown_report_states_the_headline_machine_command_and_verdicts() 
     # Refusals are named by the rule that refused them, where the server said.
     row = "| 450.0 | 450.0 | 20.00 | 80.00 | 120.00 | INVALID | no "
     assert f"{row}| 3 (deadline 2, server_overloaded 1) / 0 |" in text
+
+
+def test_the_report_links_to_the_method_and_lists_the_runs_settings(tmp_path: Path) -> None:
+    text = render_markdown(result())
+    assert "[docs/benchmark.md](../../docs/benchmark.md). This run's settings:" in text
+    assert "| `duration_s` | 10.0 |" in text
+    assert "Max-QPS search: LoadGen" not in text  # the method is the page's, not restated
+    # Written anywhere in the checkout, the link still reaches the page.
+    page = tmp_path / "docs" / "benchmark.md"
+    page.parent.mkdir()
+    page.write_text("# method\n")
+    assert method_link(tmp_path / "results" / "bench", page) == "../../docs/benchmark.md"
+    assert method_link(tmp_path / "elsewhere", page) == "../docs/benchmark.md"
+    assert method_link(tmp_path, tmp_path / "none.md") == ""
+    assert "docs/benchmark.md in recaccel's repository" in render_markdown(result(), "")
 
 
 def test_the_report_files(tmp_path: Path) -> None:

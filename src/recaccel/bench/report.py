@@ -3,20 +3,45 @@
     write_report(result, Path("results/bench"))  # report.md, report.json, *.png
 
 Rendered from a `BenchResult` alone (no server, no files read), so a canned result tests it.
+The method is not restated here: the report links to docs/benchmark.md, and lists this run's
+settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import recaccel
 from recaccel.bench.plots import PLOT_FILES, write_plots
 from recaccel.bench.results import Bar, BenchResult, ConfigResult, RunSummary
 from recaccel.paths import write_text
 
 MARKDOWN_FILE = "report.md"
 JSON_FILE = "report.json"
+# The method, once: in a checkout, beside src/ (an installed wheel has no docs/).
+METHOD_PAGE = Path(recaccel.__file__).resolve().parents[2] / "docs" / "benchmark.md"
+DEFAULT_METHOD_LINK = "../../docs/benchmark.md"  # from the default --out, results/bench
+
+
+def method_link(out: Path, page: Path = METHOD_PAGE) -> str:
+    """The link from a report written to `out` to the method's page, or "" without a checkout."""
+    return Path(os.path.relpath(page.resolve(), out.resolve())).as_posix() if page.exists() else ""
+
+
+def _method(result: BenchResult, link: str) -> list[str]:
+    page = f"[docs/benchmark.md]({link})" if link else "docs/benchmark.md in recaccel's repository"
+    settings = [[f"`{key}`", str(value)] for key, value in result.settings.items()]
+    return [
+        "## Method",
+        "",
+        "How the bench measures (the configurations, interleaving, the max-QPS search and its "
+        f"rule for refusals, Offline, served AUC, CPU cost): {page}. This run's settings:",
+        "",
+        _table(["setting", "value"], settings),
+    ]
 
 
 def _num(value: float | None, spec: str = ".1f", none: str = "—") -> str:
@@ -129,7 +154,7 @@ def _runs_table(config: ConfigResult) -> str:
     return _table(header, rows, right_from=0)
 
 
-def render_markdown(result: BenchResult) -> str:
+def render_markdown(result: BenchResult, method_link: str = DEFAULT_METHOD_LINK) -> str:
     head = result.headline
     machine = result.machine
     workload = result.workload
@@ -186,8 +211,7 @@ def render_markdown(result: BenchResult) -> str:
         ]
     lines += ["## Plots", ""]
     lines += [f"![{name}]({file})" for name, file in PLOT_FILES.items()]
-    lines += ["", "## Method", ""]
-    lines += [f"- {note}" for note in result.notes]
+    lines += ["", *_method(result, method_link)]
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +219,7 @@ def write_report(result: BenchResult, out: Path) -> list[Path]:
     """report.md, report.json and the plots into `out`; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / MARKDOWN_FILE
-    write_text(markdown, render_markdown(result))
+    write_text(markdown, render_markdown(result, method_link(out)))
     data = out / JSON_FILE
     write_text(data, json.dumps(result.to_dict(), indent=2) + "\n")
     return [markdown, data, *write_plots(result, out)]

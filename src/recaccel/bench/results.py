@@ -309,7 +309,6 @@ class BenchResult:
     test_rows: int
     started_at: str
     wall_s: float
-    notes: tuple[str, ...] = field(default=())
 
     def config(self, name: str) -> ConfigResult:
         return next(c for c in self.configs if c.name == name)

@@ -245,34 +245,6 @@ def _line(name: str, run: RunSummary) -> str:
     )
 
 
-def _notes(options: BenchOptions, cores: int) -> tuple[str, ...]:
-    return (
-        "Interleaved: the servers ran side by side for the whole run (idle while another "
-        "was measured), and each phase gave every configuration one run in turn — Offline, then "
-        "the max-QPS search one run per configuration per pass, then the reference load — so "
-        "drift in the machine's speed fell on all of them alike.",
-        f"Max-QPS search: LoadGen Server scenario, each run at least {options.duration_s:g} s "
-        f"and {options.min_query_count} queries (a p99 verdict needs about 460), at most "
-        f"{options.max_run_s:g} s; first target half the configuration's Offline throughput, "
-        f"×{options.growth:g} while runs pass, then bisection to {options.rel_tol:.0%}; at most "
-        f"{options.max_runs} runs. A run is within the bound only if LoadGen says VALID, "
-        "nothing failed, and the p99 still holds with every refused request counted as an "
-        "answer past the bound (LoadGen alone counts a refusal as a fast answer).",
-        "Baseline and model-only have no deadlines and no limit on requests in flight: a "
-        "plain first-in, first-out server that answers every request, however late. The "
-        "selected configurations run recaccel's admission control, which refuses (429) a "
-        "request predicted to miss the SLO, and its limit on requests in flight, which "
-        "refuses past it while requests wait longer than a tenth of the SLO.",
-        f"Offline: LoadGen's Offline scenario, {options.offline_queries} requests issued at "
-        f"once, {options.offline_concurrency} in flight; throughput counts answered requests.",
-        "Served AUC: each server scored the whole test split through the Open Inference "
-        "Protocol (binary tensors, 1,000 rows per request): the rows the artifacts' recorded "
-        "test AUCs were computed on, so only what the serving runtime computes can differ.",
-        f"Cost: server CPU-seconds per 1,000 requests over the server's process tree (/proc); "
-        f"LoadGen and the HTTP client share the machine's {cores} cores with the servers.",
-    )
-
-
 def run_bench(
     heavy: Path,
     candidates: Sequence[Path],
@@ -368,7 +340,6 @@ def run_bench(
         test_rows=len(dataset.test),
         started_at=started_at,
         wall_s=time.monotonic() - start,
-        notes=_notes(options, cores),
     )
 
 

@@ -50,9 +50,9 @@ EXECUTIONS = (IN_PROCESS, WORKER_PROCESSES)
 
 @dataclass(frozen=True)
 class ServerSection:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_bytes: int = 1 << 20
+    host: str = "127.0.0.1"  # this machine only; "0.0.0.0" to be reachable from others
+    port: int = 8000  # the one port every front process accepts on
+    max_body_bytes: int = 1 << 20  # a larger request body is refused 413 before it is read
     management: bool = False  # load / unload / swap endpoints; need RECACCEL_TOKEN
     log_requests: bool = False  # one structured log line per request
     drain_grace_s: float = 1.0  # after SIGTERM: 503s (not resets) before the listener closes
@@ -102,10 +102,10 @@ class BatchingSection:
 
 @dataclass(frozen=True)
 class ExecutorSection:
-    backend: str = "onnxruntime"
-    device: str = "cpu"
-    precision: str = "fp32"
-    threads: int = 1
+    backend: str = "onnxruntime"  # torch-eager, torch-compile, torch-aot, onnxruntime, openvino
+    device: str = "cpu"  # or "cuda" where the backend and the machine have it
+    precision: str = "fp32"  # fp16, bf16, int8-dynamic, int8-static: as the backend runs them
+    threads: int = 1  # intra-op threads per executor; scale with processes and lanes instead
     # Request-level reuse: the model's split twin, the user's part once per rank request
     # (docs/reuse.md). Off by default: it pays on some models and not others; measure it.
     reuse: bool = False
@@ -121,8 +121,12 @@ class ExecutorSection:
 
 @dataclass(frozen=True)
 class WorkersSection:
+    # plane.execution = "workers": worker processes per front at least, and at most; the
+    # autoscaler moves between them.
     min: int = 1
-    max: int = 2
+    max: int = 2  # also Ray Serve's max_replicas under `recaccel deploy ray`
+    # The executor kinds that serve together; each batch goes to the free one predicted to
+    # finish it first (router.py). The file only: flags set the first one.
     executors: tuple[ExecutorSection, ...] = (ExecutorSection(),)
 
 
@@ -142,19 +146,24 @@ class PartCacheSection:
 
 @dataclass(frozen=True)
 class AutoscalerSection:
-    # The policy's own defaults (autoscaler.AutoscalerConfig says why); its min and max are
-    # [workers]'s.
+    """The policy's own defaults (autoscaler.AutoscalerConfig says why); its min and max are
+    [workers]'s."""
+
+    # the busy share of each worker aimed at (KServe's 70%): the rest is headroom for bursts
     target_utilization: float = AutoscalerConfig.target_utilization
+    # queued requests waiting longer than this ask for one worker more
     target_queue_delay_ms: float = AutoscalerConfig.target_queue_delay_ms
-    upscale_delay_s: float = AutoscalerConfig.upscale_delay_s
-    downscale_delay_s: float = AutoscalerConfig.downscale_delay_s
+    upscale_delay_s: float = AutoscalerConfig.upscale_delay_s  # load high this long: add
+    downscale_delay_s: float = AutoscalerConfig.downscale_delay_s  # low this long: remove
     interval_s: float = 1.0  # how often the load is sampled
 
 
 @dataclass(frozen=True)
 class AdmissionSection:
+    # Bounds on what waits for a batch; past them a request is refused 429, reason
+    # queue_full (admission.py). An empty queue admits any one request however large.
     max_queue_rows: int = 50_000
-    max_queue_requests: int = 2_000
+    max_queue_requests: int = 2_000  # also Ray's max_queued_requests and Triton's queue size
     # The delay an adaptive limit on inference requests in flight aims under; past the limit
     # they are refused at once (serve/overload.py). None: a tenth of slo.p99_ms; 0: no limit.
     overload_target_ms: float | None = None
@@ -162,13 +171,13 @@ class AdmissionSection:
 
 @dataclass(frozen=True)
 class RankSection:
-    default_k: int = 10
-    max_candidates: int = 10_000
+    default_k: int = 10  # items returned when a rank request gives no `k`
+    max_candidates: int = 10_000  # a longer candidate list is refused 413
     # Parquet tables the rank rows come from (serve/table_source.py): users (user_id + the
     # request-side features) and items (item_id + the candidate-side ones). "" for both: the
     # feature store of the dataset the first artifact names in its manifest.
     users: str = ""
-    items: str = ""
+    items: str = ""  # the candidate side; given with users or not at all
     # A Redis online store the rank rows are read from per request instead (serve/
     # redis_source.py, docs/feature-sources.md): its URL, e.g. "redis://localhost:6379/0".
     redis: str = ""
