@@ -1,9 +1,9 @@
-"""`recaccel deploy triton|ray`: the verbs' arguments and handlers, for cli.py to register.
+"""`recaccel deploy triton|ray`: the verbs' arguments and handlers, for the CLI to register.
 
     add_deploy_parser(verbs)     # verbs = parser.add_subparsers(...)
 
 Each handler takes the parsed arguments and returns the exit code; a `RecaccelError` it raises
-is printed by cli.main with its hint, as for every other verb.
+is printed by the CLI (cli/common.py) with its hint, as for every other verb.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def _add_ray(verbs: Any) -> None:
 
 
 def add_deploy_parser(subparsers: Any) -> None:
-    """Register `deploy triton ...` and `deploy ray ...` on cli.py's verb subparsers."""
+    """Register `deploy triton ...` and `deploy ray ...` on the CLI's verb subparsers."""
     deploy = subparsers.add_parser(
         "deploy",
         help="scale out on existing engines: a Triton model repository, or Ray Serve",
