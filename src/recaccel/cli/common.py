@@ -21,7 +21,6 @@ from recaccel.errors import ConfigError, RecaccelError, UnknownNameError
 if TYPE_CHECKING:
     from recaccel.data.dataset import Dataset
 
-EXIT_OK = 0
 EXIT_USER_ERROR = 2  # a RecaccelError: the message and its hint, no traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process SIGINT ended (128 + 2)
 
