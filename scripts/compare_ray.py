@@ -51,6 +51,7 @@ from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.registry import DatasetOptions, load_dataset
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 from recaccel.deploy.ray_cluster import HAPROXY_ENV, free_ports, local_ray_cluster
 from recaccel.deploy.ray_serve import RayOptions, deploy_ray, import_serve
 from recaccel.deploy.ray_settings import ray_serve_settings
@@ -248,7 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--deployments", default="serve,ray", help=", ".join(DEPLOYMENTS))
-    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--p99-ms", type=float, default=DEFAULT_SLO_P99_MS)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--start-qps", type=float, default=50.0)
     parser.add_argument("--max-runs", type=int, default=8)

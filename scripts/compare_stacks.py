@@ -492,6 +492,7 @@ def main() -> None:
     from recaccel.bench.search import SearchPolicy
     from recaccel.bench.workload import RankWorkload
     from recaccel.data.registry import DatasetOptions, load_dataset
+    from recaccel.defaults import DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
     from recaccel.deploy.ray_cluster import free_ports
     from recaccel.runtime.profile import load_profile
     from recaccel.serve.config import load_serve_config
@@ -500,7 +501,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path, help="must be what the profile selects")
     parser.add_argument("--stacks", default="serve,litserve,mlserver", help=", ".join(STACKS))
-    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--p99-ms", type=float, default=DEFAULT_SLO_P99_MS)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--start-qps", type=float, default=50.0)
     parser.add_argument("--max-runs", type=int, default=8)
@@ -508,7 +509,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=Path("results/bench/profiles/recaccel-profile.json")
     )
-    parser.add_argument("--accuracy-budget", type=float, default=0.001)
+    parser.add_argument("--accuracy-budget", type=float, default=DEFAULT_RELATIVE_BUDGET)
     parser.add_argument(
         "--max-batch-size", type=int, help="requests per batch (LitServe, MLServer)"
     )

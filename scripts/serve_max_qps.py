@@ -35,6 +35,7 @@ from recaccel.bench.loadgen import (
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.registry import DatasetOptions, load_dataset
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 
 PORT = 8831
 
@@ -76,7 +77,7 @@ def cpu_list(text: str) -> set[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--p99-ms", type=float, default=50.0)
+    parser.add_argument("--p99-ms", type=float, default=DEFAULT_SLO_P99_MS)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--start-qps", type=float, default=50.0)
     parser.add_argument("--out", default="/tmp/recaccel-serve-max-qps")

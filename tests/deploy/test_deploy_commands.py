@@ -1,4 +1,4 @@
-"""`recaccel deploy`'s verbs, as cli.py registers them."""
+"""`recaccel deploy`'s verbs, as the CLI registers them."""
 
 from __future__ import annotations
 

@@ -68,7 +68,9 @@ from recaccel.bench.search import SearchPolicy, SearchResult, search_interleaved
 from recaccel.bench.served import ServedOptions, has_split_twin_at, select_served
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
+from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
+from recaccel.optimize.guard import BUDGET_HINT
 from recaccel.paths import write_text
 from recaccel.runtime.executor import BACKENDS
 from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
@@ -87,7 +89,7 @@ OPTIMIZE_REPORT = "report.json"
 
 @dataclass(frozen=True)
 class BenchOptions:
-    slo_ms: float = 50.0  # p99 per rank request, for every configuration
+    slo_ms: float = DEFAULT_SLO_P99_MS  # p99 per rank request, for every configuration
     duration_s: float = 10.0  # each Server run lasts at least this long...
     min_query_count: int = DEFAULT_MIN_QUERY_COUNT  # ...and sends at least this many queries
     offline_queries: int = 1000
@@ -96,9 +98,9 @@ class BenchOptions:
     growth: float = 1.5  # the search's step while runs pass
     rel_tol: float = 0.1  # ...and its precision
     start_fraction: float = 0.5  # the first target, as a fraction of the Offline throughput
-    relative_budget: float = 0.001  # validation-AUC loss the selection may accept
+    relative_budget: float = DEFAULT_RELATIVE_BUDGET  # validation-AUC loss the selection may accept
     n_samples: int = 20_000  # distinct rank requests
-    median_candidates: float = 100
+    median_candidates: float = DEFAULT_CANDIDATES
     p99_candidates: float = 1000
     seed: int = 0
     warmup_requests: int = 32
@@ -110,7 +112,9 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if not self.slo_ms > 0:
-            raise ConfigError(f"SLO {self.slo_ms} ms must be positive", "e.g. --slo-ms 50")
+            raise ConfigError(
+                f"SLO {self.slo_ms} ms must be positive", f"e.g. --slo-ms {DEFAULT_SLO_P99_MS:g}"
+            )
         if not self.duration_s > 0:
             raise ConfigError(
                 f"run duration {self.duration_s} s must be positive", "e.g. --duration-s 10"
@@ -123,7 +127,7 @@ class BenchOptions:
         if not 0 <= self.relative_budget < 1:
             raise ConfigError(
                 f"accuracy budget {self.relative_budget} is not a fraction in [0, 1)",
-                "0.001 allows 0.1% relative AUC loss",
+                BUDGET_HINT,
             )
         if not 0 < self.start_fraction <= 1:
             raise ConfigError(f"start_fraction={self.start_fraction} must be in (0, 1]", "e.g. 0.5")

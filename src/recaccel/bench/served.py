@@ -45,6 +45,7 @@ from recaccel.bench.search import SearchPolicy
 from recaccel.bench.sut import RANK_PATH
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.schema import FeatureSchema
+from recaccel.defaults import DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import RecaccelError
 from recaccel.models.split import splits
 from recaccel.runtime.profile import Profile, ProfileEntry
@@ -59,8 +60,8 @@ BRIEF_MIN_QUERIES = 100
 
 @dataclass(frozen=True)
 class ServedOptions:
-    slo_ms: float = 50.0
-    relative_budget: float = 0.001  # accuracy, as runtime/select.py's
+    slo_ms: float = DEFAULT_SLO_P99_MS
+    relative_budget: float = DEFAULT_RELATIVE_BUDGET
     cores: int = 1
     budget_s: float = 300.0  # for the search; the confirmation comes on top
     max_runtimes: int = 3

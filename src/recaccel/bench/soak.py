@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
-from recaccel.runtime.select import DEFAULT_SLO_P99_MS
 
 OK, REFUSED, ERROR = 0, 1, 2  # how a request ended: `Answers.kind`
 MIB = 1 << 20

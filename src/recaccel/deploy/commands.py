@@ -1,9 +1,9 @@
-"""`recaccel deploy triton|ray`: the verbs' arguments and handlers, for cli.py to register.
+"""`recaccel deploy triton|ray`: the verbs' arguments and handlers, for the CLI to register.
 
     add_deploy_parser(verbs)     # verbs = parser.add_subparsers(...)
 
 Each handler takes the parsed arguments and returns the exit code; a `RecaccelError` it raises
-is printed by cli.main with its hint, as for every other verb.
+is printed by the CLI (cli/common.py) with its hint, as for every other verb.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from recaccel.defaults import DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 
 if TYPE_CHECKING:
     from recaccel.serve.config import ServeConfig
@@ -84,7 +86,9 @@ def _add_triton(verbs: Any) -> None:
         "the queue timeout (default: the serving config's batching.max_rows, half the SLO)",
     )
     triton.add_argument("--config", help="serving config (.toml, .yaml) to take settings from")
-    triton.add_argument("--slo-ms", type=float, help="p99 target per request (default 50)")
+    triton.add_argument(
+        "--slo-ms", type=float, help=f"p99 target per request (default {DEFAULT_SLO_P99_MS:g})"
+    )
     triton.add_argument(
         "--instances",
         type=int,
@@ -174,20 +178,24 @@ def _add_ray(verbs: Any) -> None:
     ray.add_argument("--port", type=int, help="HTTP port (default 8000)")
     ray.add_argument("--name", help="model name in the API (default: the artifact's directory)")
     ray.add_argument("--app-name", default="recaccel", help="Serve application name")
-    ray.add_argument("--slo-ms", type=float, help="p99 target per rank request (default 50)")
+    ray.add_argument(
+        "--slo-ms",
+        type=float,
+        help=f"p99 target per rank request (default {DEFAULT_SLO_P99_MS:g})",
+    )
     ray.add_argument("--min-replicas", type=int, help="replicas at least (workers.min)")
     ray.add_argument("--max-replicas", type=int, help="replicas at most (workers.max)")
     ray.add_argument(
         "--accuracy-budget",
         type=float,
-        default=0.001,
+        default=DEFAULT_RELATIVE_BUDGET,
         help="with --profile: relative validation-AUC loss allowed (default: %(default)s)",
     )
     ray.set_defaults(run=_cmd_ray)
 
 
 def add_deploy_parser(subparsers: Any) -> None:
-    """Register `deploy triton ...` and `deploy ray ...` on cli.py's verb subparsers."""
+    """Register `deploy triton ...` and `deploy ray ...` on the CLI's verb subparsers."""
     deploy = subparsers.add_parser(
         "deploy",
         help="scale out on existing engines: a Triton model repository, or Ray Serve",

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 
 from recaccel.artifact import read_manifest
 from recaccel.data.dataset import Dataset
+from recaccel.defaults import DEFAULT_RELATIVE_BUDGET
 from recaccel.deploy.ray_cluster import HAPROXY_ENV, local_ray_cluster
 from recaccel.deploy.ray_settings import Capacity, ray_serve_settings
 from recaccel.errors import ConfigError
@@ -154,7 +155,7 @@ class RayOptions:
     address: str | None = None  # a running cluster; None: start one inside this process
     app_name: str = APP_NAME
     model_name: str | None = None  # None: the artifact directory's name
-    relative_budget: float = 0.001  # accuracy budget when choosing from a profile
+    relative_budget: float = DEFAULT_RELATIVE_BUDGET  # accuracy budget when choosing from a profile
 
 
 def deploy_ray(

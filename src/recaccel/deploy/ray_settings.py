@@ -38,11 +38,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.serve.config import ServeConfig
 
-DEFAULT_CANDIDATES = 100  # rows of a typical rank request when no profile says (select.py's)
 RETRY_AFTER_S = 1.0  # HTTP's Retry-After is whole seconds; recaccel's floor too
 
 

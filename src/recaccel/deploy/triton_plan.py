@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.runtime.profile import Profile, ProfileEntry
@@ -48,7 +49,7 @@ class TritonOptions:
     """What the user asks for; None means "derive it" (see the module docstring)."""
 
     name: str | None = None  # None: the artifact directory's name
-    slo_ms: float = 50.0
+    slo_ms: float = DEFAULT_SLO_P99_MS
     device: str = "cpu"
     instances: int | None = None
     precision: str = "fp32"

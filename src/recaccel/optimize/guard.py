@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recaccel.defaults import DEFAULT_RELATIVE_BUDGET
 from recaccel.errors import ConfigError
 
-# MLPerf's high-accuracy target: 99.9% of the reference (`dlrm-99.9`).
-DEFAULT_RELATIVE_BUDGET = 0.001
+# What a budget means, for the hints of errors about one.
+BUDGET_HINT = f"{DEFAULT_RELATIVE_BUDGET:g} allows {DEFAULT_RELATIVE_BUDGET:.1%} relative AUC loss"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def judge(
     if not 0 <= relative_budget < 1:
         raise ConfigError(
             f"accuracy budget {relative_budget} is not a fraction in [0, 1)",
-            "0.001 allows 0.1% relative AUC loss",
+            BUDGET_HINT,
         )
     floor = original_auc * (1 - relative_budget)
     accepted = candidate_auc >= floor

@@ -23,8 +23,6 @@ import torch
 from recaccel.data.dataset import FeatureBatch, Split
 from recaccel.errors import ConfigError
 
-# A rank request in the seeds' workload scores about 100 candidates (lognormal, median 100).
-SERVING_BATCH = 100
 DEFAULT_REPEATS = 200
 DEFAULT_WARMUP = 20
 # Calls of each scorer in a row per round, the first untimed (`time_rounds`): a scorer called

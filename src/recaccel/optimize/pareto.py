@@ -16,7 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from recaccel.optimize.guard import DEFAULT_RELATIVE_BUDGET, judge
+from recaccel.defaults import DEFAULT_RELATIVE_BUDGET
+from recaccel.optimize.guard import judge
 from recaccel.optimize.search_space import SearchSpace
 
 

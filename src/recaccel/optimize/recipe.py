@@ -36,10 +36,11 @@ from typing import Any
 
 import yaml
 
+from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET
 from recaccel.errors import ConfigError
 from recaccel.models.registry import config_from_dict, preset_config
-from recaccel.optimize.guard import DEFAULT_RELATIVE_BUDGET, MAX_SLOWDOWN
-from recaccel.optimize.latency import DEFAULT_REPEATS, SERVING_BATCH
+from recaccel.optimize.guard import BUDGET_HINT, MAX_SLOWDOWN
+from recaccel.optimize.latency import DEFAULT_REPEATS
 
 # Step ops and the parameters each accepts (checked when the recipe is read, so a typo fails
 # before an hour of training, not after).
@@ -81,7 +82,7 @@ class Step:
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    serving_batch: int = SERVING_BATCH
+    serving_batch: int = DEFAULT_CANDIDATES
     threads: int = 1
     repeats: int = DEFAULT_REPEATS
 
@@ -105,7 +106,7 @@ class Recipe:
         if not 0 <= self.relative_budget < 1:
             raise ConfigError(
                 f"recipe {self.name!r}: relative_budget {self.relative_budget} is not in [0, 1)",
-                "0.001 allows 0.1% relative AUC loss",
+                BUDGET_HINT,
             )
         if self.max_slowdown < 1:
             raise ConfigError(f"recipe {self.name!r}: max_slowdown {self.max_slowdown} < 1")

@@ -31,9 +31,10 @@ from torch import nn
 from recaccel.artifact import Artifact, LineageStep, new_manifest, save_artifact
 from recaccel.data.dataset import Dataset
 from recaccel.data.schema import Side
+from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError
 from recaccel.optimize.distill import DEFAULT_ALPHA, blended_targets
-from recaccel.optimize.latency import SERVING_BATCH, sample_rows
+from recaccel.optimize.latency import sample_rows
 from recaccel.optimize.pareto import SearchResult, TrialRecord, pick, write_outputs
 from recaccel.optimize.search_space import SearchSpace, student_from_params
 from recaccel.optimize.search_trial import (
@@ -158,7 +159,7 @@ def search(
     n_trials: int | None = None,
     train_config: TrainConfig,
     alpha: float = DEFAULT_ALPHA,
-    serving_batch: int = SERVING_BATCH,
+    serving_batch: int = DEFAULT_CANDIDATES,
     threads: int = 1,
     seed: int = 0,
     progress: bool = True,

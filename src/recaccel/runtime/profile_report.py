@@ -35,7 +35,7 @@ def _config_label(entry: ProfileEntry) -> str:
 
 def config_cells(entry: ProfileEntry) -> list[str]:
     """Artifact, backend, device, precision, threads and val AUC: a measured entry's row head
-    in every latency table (markdown here, the terminal's in cli.py)."""
+    in every latency table (markdown here, the terminal's in cli/profile.py)."""
     c = entry.config
     auc = "—" if entry.validation_auc is None else f"{entry.validation_auc:.4f}"
     return [artifact_label(entry), c.backend, c.device, c.precision, str(c.threads), auc]

@@ -46,9 +46,10 @@ from tqdm.auto import tqdm
 
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch
+from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
-from recaccel.optimize.latency import SERVING_BATCH, percentile, sample_rows, time_rounds
+from recaccel.optimize.latency import percentile, sample_rows, time_rounds
 from recaccel.runtime.executor import (
     BACKENDS,
     BackendSpec,
@@ -76,7 +77,7 @@ class ProfileOptions:
     precisions: tuple[str, ...] | None = None  # None: all each backend takes (see plan_configs)
     threads: tuple[int, ...] | None = None  # None: 1 and every core
     batches: tuple[int, ...] = DEFAULT_BATCHES
-    serving_batch: int = SERVING_BATCH  # rows of a rank request; added to `batches`
+    serving_batch: int = DEFAULT_CANDIDATES  # rows of a rank request; added to `batches`
     repeats: int = 200
     min_repeats: int = 30
     warmup: int = 10

@@ -34,11 +34,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
-from recaccel.optimize.guard import DEFAULT_RELATIVE_BUDGET, judge
+from recaccel.optimize.guard import judge
 from recaccel.runtime.profile import Profile, ProfileEntry
 
-DEFAULT_SLO_P99_MS = 50.0  # the serving issue's default rank-request SLO
 FULL_PRECISION = "fp32"
 # A lower precision is selected only if its estimate beats the best FP32 one's by this factor.
 LOWER_PRECISION_MARGIN = 1.25
@@ -47,7 +47,7 @@ LOWER_PRECISION_MARGIN = 1.25
 @dataclass(frozen=True)
 class Requirements:
     slo_p99_ms: float = DEFAULT_SLO_P99_MS
-    candidates: int = 100  # rows of one rank request
+    candidates: int = DEFAULT_CANDIDATES  # rows of one rank request
     relative_budget: float = DEFAULT_RELATIVE_BUDGET
     cores: int = 1  # CPU cores the workers may use
 

@@ -35,6 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.serve.batcher_policy import batches_ms
@@ -42,16 +43,12 @@ from recaccel.serve.errors import OverloadedError, RequestError
 
 REFUSALS = ("draining", "queue_full", "deadline")  # the codes `admit` refuses with
 
-# The default rank-request SLO, as runtime/select.py's DEFAULT_SLO_P99_MS (not imported: that
-# module loads the executors, and with them torch).
-DEFAULT_SLO_MS = 50.0
-
 
 @dataclass(frozen=True)
 class AdmissionConfig:
     max_queue_rows: int
     max_queue_requests: int
-    default_slo_ms: float = DEFAULT_SLO_MS
+    default_slo_ms: float = DEFAULT_SLO_P99_MS
     reserved_fraction: float = 0.1  # of each bound, kept for priority > 0
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from recaccel.defaults import DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import BACKENDS, ExecutorConfig, part_cache_hint, reuse_hint
 from recaccel.runtime.part_cache import PartCacheSettings
@@ -84,7 +85,7 @@ class PlaneSection:
 
 @dataclass(frozen=True)
 class SloSection:
-    p99_ms: float = 50.0  # per rank request, unless the request carries its own deadline
+    p99_ms: float = DEFAULT_SLO_P99_MS  # per rank request, unless the request has its own deadline
     # No request waits longer than this for its batch to fill. 0 (Triton's default too): a
     # batch goes as soon as a worker is free, and under load batches grow by themselves while
     # every worker is busy. Measured on the pruned DeepFM, one worker
