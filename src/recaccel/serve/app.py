@@ -1,5 +1,5 @@
 """The HTTP routes: Open Inference Protocol (KServe v2 REST, as Triton speaks it), the ranking
-API, health, metrics and model management. Routes only: decoding is protocol.py and rank.py,
+API, health, metrics and model management. Routes only: decoding is protocol/ and rank.py,
 features are features.py, batching and execution are deployment.py and plane/.
 
 Stack: FastAPI for the OpenAPI spec, on Starlette's routing, served by uvicorn with uvloop and
