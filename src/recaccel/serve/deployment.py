@@ -31,7 +31,7 @@ queue delay every `interval_s` and starts or stops worker processes of the elast
 min and max; in-process lanes are a fixed count per front process.
 
 Latency models come from the profile when it has the artifact on a worker's configuration,
-else from the worker's own measurement at start (workers.py).
+else from the worker's own measurement at start (worker_spec.py).
 """
 
 from __future__ import annotations
@@ -67,12 +67,8 @@ from recaccel.serve.plane import queue
 from recaccel.serve.plane.inproc import InProcessLane, start_lanes
 from recaccel.serve.plane.queue import Part, Request
 from recaccel.serve.scaling import scaling_loop
-from recaccel.serve.workers import (
-    WorkerDiedError,
-    WorkerProcess,
-    WorkerSpec,
-    hung_for,
-)
+from recaccel.serve.worker_spec import WorkerSpec
+from recaccel.serve.workers import WorkerDiedError, WorkerProcess, hung_for
 
 log = logging.getLogger(__name__)
 
