@@ -66,7 +66,7 @@ from recaccel.serve.overload import (
     overload_target_s,
 )
 from recaccel.serve.plane.control import Channel, Command
-from recaccel.serve.plane.front import (
+from recaccel.serve.plane.front_process import (
     FRONT_START_FAILED,
     METRICS_DIR_ENV,
     PUBLISH_INTERVAL_S,
