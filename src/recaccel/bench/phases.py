@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from recaccel.bench.accuracy import ServedAccuracy, served_accuracy
 from recaccel.bench.fleet import RunningServer, ServerFleet
-from recaccel.bench.loadgen import ScenarioResult, run_offline_scenario, run_server_scenario
+from recaccel.bench.loadgen import run_offline_scenario, run_server_scenario
 from recaccel.bench.plan import (
     BASELINE,
     RECACCEL,
@@ -24,6 +24,7 @@ from recaccel.bench.plan import (
     with_served,
 )
 from recaccel.bench.results import RunSummary, reference_load
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.bench.search import SearchResult, search_interleaved
 from recaccel.bench.served import ServedOptions, has_split_twin_at, select_served
 from recaccel.bench.workload import RankWorkload
