@@ -1,4 +1,9 @@
-"""One model version being served: its executors, its batch queue, its scaling loop.
+"""One model version being served: its executors, its batch queue, its scaling loop. Over 400
+lines because it is one object's state: the queue, each kind's workers and the batches in
+flight are read and written together by admission, the pump, dispatch and each batch's outcome.
+The decisions are pure functions elsewhere (admission.py, batcher_policy.py, router.py,
+scaling.py) and the workers are their own modules; cutting the mechanism that remains would
+pass that state between modules rather than make any part read alone.
 
     deployment = Deployment(ModelVersion("ranker", "1", artifact), config, metrics)
     await deployment.start()                       # executors loaded and ready
