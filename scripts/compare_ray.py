@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from ray import serve
 
-from recaccel.bench.loadgen import ScenarioResult, find_max_qps
+from recaccel.bench.loadgen import find_max_qps
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import FeatureBatch

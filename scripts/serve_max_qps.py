@@ -26,12 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from recaccel.bench.loadgen import (
-    DEFAULT_MIN_QUERY_COUNT,
-    ScenarioResult,
-    find_max_qps,
-    run_server_scenario,
-)
+from recaccel.bench.loadgen import DEFAULT_MIN_QUERY_COUNT, find_max_qps, run_server_scenario
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.registry import DatasetOptions, load_dataset

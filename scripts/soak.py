@@ -43,8 +43,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recaccel.bench.loadgen import ScenarioResult, find_max_qps
+from recaccel.bench.loadgen import find_max_qps
 from recaccel.bench.proc_usage import tree_usage
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.bench.search import SearchPolicy
 from recaccel.bench.soak import (
     MIB,

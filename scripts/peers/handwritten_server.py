@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recaccel.data.movielens import CATEGORICAL, ITEM_CATEGORICAL, USER_CATEGORICAL
+from recaccel.data.movielens_encoding import CATEGORICAL, ITEM_CATEGORICAL, USER_CATEGORICAL
 from recaccel.data.registry import DatasetOptions, load_dataset
 
 ITEM_COLUMNS = [CATEGORICAL.index(name) for name in ITEM_CATEGORICAL]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from recaccel.bench.books import Books, Outcome, Percentiles
-from recaccel.bench.loadgen import ScenarioResult, late_allowance
 from recaccel.bench.loadgen_log import LatencyNs, LoadGenResult
+from recaccel.bench.scenario_result import ScenarioResult, late_allowance
 from recaccel.bench.sut import ClientOverhead, SutReport
 
 BOUND_MS = 50.0

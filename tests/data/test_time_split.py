@@ -7,16 +7,18 @@ import pandas as pd
 
 from recaccel.data.dataset import Dataset
 from recaccel.data.movielens import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    build_movielens_dataset,
+    per_user_time_split,
+)
+from recaccel.data.movielens_encoding import (
     AGE_LABELS,
     CATEGORICAL,
     DENSE,
-    TEST,
-    TRAIN,
     USER_CATEGORICAL,
-    VALIDATION,
     age_bucket_codes,
-    build_movielens_dataset,
-    per_user_time_split,
 )
 from recaccel.data.movielens_source import MovieLensTables
 

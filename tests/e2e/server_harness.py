@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recaccel.serve.plane.front import PRELOAD_MODULE
+from recaccel.serve.plane.front_process import PRELOAD_MODULE
 
 SERVER_SCRIPT = Path(__file__).with_name("tiny_server.py")
 READY_TIMEOUT_S = 180.0  # workers spawn, import torch and load: slow on a busy 2-core CI box

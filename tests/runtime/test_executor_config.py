@@ -95,7 +95,7 @@ def test_load_executor_refuses_cuda_without_a_gpu(trained: dict[str, Artifact]) 
 def test_load_executor_names_a_missing_package(
     trained: dict[str, Artifact], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executor_module, "_missing_packages", lambda spec: spec.packages[:1])
+    monkeypatch.setattr(executor_module, "packages_missing", lambda spec: spec.packages[:1])
     with pytest.raises(ExecutorError, match="needs onnxruntime, which is not installed") as caught:
         load_executor(trained["dlrm"], ExecutorConfig("onnxruntime"))
     assert "pip install onnxruntime" in caught.value.hint

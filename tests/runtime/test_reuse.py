@@ -111,7 +111,7 @@ def test_a_servers_latency_model_times_each_batch_as_one_rank_request(
     tiny_dataset: Dataset,
 ) -> None:
     """So an executor with reuse is timed as /v1/rank runs it, its request part once."""
-    from recaccel.serve.workers import startup_latency
+    from recaccel.serve.worker_spec import startup_latency
 
     seen: list[Rows] = []
 

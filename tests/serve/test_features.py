@@ -17,15 +17,13 @@ import torch
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import Dataset
 from recaccel.data.movielens import (
-    AGE_LABELS,
-    CATEGORICAL,
-    DENSE,
     TEST,
     TRAIN,
     VALIDATION,
     build_movielens_dataset,
     per_user_time_split,
 )
+from recaccel.data.movielens_encoding import AGE_LABELS, CATEGORICAL, DENSE
 from recaccel.data.movielens_source import MovieLensTables
 from recaccel.data.rank_rows import RawFeatureError, UnknownUserError
 from recaccel.data.rows import Rows

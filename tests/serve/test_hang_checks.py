@@ -22,7 +22,7 @@ from recaccel.serve.config import load_serve_config
 from recaccel.serve.deployment import Deployment, ModelVersion
 from recaccel.serve.errors import UnavailableError
 from recaccel.serve.metrics import ServerMetrics
-from recaccel.serve.plane.front import front_is_hung
+from recaccel.serve.plane.front_process import front_is_hung
 from recaccel.serve.plane.inproc import InProcessLane
 from recaccel.serve.workers import hung_for
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from recaccel.bench.loadgen import ScenarioResult
 from recaccel.bench.plan import BASELINE, RECACCEL
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.defaults import DEFAULT_RELATIVE_BUDGET
 
 KEPT_UP_FRACTION = 0.95  # completed / scheduled QPS for a run to count as keeping up

@@ -3,7 +3,8 @@
     result = run_bench(Path("artifacts/dlrm-heavy"), candidates, dataset, Path("results/bench"))
 
 The run, in phases, every phase interleaved across the configurations (plan.py: four, and
-recaccel's choice with reuse flipped where it can run either way):
+recaccel's choice with reuse flipped where it can run either way; what the phases do on the
+running servers is phases.py):
 
 1. **Profile and plan.** The selection needs a profile of every artifact; without one, a
    reduced profile is measured first (`bench_profile_options`). The plan turns it into four
@@ -27,7 +28,6 @@ for a p99 verdict in that time, so the search does not go there.
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import os
 import time
@@ -38,23 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from recaccel.artifact import read_manifest
-from recaccel.bench.accuracy import ServedAccuracy, served_accuracy
-from recaccel.bench.fleet import SERVE_COMMAND, RunningServer, ServerFleet
+from recaccel.bench.accuracy import ServedAccuracy
+from recaccel.bench.fleet import SERVE_COMMAND, ServerFleet
 from recaccel.bench.loadgen import (
     DEFAULT_MIN_QUERY_COUNT,
-    ScenarioResult,
-    run_offline_scenario,
-    run_server_scenario,
 )
+from recaccel.bench.phases import best_qps, choose_by_serving, measure_phases
 from recaccel.bench.plan import (
     BASELINE,
-    RECACCEL,
-    SYSTEM_ONLY,
     ArtifactRef,
-    BenchPlan,
     plan_bench,
-    with_reuse_ablation,
-    with_served,
 )
 from recaccel.bench.results import (
     AucChange,
@@ -62,17 +55,13 @@ from recaccel.bench.results import (
     ConfigResult,
     RunSummary,
     cdf_ms,
-    reference_load,
 )
-from recaccel.bench.search import SearchPolicy, SearchResult, search_interleaved
-from recaccel.bench.served import ServedOptions, has_split_twin_at, select_served
+from recaccel.bench.search import SearchPolicy
 from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 from recaccel.optimize.guard import BUDGET_HINT
-from recaccel.paths import write_text
-from recaccel.runtime.executor import BACKENDS
 from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
 from recaccel.runtime.profiler import (
     ProfileOptions,
@@ -80,7 +69,6 @@ from recaccel.runtime.profiler import (
     machine_facts,
     run_profile,
 )
-from recaccel.serve.choice import Candidate, save_served, served_table
 from recaccel.train.metrics import paired_bootstrap_auc_delta
 
 DEFAULT_BASELINE = Path("artifacts/dlrm-heavy")
@@ -217,36 +205,9 @@ def measure_profile(
     return profile
 
 
-def _warm_up(server: RunningServer, bodies: Sequence[bytes]) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    try:
-        for body in bodies:
-            connection.request("POST", "/v1/rank", body, {"Content-Type": "application/json"})
-            answer = connection.getresponse()
-            text = answer.read()
-            if answer.status != 200:
-                raise ConfigError(
-                    f"the {server.plan.name} server answered a rank request with HTTP "
-                    f"{answer.status}: {text[:300]!r}",
-                    f"its log: {server.log}",
-                )
-    finally:
-        connection.close()
-
-
 def _auc_change(dataset: Dataset, served: ServedAccuracy, base: ServedAccuracy) -> AucChange:
     delta = paired_bootstrap_auc_delta(dataset.test.label, served.scores, base.scores)
     return AucChange(delta.delta, delta.low, delta.high, served.auc / base.auc - 1)
-
-
-def _line(name: str, run: RunSummary) -> str:
-    within = "within bound" if run.meets_bound else "not within bound"
-    return (
-        f"{name:>11} {run.scenario:7} {run.target_qps:8.1f} QPS: {run.verdict:7} {within:16} "
-        f"completed {run.completed_qps:7.1f} (answered {run.ok_qps:7.1f}/s)  p50 "
-        f"{run.p50_ms:7.2f}  p99 {run.p99_ms:8.2f} ms  rejected {run.rejected_with_reasons} "
-        f"failed {run.failed}"
-    )
 
 
 def run_bench(
@@ -295,7 +256,7 @@ def run_bench(
         dataset, options.n_samples, options.seed, options.median_candidates, options.p99_candidates
     )
     if options.served_budget_s > 0:
-        plan = _choose_by_serving(plan, workload, options, cores, out, server_command, say)
+        plan = choose_by_serving(plan, workload, options, cores, out, server_command, say)
     for server in plan.servers:
         say(f"{server.name}: {server.description}: {server.command()}")
     fleet = ServerFleet(
@@ -303,7 +264,7 @@ def run_bench(
     )
     with fleet:
         say("servers ready; scoring the test split through each")
-        measured = _measure(plan, fleet, dataset, workload, options, out / "runs", say)
+        measured = measure_phases(plan, fleet, dataset, workload, options, out / "runs", say)
     accuracy, offline, searches, reference, ref_runs = measured
     base = accuracy[BASELINE]
     configs = tuple(
@@ -320,7 +281,7 @@ def run_bench(
             offline=RunSummary.of(offline[s.name]),
             search=tuple(RunSummary.of(r) for _, r, _ in searches[s.name].runs),
             search_stopped=searches[s.name].stopped,
-            max_qps=_best_qps(searches[s.name]),
+            max_qps=best_qps(searches[s.name]),
             at_reference=RunSummary.of(ref_runs[s.name]),
             reference_cdf_ms=cdf_ms(ref_runs[s.name].latencies_ms),
         )
@@ -345,133 +306,3 @@ def run_bench(
         started_at=started_at,
         wall_s=time.monotonic() - start,
     )
-
-
-def _choose_by_serving(
-    plan: BenchPlan,
-    workload: RankWorkload,
-    options: BenchOptions,
-    cores: int,
-    out: Path,
-    server_command: Sequence[str],
-    say: Callable[[str], None],
-) -> BenchPlan:
-    """Served selection for the two selected configurations; served.json beside each one's
-    profile, so its `--select` serves what serving chose (plan.with_served)."""
-    served_options = ServedOptions(
-        slo_ms=options.slo_ms,
-        relative_budget=options.relative_budget,
-        cores=cores,
-        budget_s=options.served_budget_s,
-        duration_s=min(options.duration_s, ServedOptions.duration_s),
-        min_query_count=options.min_query_count,
-        warm_up_requests=10 * options.warmup_requests,
-    )
-    for name in (SYSTEM_ONLY, RECACCEL):
-        profile_path = Path(plan.server(name).argv[1])  # --profile PATH
-        say(f"choosing {name}'s configuration by serving ({options.served_budget_s:g} s)")
-        selection = select_served(
-            plan.profiles[str(profile_path.relative_to(out / "profiles"))],
-            workload,
-            served_options,
-            out / "served" / name,
-            progress=say,
-            command=server_command,
-        )
-        table = served_table(selection)
-        write_text(profile_path.parent / "served.md", table)  # beside what `--select` reads
-        write_text(out / f"served-{name}.md", table)  # beside the report, which links it
-        if selection.chosen is None:
-            say(f"{name}: nothing served within the SLO; chosen by the compute profile")
-            continue
-        save_served(selection, profile_path.parent)
-        plan = with_served(plan, name, selection.chosen.candidate.label)
-        chosen = selection.chosen.candidate
-        if name == RECACCEL and reuse_ablation_runs(chosen):
-            plan = with_reuse_ablation(plan, chosen, options.slo_ms)
-    return plan
-
-
-def reuse_ablation_runs(chosen: Candidate) -> bool:
-    """Whether the bench can serve `chosen` with reuse flipped: its backend runs the split twin
-    at its precision, and its artifact has one."""
-    spec = BACKENDS.get(chosen.config.backend)
-    if spec is None or not spec.runs_reuse(chosen.config.precision):
-        return False
-    return chosen.config.reuse or has_split_twin_at(Path(chosen.artifact))
-
-
-def _best_qps(result: SearchResult[ScenarioResult]) -> float | None:
-    return None if result.best is None else result.best[0]
-
-
-Measured = tuple[
-    dict[str, ServedAccuracy],
-    dict[str, ScenarioResult],
-    dict[str, SearchResult[ScenarioResult]],
-    tuple[float, str],
-    dict[str, ScenarioResult],
-]
-
-
-def _measure(
-    plan: BenchPlan,
-    fleet: ServerFleet,
-    dataset: Dataset,
-    workload: RankWorkload,
-    options: BenchOptions,
-    runs_dir: Path,
-    say: Callable[[str], None],
-) -> Measured:
-    """Phases 3 to 6 of the module docstring, on running servers."""
-    names = [s.name for s in plan.servers]
-    warmup = workload.bodies[: options.warmup_requests]
-    accuracy: dict[str, ServedAccuracy] = {}
-    for server in plan.servers:
-        running = fleet[server.name]
-        accuracy[server.name] = served_accuracy(running.url, server.model_name, dataset.test)
-        _warm_up(running, warmup)
-        say(f"{server.name:>11} served test AUC {accuracy[server.name].auc:.4f}")
-
-    offline: dict[str, ScenarioResult] = {}
-    for name in names:
-        offline[name] = run_offline_scenario(
-            fleet[name].url,
-            workload,
-            expected_qps=1.0,  # with min_query_count: exactly offline_queries requests
-            duration_s=0.001,
-            min_query_count=options.offline_queries,
-            out_dir=runs_dir / name / "offline",
-            server_pid=fleet[name].pid,
-            concurrency=options.offline_concurrency,
-        )
-        say(_line(name, RunSummary.of(offline[name])))
-
-    counts = dict.fromkeys(names, 0)
-
-    def server_run(name: str, target_qps: float, label: str) -> ScenarioResult:
-        result = run_server_scenario(
-            fleet[name].url,
-            workload,
-            target_qps,
-            options.slo_ms,
-            options.duration_s,
-            options.min_query_count,
-            runs_dir / name / f"{label}-{target_qps:.4g}qps",
-            server_pid=fleet[name].pid,
-            max_duration_s=options.max_run_s,
-        )
-        say(_line(name, RunSummary.of(result)))
-        return result
-
-    def search_run(name: str, target_qps: float) -> ScenarioResult:
-        counts[name] += 1
-        return server_run(name, target_qps, f"search-{counts[name]:02d}")
-
-    policies = {name: options.policy(offline[name].ok_qps) for name in names}
-    searches = search_interleaved(names, search_run, lambda r: r.meets_bound, policies)
-    base = searches[BASELINE]
-    reference = reference_load([RunSummary.of(r) for _, r, _ in base.runs], _best_qps(base))
-    say(f"reference load {reference[0]:.4g} QPS: {reference[1]}")
-    at_reference = {name: server_run(name, reference[0], "reference") for name in names}
-    return accuracy, offline, searches, reference, at_reference

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from recaccel.bench.http_pool import HttpPool
-from recaccel.bench.loadgen import ScenarioResult, run_server_scenario
+from recaccel.bench.loadgen import run_server_scenario
 from recaccel.bench.proc_usage import tree_usage
+from recaccel.bench.scenario_result import ScenarioResult
 from recaccel.bench.soak import ERROR, OK, REFUSED, Answers, ResourceSample, SoakLayout
 from recaccel.bench.sut import (
     DEFAULT_CONCURRENCY,

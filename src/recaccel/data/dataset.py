@@ -19,7 +19,7 @@ import torch
 from recaccel.data.schema import FeatureSchema
 
 if TYPE_CHECKING:
-    from recaccel.data.movielens import MovieLensEncoding
+    from recaccel.data.movielens_encoding import MovieLensEncoding
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -87,7 +87,7 @@ class Dataset:
     `synthetic` datasets are for speed, memory and scale only: their labels come from a random
     generator, so no accuracy claim may rest on them, and every report that shows one says so.
 
-    `encoding` is how the rows were made from users, items and time (see `movielens.py`), kept
+    `encoding` is how the rows were made from users, items and time (movielens_encoding.py), kept
     so serving encodes rows the dataset never held exactly as these; `feature_tables` is what
     a dataset without such an encoding ranks from. `info` is JSON-safe: it goes into artifact
     manifests.

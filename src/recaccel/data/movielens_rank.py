@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from recaccel.data.movielens import AGE_BINS, MovieLensEncoding
+from recaccel.data.movielens_encoding import AGE_BINS, MovieLensEncoding
 from recaccel.data.rank_rows import RawFeatureError, UnknownUserError
 from recaccel.data.rows import Rows
 

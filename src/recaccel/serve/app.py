@@ -1,6 +1,7 @@
 """The HTTP routes: Open Inference Protocol (KServe v2 REST, as Triton speaks it), the ranking
-API, health, metrics and model management. Routes only: decoding is protocol.py and rank.py,
-features are features.py, batching and execution are deployment.py and plane/.
+API, health, metrics and model management. Routes only: decoding is protocol/ and rank.py,
+features are features.py, batching and execution are deployment.py and plane/, starting and
+draining them is lifespan.py.
 
 Stack: FastAPI for the OpenAPI spec, on Starlette's routing, served by uvicorn with uvloop and
 httptools (serve/server.py). Two routes skip FastAPI's per-request machinery because they are
@@ -16,12 +17,9 @@ answered 500, never a stack trace to the client.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -31,22 +29,21 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 import recaccel
 from recaccel.data.schema import OUTPUT_NAME
-from recaccel.errors import RecaccelError
 from recaccel.serve import protocol
 from recaccel.serve.admission import deadline_for
 from recaccel.serve.config import ServeConfig
 from recaccel.serve.errors import RequestError
-from recaccel.serve.heap import freeze_long_lived_heap
+from recaccel.serve.lifespan import front_lifespan
 from recaccel.serve.metrics import ServerMetrics
 from recaccel.serve.middleware import (
     CLIENT_CLOSED_REQUEST,
     RequestMetrics,
+    ShortCut,
     bearer_matches,
-    error_parts,
     error_response,
     read_body,
     request_id_of,
@@ -65,11 +62,8 @@ from recaccel.serve.overload import (
     OverloadPolicy,
     overload_target_s,
 )
-from recaccel.serve.plane.control import Channel, Command
-from recaccel.serve.plane.front import (
-    FRONT_START_FAILED,
+from recaccel.serve.plane.front_process import (
     METRICS_DIR_ENV,
-    PUBLISH_INTERVAL_S,
     FrontLink,
 )
 from recaccel.serve.rank import RankRequest, RankResponse
@@ -78,29 +72,6 @@ from recaccel.serve.repository import ModelRepository
 
 log = logging.getLogger("recaccel.serve")
 RANK_ERRORS = errors(400, 404, 413, 429, 503)
-
-
-class ShortCut:
-    """ASGI middleware: requests for one method and path go straight to `endpoint`, every
-    other request (and the lifespan) on to `app`."""
-
-    def __init__(self, app: ASGIApp, endpoint: ASGIApp, method: str, path: str) -> None:
-        self.app = app
-        self.endpoint = endpoint
-        self.method = method
-        self.path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        here = scope["type"] == "http" and scope["path"] == self.path
-        if not here:
-            await self.app(scope, receive, send)
-        elif scope["method"] == self.method:
-            await self.endpoint(scope, receive, send)
-        else:  # the path is this endpoint's alone: any other method is not allowed here
-            refusal = RequestError(f"{scope['method']} {self.path}: use {self.method}", status=405)
-            status, headers, body = error_parts(refusal, request_id_of(scope))
-            response = Response(body, status, {**headers, "Allow": self.method})
-            await response(scope, receive, send)
 
 
 def _rank_documented(body: RankRequest) -> RankResponse:
@@ -144,63 +115,11 @@ def create_app(
     overload = OverloadGuard(OverloadPolicy(target_s), on_interval=export)
     metrics.rejected.labels("", SERVER_OVERLOADED)  # at 0 until the limit refuses one
 
-    async def on_command(command: Command) -> Any:
-        """What the supervisor asks of this front: its share of a load or an unload."""
-        if command.op == "load":
-            return await repository.load(**command.args)
-        if command.op == "unload":
-            return await repository.unload(**command.args)
-        raise RequestError(f"unknown control command {command.op!r}", status=500)
-
-    async def publish_readiness(link: FrontLink) -> None:
-        """Readiness, and a heartbeat: a loop that stops beating (stuck in a native call)
-        or a lane that holds one batch too long has this front replaced (front.py)."""
-        timeout_s = config.plane.hang_timeout_s
-        while True:
-            hung = repository.hung_lane(time.monotonic(), timeout_s)
-            if hung is not None:
-                log.error(
-                    "lane %s has held one batch for %.0f s or more (plane.hang_timeout_s): "
-                    "this front stops and is replaced", hung, timeout_s,
-                )  # fmt: skip
-                link.publish(False, hung=True)
-                return
-            link.publish(repository.ready)
-            await asyncio.sleep(PUBLISH_INTERVAL_S)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if link is not None:
-            link.channel = Channel(link.connection, on_command)
-        try:
-            await repository.start()
-        except RecaccelError as error:
-            if link is None:
-                raise
-            # A front that cannot load what it serves: its reason, plainly, for the log the
-            # supervisor points to (not uvicorn's traceback), and the exit code it reads.
-            log.error("front process %d cannot start: %s", link.index, error)
-            os._exit(FRONT_START_FAILED)
-        freeze_long_lived_heap()  # features, models, imports: off every full collection
-        overload.start()
-        publisher = None if link is None else asyncio.create_task(publish_readiness(link))
-        try:
-            yield
-        finally:
-            if publisher is not None and link is not None:
-                publisher.cancel()
-                link.publish(False)
-            await overload.stop()
-            await repository.drain()
-            if link is not None and link.channel is not None:
-                link.channel.close()
-            log.warning("drained: every admitted request answered, workers stopped")
-
     app = FastAPI(
         title="recaccel",
         version=recaccel.__version__,
         description="Real-time ranking: Open Inference Protocol and /v1/rank.",
-        lifespan=lifespan,
+        lifespan=front_lifespan(repository, config, overload, link),
     )
     app.state.repository = repository  # the server's shutdown signal stops admission on it
 
@@ -447,14 +366,3 @@ def _priority(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"priority must be an integer, not {value!r}")
     return value
-
-
-def _pydantic_message(error: ValueError) -> str:
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        parts = []
-        for item in errors()[:5]:
-            where = ".".join(str(p) for p in item.get("loc", ())) or "body"
-            parts.append(f"{where}: {item.get('msg')}")
-        return "; ".join(parts)
-    return str(error)

@@ -1,4 +1,9 @@
-"""One model version being served: its executors, its batch queue, its scaling loop.
+"""One model version being served: its executors, its batch queue, its scaling loop. Over 400
+lines because it is one object's state: the queue, each kind's workers and the batches in
+flight are read and written together by admission, the pump, dispatch and each batch's outcome.
+The decisions are pure functions elsewhere (admission.py, batcher_policy.py, router.py,
+scaling.py) and the workers are their own modules; cutting the mechanism that remains would
+pass that state between modules rather than make any part read alone.
 
     deployment = Deployment(ModelVersion("ranker", "1", artifact), config, metrics)
     await deployment.start()                       # executors loaded and ready
@@ -31,7 +36,7 @@ queue delay every `interval_s` and starts or stops worker processes of the elast
 min and max; in-process lanes are a fixed count per front process.
 
 Latency models come from the profile when it has the artifact on a worker's configuration,
-else from the worker's own measurement at start (workers.py).
+else from the worker's own measurement at start (worker_spec.py).
 """
 
 from __future__ import annotations
@@ -67,12 +72,8 @@ from recaccel.serve.plane import queue
 from recaccel.serve.plane.inproc import InProcessLane, start_lanes
 from recaccel.serve.plane.queue import Part, Request
 from recaccel.serve.scaling import scaling_loop
-from recaccel.serve.workers import (
-    WorkerDiedError,
-    WorkerProcess,
-    WorkerSpec,
-    hung_for,
-)
+from recaccel.serve.worker_spec import WorkerSpec
+from recaccel.serve.workers import WorkerDiedError, WorkerProcess, hung_for
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """What every request goes through: its id, its metrics, the in-flight limit, and how errors
-and bodies are answered and read.
+and bodies are answered and read; and `ShortCut`, which takes one method and path (the hot
+POST /v1/rank) straight to its endpoint.
 
 `RequestMetrics` is a plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`, which
 runs each request's response through an extra task and memory stream: a per-request cost on
@@ -240,3 +241,26 @@ class RequestMetrics:
                 "ms": round(elapsed * 1e3, 3),
             }
             log.info(orjson.dumps(line).decode())
+
+
+class ShortCut:
+    """ASGI middleware: requests for one method and path go straight to `endpoint`, every
+    other request (and the lifespan) on to `app`."""
+
+    def __init__(self, app: ASGIApp, endpoint: ASGIApp, method: str, path: str) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.method = method
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        here = scope["type"] == "http" and scope["path"] == self.path
+        if not here:
+            await self.app(scope, receive, send)
+        elif scope["method"] == self.method:
+            await self.endpoint(scope, receive, send)
+        else:  # the path is this endpoint's alone: any other method is not allowed here
+            refusal = RequestError(f"{scope['method']} {self.path}: use {self.method}", status=405)
+            status, headers, body = error_parts(refusal, request_id_of(scope))
+            response = Response(body, status, {**headers, "Allow": self.method})
+            await response(scope, receive, send)

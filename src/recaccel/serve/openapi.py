@@ -1,7 +1,7 @@
 """The OpenAPI document as the contract: every body the server reads, every status and media
 type it answers.
 
-The hot routes check their bodies by hand (rank.py, protocol.py) rather than through pydantic,
+The hot routes check their bodies by hand (rank.py, protocol/) rather than through pydantic,
 so the models here only document them; tests hold the two to the same bodies, and a fuzzer
 (Schemathesis, tests/e2e/test_contract.py) holds the server to the whole document. What a
 schema cannot say is stated in the descriptions: an OIP tensor's `data` must hold

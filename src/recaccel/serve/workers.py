@@ -5,6 +5,10 @@ decodes requests and forms batches while every worker computes on its own core(s
 is started with `WorkerProcess.start`, answers `await worker.ready()` with what it runs and a
 startup latency model, then scores `await worker.run(batch)` calls in the order sent.
 
+This module is the server's handle on a worker; what runs in the child is worker_main.py, and
+what a worker runs and reports (`WorkerSpec`, `WorkerInfo`) is worker_spec.py, shared with
+in-process lanes.
+
 Plumbing, and why each piece:
 - Batches go to the worker, and scores come back, as length-prefixed pickles over two pipes
   (ipc.py). The event loop writes a task itself without ever blocking (a 1,000-row batch larger
@@ -25,8 +29,9 @@ Plumbing, and why each piece:
   torch's thread pools in whatever state they were in.
 
 Latency model at start: the worker times its executor on all-zero batches of a few sizes
-after loading, so a server started without a profile still has a model to batch and route by;
-`recaccel profile` measures on real rows and is preferred when given.
+after loading (worker_spec.startup_latency), so a server started without a profile still has a
+model to batch and route by; `recaccel profile` measures on real rows and is preferred when
+given.
 """
 
 from __future__ import annotations
@@ -37,51 +42,26 @@ import itertools
 import logging
 import multiprocessing
 import os
-import signal
-import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from pathlib import Path
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.errors import RecaccelError
-from recaccel.runtime.executor import ExecutorConfig
-from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
-from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts, PartCacheSettings
+from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
 from recaccel.serve import ipc
 from recaccel.serve.config import PlaneSection
-from recaccel.serve.heap import freeze_long_lived_heap
+from recaccel.serve.worker_main import worker_main
+from recaccel.serve.worker_spec import WorkerInfo, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-STARTUP_BATCHES = (1, 16, 64, 256, 1024)
-STARTUP_REPEATS = 7
 READY_TIMEOUT_S = 300.0  # an ONNX export or a compile on a busy 2-core machine takes a while
 STOP_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker runs: an artifact on one executor configuration (and, for int8-static,
-    the training rows its quantized form was calibrated on)."""
-
-    artifact: Path
-    config: ExecutorConfig
-    startup_batches: tuple[int, ...] = STARTUP_BATCHES
-    calibration: FeatureBatch | None = None
-    part_cache: PartCacheSettings | None = None  # keep request parts across requests
-
-    @property
-    def kind(self) -> str:
-        """Workers of one kind are interchangeable, e.g. "onnxruntime/cpu/fp32/t1"."""
-        return self.config.label()
 
 
 class WorkerDiedError(RecaccelError):
@@ -91,108 +71,6 @@ class WorkerDiedError(RecaccelError):
 class WorkerFailedError(RecaccelError):
     """The worker's executor raised on the batch (the worker itself lives on)."""
 
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """What a started worker reports: its executor and its startup latency model."""
-
-    describe: dict[str, Any]
-    latency: LatencyModel | None  # None where it was not measured (a profile has one)
-    load_s: float
-
-
-# --- the worker process -------------------------------------------------------------------
-
-
-def startup_latency(executor: Any, schema: Any, batches: tuple[int, ...]) -> LatencyModel:
-    """A latency model from timing `executor` on all-zero batches of `batches` rows, each
-    batch one rank request (an executor with reuse computes its request part once, as it
-    does for /v1/rank; timed as many one-row requests, the pruned DeepFM's 1,000-row batch
-    took 1.7× as long on ONNX Runtime, and the batcher planned with that)."""
-    from recaccel.runtime.executor import as_rows, zeros_batch
-
-    points = []
-    for rows in batches:
-        batch = as_rows(zeros_batch(schema, rows)).as_one_request()
-        executor.run(batch)  # warm this size
-        times = []
-        for _ in range(STARTUP_REPEATS):
-            start = time.perf_counter()
-            executor.run(batch)
-            times.append((time.perf_counter() - start) * 1e3)
-        points.append(LatencyPoint(rows, statistics.median(times), max(times), STARTUP_REPEATS))
-    return LatencyModel.from_points(points)
-
-
-def with_part_cache(executor: Any, settings: PartCacheSettings | None) -> None:
-    """Turn the executor's request-part cache on when asked, before its latency is measured:
-    the startup batches then time the cached path (one all-zero user, computed once)."""
-    if settings is not None:
-        executor.use_part_cache(settings)
-
-
-def _exit_with_parent() -> None:
-    """End this process when the server's process ends, however it ends (kill -9 included).
-
-    The task queue cannot tell: the worker holds a copy of its write end, so reading never
-    sees EOF. The parent's process sentinel can.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _worker_main(spec: WorkerSpec, tasks: Connection, results: Connection) -> None:
-    """The worker process: load, report, then score batches until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit_with_parent()
-    from recaccel.runtime.executor import load_executor
-
-    tasks_fd, results_fd = tasks.fileno(), results.fileno()
-    try:
-        start = time.perf_counter()
-        executor = load_executor(spec.artifact, spec.config, spec.calibration)
-        with_part_cache(executor, spec.part_cache)
-        latency = startup_latency(executor, executor.schema, spec.startup_batches)
-        info = WorkerInfo(executor.describe(), latency, time.perf_counter() - start)
-    except Exception as error:  # reported to the server, which names it in its start-up error
-        ipc.send(results_fd, ("failed", f"{type(error).__name__}: {error}"))
-        return
-    freeze_long_lived_heap()  # the model and torch's state: off every full collection
-    ipc.send(results_fd, ("ready", info))
-    while True:
-        try:
-            task = ipc.receive(tasks_fd)
-        except (EOFError, OSError):
-            return  # the server is gone
-        if task is None:
-            return
-        batch_id, dense, categorical, multi_hot, requests = task
-        start = time.perf_counter()
-        try:
-            rows = Rows(dense, categorical, multi_hot, requests)
-            scores, counts = executor.run_counted(rows)
-            # No cache, nothing to send (NO_COUNTS would arrive as a new object anyway).
-            outcome: tuple[str, Any, CacheCounts | None] = (
-                "ok", scores, None if counts is NO_COUNTS else counts,
-            )  # fmt: skip
-        except Exception as error:
-            outcome = ("error", f"{type(error).__name__}: {error}", None)
-        busy_s = time.perf_counter() - start
-        try:
-            ipc.send(results_fd, (batch_id, *outcome, busy_s))
-        except OSError:
-            return
-
-
-# --- the server's handle on one worker ----------------------------------------------------
 
 _ids = itertools.count()
 
@@ -256,7 +134,7 @@ class WorkerProcess:
         task_reader, task_writer = self._context.Pipe(duplex=False)
         result_reader, result_writer = self._context.Pipe(duplex=False)
         self._process = self._context.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(self.spec, task_reader, result_writer),
             name=f"recaccel-worker-{self.name}",
             daemon=True,

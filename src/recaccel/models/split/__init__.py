@@ -12,11 +12,11 @@ from recaccel.errors import ConfigError
 from recaccel.models.dcn import DCNv2
 from recaccel.models.deepfm import DeepFM
 from recaccel.models.dlrm import DLRM
+from recaccel.models.split.contract import SplitModel
 from recaccel.models.split.families import (
     SplitDCNv2,
     SplitDeepFM,
     SplitDLRM,
-    SplitModel,
     SplitTower,
     SplitWideDeep,
 )

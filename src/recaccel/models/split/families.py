@@ -1,15 +1,14 @@
 """The split twin of each zoo family (docs/reuse.md has the algebra and what each saves).
 
-Every twin has the same contract (`SplitModel`): `request(dense, categorical, multi_hot)` on R
-request rows returns one (R, K) tensor, the request part; `candidates(part, owner, dense,
-categorical, multi_hot)` scores N candidate rows, row i belonging to request `owner[i]`. Input
-tensors are the schema's three, full width, in schema column order: a twin reads only its
-side's columns, so a request row may hold anything in the candidate columns and vice versa.
+Every twin has the same contract (`SplitModel`, contract.py): `request(dense, categorical,
+multi_hot)` on R request rows returns one (R, K) tensor, the request part; `candidates(part,
+owner, dense, categorical, multi_hot)` scores N candidate rows, row i belonging to request
+`owner[i]`. Input tensors are the schema's three, full width, in schema column order: a twin
+reads only its side's columns, so a request row may hold anything in the candidate columns and
+vice versa.
 """
 
 from __future__ import annotations
-
-from abc import abstractmethod
 
 import torch
 from torch import nn
@@ -18,66 +17,23 @@ from recaccel.data.schema import FeatureSchema
 from recaccel.models.dcn import DCNv2
 from recaccel.models.deepfm import DeepFM
 from recaccel.models.dlrm import DLRM
+from recaccel.models.split.contract import SplitModel
 from recaccel.models.split.parts import (
     DenseSides,
     SideEmbedding,
     SplitLinearTerm,
     column_flags,
+    gathered,
     index_buffer,
     permuted_cross_layer,
     positions,
+    side_by_side,
     side_embeddings,
     split_first_layer,
     with_permuted_input,
 )
 from recaccel.models.tower import TowerRanker
 from recaccel.models.wide_deep import WideDeep
-
-
-class SplitModel(nn.Module):
-    """A model cut into a part computed once per request and a part per candidate row."""
-
-    @abstractmethod
-    def request(
-        self, dense: torch.Tensor, categorical: torch.Tensor, multi_hot: torch.Tensor
-    ) -> torch.Tensor:
-        """The request part of R requests, (R, K)."""
-
-    @abstractmethod
-    def candidates(
-        self,
-        part: torch.Tensor,
-        owner: torch.Tensor,
-        dense: torch.Tensor,
-        categorical: torch.Tensor,
-        multi_hot: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits (N,) of N candidate rows; `part` is `request`'s, `owner` (N,) int64."""
-
-    def forward(
-        self,
-        request_dense: torch.Tensor,
-        request_categorical: torch.Tensor,
-        request_multi_hot: torch.Tensor,
-        dense: torch.Tensor,
-        categorical: torch.Tensor,
-        multi_hot: torch.Tensor,
-        owner: torch.Tensor,
-    ) -> torch.Tensor:
-        """Logits (N,): both halves in one call (what export traces)."""
-        part = self.request(request_dense, request_categorical, request_multi_hot)
-        return self.candidates(part, owner, dense, categorical, multi_hot)
-
-
-def _gathered(part: torch.Tensor, owner: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
-    """The request part cut into column pieces, then each piece gathered to its rows: cut
-    first, on R rows, so the N-row copies are made once (ORT copies a sliced N-row tensor)."""
-    return [piece.index_select(0, owner) for piece in torch.split(part, widths, dim=1)]
-
-
-def _cat(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Columns side by side; (B, 0) when there are none."""
-    return torch.cat(parts, dim=1) if parts else like.new_zeros(like.shape[0], 0)
 
 
 class SplitDeepFM(SplitModel):
@@ -144,7 +100,7 @@ class SplitDeepFM(SplitModel):
         categorical: torch.Tensor,
         multi_hot: torch.Tensor,
     ) -> torch.Tensor:
-        scalar, total_r, deep_r = _gathered(part, owner, [1, self.dim, self.deep_first.out_width])
+        scalar, total_r, deep_r = gathered(part, owner, [1, self.dim, self.deep_first.out_width])
         dense_c = self.dense.candidate(dense)
         fields = self._fields(
             dense_c, self.candidate_dense_vectors, self.candidate_fields, categorical, multi_hot
@@ -195,7 +151,7 @@ class SplitWideDeep(SplitModel):
         categorical: torch.Tensor,
         multi_hot: torch.Tensor,
     ) -> torch.Tensor:
-        wide_r, deep_r = _gathered(part, owner, [1, self.deep_first.out_width])
+        wide_r, deep_r = gathered(part, owner, [1, self.deep_first.out_width])
         dense_c = self.dense.candidate(dense)
         x = torch.cat([dense_c, *self.candidate_fields(categorical, multi_hot)], dim=1)
         wide = self.wide.candidate(wide_r, dense_c, categorical, multi_hot)
@@ -240,7 +196,7 @@ class SplitTower(SplitModel):
         categorical: torch.Tensor,
         multi_hot: torch.Tensor,
     ) -> torch.Tensor:
-        head_r, cross_r = _gathered(part, owner, [self.head_first.out_width, self.candidate_width])
+        head_r, cross_r = gathered(part, owner, [self.head_first.out_width, self.candidate_width])
         x = torch.cat(
             [self.dense.candidate(dense), *self.candidate_fields(categorical, multi_hot)], dim=1
         )
@@ -307,7 +263,7 @@ class SplitDCNv2(SplitModel):
         categorical: torch.Tensor,
         multi_hot: torch.Tensor,
     ) -> torch.Tensor:
-        x0_r, first_r = _gathered(part, owner, [self.request_width, self.cross_first.out_width])
+        x0_r, first_r = gathered(part, owner, [self.request_width, self.cross_first.out_width])
         x0_c = torch.cat(
             [self.dense.candidate(dense), *self.candidate_fields(categorical, multi_hot)], dim=1
         )
@@ -397,7 +353,7 @@ class SplitDLRM(SplitModel):
         parts = [stacked.flatten(1)]
         if not self.dense_is_request:
             parts.append(self.bottom_first.request(dense_r))
-        top = self.top_first.request(_cat([*bottom, pairs], dense_r))
+        top = self.top_first.request(side_by_side([*bottom, pairs], dense_r))
         return torch.cat([*parts, top], dim=1)
 
     def candidates(
@@ -411,7 +367,7 @@ class SplitDLRM(SplitModel):
         widths = [self.num_request_vectors * self.dim, self.top_first.out_width]
         if not self.dense_is_request:
             widths.insert(1, self.bottom_first.out_width)
-        flat_vectors, *bottom_r, top_r = _gathered(part, owner, widths)
+        flat_vectors, *bottom_r, top_r = gathered(part, owner, widths)
         request_vectors = flat_vectors.reshape(-1, self.num_request_vectors, self.dim)
         vectors = self.candidate_fields(categorical, multi_hot)
         if not self.dense_is_request:
@@ -421,5 +377,5 @@ class SplitDLRM(SplitModel):
         gram = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1)  # (N, F·F)
         pairs = gram.index_select(1, self.candidate_pairs)
         bottom_c = [] if self.dense_is_request else vectors[:1]
-        top = self.top_first.candidate(top_r, _cat([*bottom_c, pairs], dense))
+        top = self.top_first.candidate(top_r, side_by_side([*bottom_c, pairs], dense))
         return self.top_rest(top).squeeze(1)  # type: ignore[no-any-return]

@@ -288,3 +288,14 @@ def _sum_scalars(scalars: list[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     if not scalars:
         return like.new_zeros(like.shape[0], 1)
     return torch.cat(scalars, dim=1).sum(dim=1, keepdim=True)
+
+
+def gathered(part: torch.Tensor, owner: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
+    """The request part cut into column pieces, then each piece gathered to its rows: cut
+    first, on R rows, so the N-row copies are made once (ORT copies a sliced N-row tensor)."""
+    return [piece.index_select(0, owner) for piece in torch.split(part, widths, dim=1)]
+
+
+def side_by_side(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Columns side by side; (B, 0) when there are none."""
+    return torch.cat(parts, dim=1) if parts else like.new_zeros(like.shape[0], 0)

@@ -50,15 +50,8 @@ from recaccel.data.rows import Rows
 from recaccel.runtime.executor import Executor, load_executor
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.runtime.part_cache import NO_COUNTS, CacheCounts
-from recaccel.serve.workers import (
-    WorkerDiedError,
-    WorkerFailedError,
-    WorkerInfo,
-    WorkerSpec,
-    WorkerStats,
-    startup_latency,
-    with_part_cache,
-)
+from recaccel.serve.worker_spec import WorkerInfo, WorkerSpec, startup_latency, with_part_cache
+from recaccel.serve.workers import WorkerDiedError, WorkerFailedError, WorkerStats
 
 log = logging.getLogger("recaccel.serve")
 
