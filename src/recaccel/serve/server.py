@@ -36,7 +36,7 @@ from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
-from recaccel.runtime.select import Judgement, Requirements, select
+from recaccel.runtime.select import Judgement, Requirements, serving_choice
 from recaccel.serve.app import create_app, fast_rank, lean_app
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, ServeConfig
 from recaccel.serve.features import FeatureSource, FeatureStore
@@ -158,14 +158,7 @@ def apply_selection(
     Raises ConfigError when nothing in the profile meets the SLO and the accuracy budget.
     """
     needs = Requirements(config.slo.p99_ms, profile.serving_batch, relative_budget, cores)
-    choice = select(profile, needs)
-    if choice.selected is None:
-        raise ConfigError(
-            f"no configuration in the profile meets p99 <= {config.slo.p99_ms:g} ms for "
-            f"{profile.serving_batch} candidates within the accuracy budget",
-            "see `recaccel profile --from PROFILE --select` for why, or loosen --slo-ms",
-        )
-    row = choice.selected
+    row = serving_choice(profile, needs)
     entry = profile.entry(row.key)
     executor = ExecutorSection(row.backend, row.device, row.precision, row.threads)
     workers = dataclasses.replace(
