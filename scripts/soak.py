@@ -124,15 +124,14 @@ def load_workload(args: argparse.Namespace) -> RankWorkload:
         except OSError as error:
             raise ConfigError(f"cannot read --bodies {args.bodies}: {error}") from None
         return RankWorkload.from_bodies(lines, str(args.bodies))
-    from recaccel.artifact import read_manifest
+    from recaccel.artifact import trained_dataset
     from recaccel.data.registry import DatasetOptions, load_dataset
 
-    name, rows = args.dataset or "movielens-100k", None
+    dataset = None
     if args.artifact is not None and args.dataset is None:
-        manifest = read_manifest(Path(args.artifact))  # ArtifactError: none there
-        name = manifest.dataset.get("name", name)
-        rows = manifest.dataset.get("config", {}).get("rows")
-    dataset = load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
+        dataset = trained_dataset(Path(args.artifact))  # ArtifactError: none there
+    if dataset is None:
+        dataset = load_dataset(args.dataset or "movielens-100k", DatasetOptions(progress=False))
     return RankWorkload.from_dataset(dataset, n_samples=WORKLOAD_SAMPLES, seed=0)
 
 

@@ -29,9 +29,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from recaccel.artifact import read_manifest
+from recaccel.artifact import read_manifest, trained_dataset
 from recaccel.data.dataset import Dataset, FeatureBatch
-from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
@@ -68,16 +67,6 @@ def parse_models(specs: Sequence[str]) -> dict[str, Path]:
     return models
 
 
-def dataset_of(artifact: Path) -> Dataset | None:
-    """The dataset `artifact` was trained on, as its manifest records it; None if it does not."""
-    manifest = read_manifest(artifact)
-    name = manifest.dataset.get("name")
-    if name is None:
-        return None
-    rows = manifest.dataset.get("config", {}).get("rows")
-    return load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
-
-
 def feature_source_for(
     artifact: Path, rank: RankSection, dataset: Dataset | None = None
 ) -> FeatureSource | None:
@@ -90,7 +79,7 @@ def feature_source_for(
     if rank.users:
         users, items = Path(rank.users), Path(rank.items)
         return TableSource.from_files(schema, users, items, max_candidates=rank.max_candidates)
-    dataset = dataset if dataset is not None else dataset_of(artifact)
+    dataset = dataset if dataset is not None else trained_dataset(artifact)
     if dataset is None:
         return None
     try:
@@ -104,7 +93,7 @@ def feature_store_for(artifact: Path, max_candidates: int) -> FeatureStore | Tab
     """The in-memory features of the dataset `artifact` was trained on, as a server without
     a `[rank]` section serves them (what the comparison scripts score peers on); None for a
     dataset without users and items."""
-    dataset = dataset_of(Path(artifact))
+    dataset = trained_dataset(Path(artifact))
     if dataset is None or (dataset.encoding is None and dataset.feature_tables is None):
         return None
     schema = FeatureSchema.from_dict(read_manifest(Path(artifact)).schema)
@@ -198,7 +187,7 @@ def serve(
     models = parse_models(specs)
     profile = load_profile(profile_path) if profile_path is not None else None
     first = next(iter(models.values()))
-    dataset = dataset if dataset is not None else dataset_of(first)
+    dataset = dataset if dataset is not None else trained_dataset(first)
     features = (
         None
         if dataset is None and not (config.rank.users or config.rank.redis)
