@@ -63,7 +63,7 @@ from recaccel.bench.soak_run import AnswerRecorder, SoakRun, run_soak
 from recaccel.bench.sut import RANK_PATH, outcome_of
 from recaccel.bench.workload import RankWorkload
 from recaccel.errors import ConfigError, RecaccelError
-from recaccel.runtime.profiler import describe_machine, machine_facts
+from recaccel.machine import describe_machine
 
 PASSED, FAILED, BAD_ARGUMENTS, INTERRUPTED = 0, 1, 2, 130
 WORKLOAD_SAMPLES = 20_000
@@ -236,7 +236,7 @@ def record(
     return {
         "command": shlex.join(["scripts/soak.py", *argv]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(machine_facts()),  # as the bench's report states it
+        "machine": describe_machine(),  # as the bench's report states it
         "target_qps": target_qps,
         "capacity_search": search,
         "layout": dataclasses.asdict(layout),
