@@ -27,7 +27,7 @@ import uvloop
 
 from recaccel.data.movielens import feature_tables
 from recaccel.data.registry import DatasetOptions, load_dataset
-from recaccel.runtime.profiler import describe_machine, machine_facts
+from recaccel.machine import describe_machine
 from recaccel.serve.config import RankSection
 from recaccel.serve.features import FeatureStore
 from recaccel.serve.redis_source import RedisSource, write_tables
@@ -82,7 +82,7 @@ def main() -> None:
         sources["Redis, cached, wall"] = lambda requests: redis_us(cached, requests)
     rng = np.random.default_rng(0)
     users = dataset.encoding.users.ids
-    machine = describe_machine(machine_facts())
+    machine = describe_machine()
     print(f"{machine['cpu']}, {machine['cores']} cores, python {machine['python']}")
     print("| candidates | " + " | ".join(f"{name}, µs/request" for name in sources) + " |")
     print("|---:|" + "---:|" * len(sources))

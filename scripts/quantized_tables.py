@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recaccel.artifact import load_artifact
+from recaccel.artifact import load_artifact, trained_dataset
 from recaccel.runtime.executor import ExecutorConfig, load_executor
 from recaccel.runtime.export import onnx_size_bytes
 from recaccel.runtime.onnx_exec import cached_onnx
-from recaccel.serve.server import dataset_of
 from recaccel.train.metrics import evaluate
 
 
@@ -31,7 +30,7 @@ def main() -> None:
     parser.add_argument("--parent", type=Path, help="the float artifact, for its bytes")
     args = parser.parse_args()
     artifact = load_artifact(args.artifact)
-    dataset = dataset_of(args.artifact)
+    dataset = trained_dataset(args.artifact)
     if dataset is None:
         raise SystemExit(f"{args.artifact} records no dataset to score")
     batch, labels = dataset.test.features(), dataset.test.label

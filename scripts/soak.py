@@ -64,7 +64,7 @@ from recaccel.bench.soak_run import AnswerRecorder, SoakRun, run_soak
 from recaccel.bench.sut import RANK_PATH, outcome_of
 from recaccel.bench.workload import RankWorkload
 from recaccel.errors import ConfigError, RecaccelError
-from recaccel.runtime.profiler import describe_machine, machine_facts
+from recaccel.machine import describe_machine
 
 PASSED, FAILED, BAD_ARGUMENTS, INTERRUPTED = 0, 1, 2, 130
 WORKLOAD_SAMPLES = 20_000
@@ -125,15 +125,14 @@ def load_workload(args: argparse.Namespace) -> RankWorkload:
         except OSError as error:
             raise ConfigError(f"cannot read --bodies {args.bodies}: {error}") from None
         return RankWorkload.from_bodies(lines, str(args.bodies))
-    from recaccel.artifact import read_manifest
+    from recaccel.artifact import trained_dataset
     from recaccel.data.registry import DatasetOptions, load_dataset
 
-    name, rows = args.dataset or "movielens-100k", None
+    dataset = None
     if args.artifact is not None and args.dataset is None:
-        manifest = read_manifest(Path(args.artifact))  # ArtifactError: none there
-        name = manifest.dataset.get("name", name)
-        rows = manifest.dataset.get("config", {}).get("rows")
-    dataset = load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
+        dataset = trained_dataset(Path(args.artifact))  # ArtifactError: none there
+    if dataset is None:
+        dataset = load_dataset(args.dataset or "movielens-100k", DatasetOptions(progress=False))
     return RankWorkload.from_dataset(dataset, n_samples=WORKLOAD_SAMPLES, seed=0)
 
 
@@ -238,7 +237,7 @@ def record(
     return {
         "command": shlex.join(["scripts/soak.py", *argv]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": describe_machine(machine_facts()),  # as the bench's report states it
+        "machine": describe_machine(),  # as the bench's report states it
         "target_qps": target_qps,
         "capacity_search": search,
         "layout": dataclasses.asdict(layout),

@@ -14,13 +14,16 @@ from recaccel.artifact import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     LineageStep,
+    Manifest,
     load_artifact,
     new_manifest,
     read_manifest,
+    require_trained_dataset,
     save_artifact,
+    trained_dataset,
 )
 from recaccel.data.dataset import Dataset
-from recaccel.errors import ArtifactError
+from recaccel.errors import ArtifactError, ConfigError
 from recaccel.models.registry import MODELS, build_model, preset_config
 
 
@@ -209,3 +212,34 @@ def test_unknown_transform_is_refused_clearly(tmp_path: Path, tiny_dataset: Data
     with pytest.raises(ArtifactError, match="unknown model transform 'prune_heads'") as err:
         load_artifact(tmp_path / "a")
     assert "newer" in err.value.hint
+
+
+def _manifest_only(path: Path, model: str, dataset: dict[str, object]) -> Path:
+    """An artifact directory with just a manifest: all that finding its dataset reads."""
+    path.mkdir()
+    manifest = Manifest(model, None, {}, {}, dataset, {}, format_version=FORMAT_VERSION)
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict()))
+    return path
+
+
+def test_the_dataset_an_artifact_was_trained_on_is_loaded_as_its_manifest_records_it(
+    tmp_path: Path,
+) -> None:
+    recorded = {"name": "criteo-synthetic", "config": {"rows": 3_000}}
+    artifact = _manifest_only(tmp_path / "a", "dlrm", recorded)
+    for dataset in (trained_dataset(artifact), require_trained_dataset(artifact)):
+        assert dataset is not None and dataset.name == "criteo-synthetic"
+        assert len(dataset.train) + len(dataset.validation) + len(dataset.test) == 3_000
+
+
+@pytest.mark.parametrize(
+    ("model", "hint"), [("imported", "import it with --dataset"), ("dlrm", "recaccel train")]
+)
+def test_an_artifact_that_names_no_dataset_has_none_or_says_how_to_record_one(
+    tmp_path: Path, model: str, hint: str
+) -> None:
+    artifact = _manifest_only(tmp_path / "a", model, {})
+    assert trained_dataset(artifact) is None
+    with pytest.raises(ConfigError, match="does not name the dataset") as error:
+        require_trained_dataset(artifact)
+    assert hint in error.value.hint

@@ -32,6 +32,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import recaccel
+from recaccel.data.dataset import Dataset
+from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ArtifactError, ConfigError, RecaccelError
 from recaccel.imported.model import IMPORTED, MODEL_FILES, ImportedConfig, build_imported
@@ -237,6 +239,32 @@ def read_manifest(path: Path) -> Manifest:
         return Manifest.from_dict(data)
     except TypeError as exc:
         raise ArtifactError(f"{manifest_path} is malformed: {exc}", "re-create it") from None
+
+
+def trained_dataset(path: Path, progress: bool = False) -> Dataset | None:
+    """The dataset the artifact at `path` was trained on, loaded as its manifest records it
+    (the name, and the Criteo-shaped one's rows); None when the manifest names none (a model
+    imported without --dataset)."""
+    recorded = read_manifest(path).dataset
+    name = recorded.get("name")
+    if name is None:
+        return None
+    rows = recorded.get("config", {}).get("rows")
+    return load_dataset(name, DatasetOptions(progress=progress, synthetic_rows=rows))
+
+
+def require_trained_dataset(path: Path, progress: bool = False) -> Dataset:
+    """`trained_dataset`, for a verb that cannot go on without it: ConfigError, saying how to
+    record the dataset, when the manifest names none."""
+    dataset = trained_dataset(path, progress)
+    if dataset is None:
+        raise ConfigError(
+            f"{path}'s manifest does not name the dataset it was trained on",
+            "import it with --dataset NAME (the dataset whose rows it scores)"
+            if read_manifest(path).model == IMPORTED
+            else "re-create it with `recaccel train`",
+        )
+    return dataset
 
 
 def load_artifact(path: Path) -> Artifact:

@@ -173,7 +173,7 @@ def test_the_command_shows_environment_and_port() -> None:
             50.0,
             "the profile's baseline is deepfm@bbbbbbbb",
         ),
-        ([SMALL], FULL, 1.0, "nothing in the profile meets p99 <= 1 ms"),
+        ([SMALL], FULL, 1.0, "no configuration in the profile meets p99 <= 1 ms"),
         (
             [ArtifactRef(Path("/art/criteo"), SMALL_ID, "deepfm", "criteo-synthetic", None)],
             FULL,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import recaccel.serve.server
+import recaccel.artifact
 from recaccel.cli import main
 
 if __name__ == "__main__":
@@ -22,5 +22,6 @@ if __name__ == "__main__":
     def tiny_dataset(*args: Any, **kwargs: Any) -> Any:
         return dataset
 
-    recaccel.serve.server.load_dataset = tiny_dataset  # type: ignore[assignment]
+    # Where serve loads the dataset an artifact was trained on (artifact.trained_dataset).
+    recaccel.artifact.load_dataset = tiny_dataset  # type: ignore[assignment]
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -8,8 +8,10 @@ import pytest
 
 from recaccel.deploy.ray_settings import Capacity, ray_serve_settings, requests_per_batch
 from recaccel.errors import ConfigError
+from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyModel, LatencyPoint
-from recaccel.serve.config import ServeConfig, load_serve_config
+from recaccel.runtime.profile import Profile, ProfileEntry
+from recaccel.serve.config import ExecutorSection, ServeConfig, load_serve_config
 
 # p99: 1 ms for one row, 1.6 ms for 64, then 1/128 ms per row up to 9.1 ms for 1,024.
 LATENCY = LatencyModel.from_points(
@@ -86,3 +88,25 @@ def test_a_replica_runs_one_worker_and_leaves_overload_to_rays_queue() -> None:
     config = replica_config(_config(workers={"min": 2, "max": 4}))
     assert (config.workers.min, config.workers.max) == (1, 1)
     assert config.admission.overload_target_ms == 0
+
+
+def _entry(artifact_id: str, backend: str, ms_per_row: float) -> ProfileEntry:
+    points = tuple(LatencyPoint(b, 1 + ms_per_row * b, 1.2 + ms_per_row * b, 9) for b in (1, 1000))
+    return ProfileEntry(
+        f"/art/{artifact_id[:4]}", artifact_id, "deepfm", 1, 1, ExecutorConfig(backend), "ok",
+        validation_auc=0.8, points=points, load_s=1.0,
+    )  # fmt: skip
+
+
+def test_replicas_run_the_deployed_artifacts_own_choice_from_the_profile() -> None:
+    from recaccel.deploy.ray_serve import selected_executor
+
+    heavy = _entry("a" * 64, "torch-eager", 0.1)
+    small = _entry("b" * 64, "torch-compile", 0.001)  # the profile's choice, not the one deployed
+    heavy_ort = _entry("a" * 64, "onnxruntime", 0.05)
+    profile = Profile((1, 1000), 100, (heavy, small, heavy_ort), heavy.key)
+    config, capacity = selected_executor(_config(), profile, "a" * 64, 2, 0.001)
+    assert config.workers.executors == (ExecutorSection("onnxruntime", "cpu", "fp32", 1),)
+    assert capacity.largest_batch == 1000 and capacity.candidates == 100
+    with pytest.raises(ConfigError, match="no configuration of artifact aaaaaaaa meets"):
+        selected_executor(_config(slo={"p99_ms": 10}), profile, "a" * 64, 2, 0.001)

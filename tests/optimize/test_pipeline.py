@@ -13,6 +13,7 @@ import torch
 
 from recaccel.artifact import Artifact, LineageStep, load_artifact
 from recaccel.data.dataset import Dataset
+from recaccel.machine import describe_machine
 from recaccel.models.quant.embedding import quantize_embeddings
 from recaccel.optimize import recipe as recipe_module
 from recaccel.optimize import steps
@@ -122,7 +123,12 @@ def test_a_recipe_run_writes_every_variant_and_a_report(
     assert {"latency_batch1", "latency_serving", "throughput_rows_per_second"} <= set(
         data["variants"][0]
     )
-    assert "| original |" in (out / REPORT_MARKDOWN).read_text()
+    markdown = (out / REPORT_MARKDOWN).read_text()
+    assert "| original |" in markdown
+    # The machine as every report states it (recaccel.machine), with the threads measured on.
+    machine = data["machine"]
+    assert machine == {**describe_machine(), "threads": recipe.measure.threads}
+    assert f"{machine['threads']} thread(s) measured, torch {torch.__version__}" in markdown
 
 
 def test_a_search_step_hands_on_the_fastest_accepted_student(

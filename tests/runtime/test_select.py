@@ -10,7 +10,7 @@ from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.latency_model import LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry, load_profile, save_profile
-from recaccel.runtime.select import Requirements, judge_entry, select
+from recaccel.runtime.select import Requirements, judge_entry, select, serving_choice
 
 HEAVY, SMALL = "a" * 64, "b" * 64
 
@@ -160,3 +160,52 @@ def test_a_lower_precision_is_selected_when_no_fp32_configuration_is_eligible() 
     bf16 = entry(SMALL, "torch-compile", per_row_ms=0.009, precision="bf16")
     choice = select(profile(bf16), Requirements(slo_p99_ms=20, candidates=100))  # baseline misses
     assert choice.selected is not None and choice.selected.key == bf16.key
+
+
+def test_the_serving_choice_is_the_selected_row() -> None:
+    fast = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    slower = entry(SMALL, "torch-eager", per_row_ms=0.02)
+    needs = Requirements(slo_p99_ms=50, candidates=100)
+    row = serving_choice(profile(slower, fast), needs)
+    assert row.key == fast.key
+    assert row == select(profile(slower, fast), needs).selected
+
+
+def test_the_serving_choice_of_one_artifact_is_its_best_by_the_same_rule() -> None:
+    small = entry(SMALL, "onnxruntime", per_row_ms=0.001)  # the best of all
+    heavy_fp32 = entry(HEAVY, "torch-compile", per_row_ms=0.010)
+    heavy_bf16 = entry(HEAVY, "torch-compile", per_row_ms=0.009, precision="bf16")  # ~1.1×
+    needs = Requirements(slo_p99_ms=50, cores=2)
+    assert serving_choice(profile(small, heavy_fp32, heavy_bf16), needs).key == small.key
+    row = serving_choice(profile(small, heavy_fp32, heavy_bf16), needs, HEAVY)
+    # bf16 ranks first among the heavy artifact's rows but is within the FP32 margin: what
+    # `select` keeps on a profile of the heavy artifact alone.
+    assert row.key == heavy_fp32.key and row.verdict == "selected"
+    assert row == select(profile(heavy_fp32, heavy_bf16), needs).selected
+
+
+def test_the_refusal_names_the_slo_the_candidates_and_why_each_configuration_is_out() -> None:
+    lossy = entry(SMALL, "onnxruntime", per_row_ms=0.001, precision="int8-static", auc=0.79)
+    slow = entry(SMALL, "torch-eager", per_row_ms=0.2)
+    with pytest.raises(ConfigError) as error:
+        serving_choice(profile(lossy, slow), Requirements(slo_p99_ms=20, candidates=100))
+    message = error.value.message
+    assert "no configuration in the profile meets p99 <= 20 ms for 100 candidates" in message
+    assert "within the accuracy budget (0.10% of the baseline's AUC)" in message
+    for row, why in (
+        (BASELINE, "misses the SLO: 2 × p99 of one 100-row request = 26.40 ms > 20 ms"),
+        (slow, "misses the SLO"),
+        (lossy, "over the accuracy budget"),
+    ):
+        assert f"\n  {row.key}: {why}" in message
+    assert "--slo-ms" in error.value.hint
+
+
+def test_an_artifact_with_nothing_eligible_is_refused_though_another_one_qualifies() -> None:
+    fast = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    with pytest.raises(ConfigError, match=f"no configuration of artifact {HEAVY[:8]} meets") as e:
+        serving_choice(profile(fast), Requirements(slo_p99_ms=20), HEAVY)
+    assert f"{BASELINE.key}: misses the SLO" in e.value.message
+    assert fast.key not in e.value.message
+    with pytest.raises(ConfigError, match="the profile measured none"):
+        serving_choice(profile(fast), Requirements(slo_p99_ms=20), "c" * 64)

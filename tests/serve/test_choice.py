@@ -131,7 +131,7 @@ def test_a_model_is_heavy_by_the_largest_batch_the_server_may_run_not_the_profil
 
 def test_nothing_eligible_is_a_clear_error() -> None:
     strict = Requirements(slo_p99_ms=0.5, candidates=100, relative_budget=0.001, cores=2)
-    with pytest.raises(ConfigError, match="nothing in the profile meets p99"):
+    with pytest.raises(ConfigError, match="no configuration in the profile meets p99"):
         candidates(PROFILE, strict)
 
 

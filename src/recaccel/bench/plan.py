@@ -24,11 +24,11 @@ machine, under the same latency bound (the SLO), interleaved:
 
 Both selected configurations are launched with `--select` on a copy of the profile that holds
 only the artifacts they may choose from, with each artifact's path resolved, so the server makes
-the very choice `runtime.select.select` makes here (the plan records it) and a profile written
-elsewhere still finds the artifacts. When the bench has chosen by serving (bench/served.py), its
-served.json sits beside that copy and `--select` serves that choice instead (`with_served`).
-`plan_bench` does no I/O: the runner writes
-`BenchPlan.profiles` to `profile_dir` before starting the servers.
+the very choice `runtime.select.serving_choice` makes here (the plan records it) and a profile
+written elsewhere still finds the artifacts. When the bench has chosen by serving
+(bench/served.py), its served.json sits beside that copy and `--select` serves that choice
+instead (`with_served`). `plan_bench` does no I/O: the runner writes `BenchPlan.profiles` to
+`profile_dir` before starting the servers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import ExecutorConfig
 from recaccel.runtime.profile import Profile
-from recaccel.runtime.select import Judgement, Requirements, select
+from recaccel.runtime.select import Judgement, Requirements, serving_choice
 from recaccel.serve.choice import Candidate
 
 BASELINE = "baseline"
@@ -157,17 +157,6 @@ def check_coverage(profile: Profile, heavy: ArtifactRef, candidates: Sequence[Ar
         )
 
 
-def _selected(profile: Profile, needs: Requirements, among: str) -> Judgement:
-    choice = select(profile, needs).selected
-    if choice is None:
-        raise ConfigError(
-            f"nothing in the profile meets p99 <= {needs.slo_p99_ms:g} ms for "
-            f"{needs.candidates} candidates within the accuracy budget among {among}",
-            "see `recaccel profile --from PROFILE --select` for why, or loosen --slo-ms",
-        )
-    return choice
-
-
 def _runtime(row: Judgement, batching: str) -> str:
     workers = "worker" if row.workers == 1 else "workers"
     return (
@@ -199,9 +188,9 @@ def plan_bench(
     needs = Requirements(slo_ms, profile.serving_batch, relative_budget, cores)
     full = restrict_profile(profile, pool)
     heavy_only = restrict_profile(profile, [heavy])
-    chosen = _selected(full, needs, "all artifacts")
+    chosen = serving_choice(full, needs)
     chosen_artifact = by_id[full.entry(chosen.key).artifact_id]
-    heavy_choice = _selected(heavy_only, needs, f"{heavy.path}'s configurations")
+    heavy_choice = serving_choice(heavy_only, needs)
     # Each in a directory of its own: a served selection (served.json) goes beside it.
     files = {RECACCEL: "recaccel/profile.json", SYSTEM_ONLY: "system-only/profile.json"}
     selected_args = ("--slo-ms", f"{slo_ms:g}", "--accuracy-budget", f"{relative_budget:g}")

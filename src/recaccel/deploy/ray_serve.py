@@ -45,7 +45,7 @@ from recaccel.deploy.ray_cluster import HAPROXY_ENV, local_ray_cluster
 from recaccel.deploy.ray_settings import Capacity, ray_serve_settings
 from recaccel.errors import ConfigError
 from recaccel.runtime.profile import Profile
-from recaccel.runtime.select import Requirements, select
+from recaccel.runtime.select import Requirements, serving_choice
 from recaccel.serve.config import ExecutorSection, ServeConfig
 from recaccel.serve.features import FeatureSource
 from recaccel.serve.server import build_app, feature_source_for, parse_models
@@ -109,22 +109,15 @@ def selected_executor(
     config: ServeConfig, profile: Profile, artifact_id: str, cores: int, relative_budget: float
 ) -> tuple[ServeConfig, Capacity]:
     """The profile's best configuration of this artifact within the SLO and the accuracy
-    budget (runtime/select.py), as the replicas' executor, and what one replica can do on it."""
+    budget (runtime/select.py's `serving_choice`), as the replicas' executor, and what one
+    replica can do on it. ConfigError, saying why, when none of its configurations qualifies."""
     needs = Requirements(config.slo.p99_ms, profile.serving_batch, relative_budget, cores)
-    for row in select(profile, needs).table:
-        entry = profile.entry(row.key)
-        if row.eligible and entry.artifact_id == artifact_id:
-            section = ExecutorSection(row.backend, row.device, row.precision, row.threads)
-            workers = dataclasses.replace(config.workers, executors=(section,))
-            capacity = Capacity(
-                entry.latency_model(), entry.points[-1].batch, profile.serving_batch
-            )
-            return dataclasses.replace(config, workers=workers), capacity
-    raise ConfigError(
-        f"no configuration of artifact {artifact_id[:8]} in the profile meets p99 <= "
-        f"{config.slo.p99_ms:g} ms within the accuracy budget",
-        "see `recaccel profile --from PROFILE --select` for why, or leave out --profile",
-    )
+    row = serving_choice(profile, needs, artifact_id)
+    entry = profile.entry(row.key)
+    section = ExecutorSection(row.backend, row.device, row.precision, row.threads)
+    workers = dataclasses.replace(config.workers, executors=(section,))
+    capacity = Capacity(entry.latency_model(), entry.points[-1].batch, profile.serving_batch)
+    return dataclasses.replace(config, workers=workers), capacity
 
 
 def build_application(

@@ -9,16 +9,13 @@ bootstrap 95% interval against the original — it is read, never used to decide
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset
+from recaccel.machine import describe_machine
 from recaccel.optimize.latency import LatencyStats, measure_interleaved, sample_rows
 from recaccel.optimize.pipeline import RecipeRun
 from recaccel.train.metrics import AucDelta, Metrics, evaluate, paired_bootstrap_auc_delta
@@ -74,7 +71,7 @@ class OptimizeReport:
     synthetic: bool
     relative_budget: float
     serving_batch: int
-    machine: dict[str, Any]
+    machine: dict[str, Any]  # recaccel.machine's description, plus the threads measured on
     variants: list[Variant]
     decisions: list[dict[str, Any]]
     final: Path
@@ -98,7 +95,7 @@ class OptimizeReport:
             f"# recaccel optimize: recipe `{self.recipe}` on {self.dataset}",
             "",
             f"Machine: {self.machine['cpu']}, {self.machine['threads']} thread(s) measured, "
-            f"torch {self.machine['torch']} ({self.machine['cpu_capability']}).",
+            f"torch {self.machine['versions']['torch']} ({self.machine['cpu_capability']}).",
             f"Accuracy guard: validation AUC ≥ (1 − {self.relative_budget:.2%}) × the original's.",
         ]
         if self.synthetic:
@@ -135,22 +132,6 @@ class OptimizeReport:
         out.mkdir(parents=True, exist_ok=True)
         (out / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         (out / REPORT_MARKDOWN).write_text(self.to_markdown())
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        if names:
-            cpu = names[0].split(":", 1)[1].strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def _decisions(run: RecipeRun) -> list[dict[str, Any]]:
@@ -230,7 +211,7 @@ def build_report(run: RecipeRun, dataset: Dataset) -> OptimizeReport:
         synthetic=run.synthetic,
         relative_budget=run.recipe.relative_budget,
         serving_batch=measure.serving_batch,
-        machine=machine_info(measure.threads),
+        machine={**describe_machine(), "threads": measure.threads},
         variants=variants,
         decisions=_decisions(run),
         final=run.final,

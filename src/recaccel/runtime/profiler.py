@@ -30,13 +30,11 @@ import functools
 import importlib.util
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,9 @@ from recaccel.artifact import Artifact, load_artifact
 from recaccel.data.dataset import Dataset, FeatureBatch
 from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError, RecaccelError
+
+# Re-exported: the bench, the soak and the CLI state their machine through this module.
+from recaccel.machine import describe_machine as describe_machine
 from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
 from recaccel.optimize.latency import percentile, sample_rows, time_rounds
 from recaccel.runtime.executor import (
@@ -175,33 +176,6 @@ def baseline_config_for(artifact: Artifact) -> ExecutorConfig:
     FP32; an imported ONNX model, which PyTorch cannot run, on ONNX Runtime the same way."""
     backend = "onnxruntime" if imported_onnx(artifact) else "torch-eager"
     return ExecutorConfig(backend, "cpu", 1, "fp32")
-
-
-def describe_machine(facts: MachineFacts) -> dict[str, Any]:
-    """The facts a reader needs to compare profiles from different machines."""
-    versions = {}
-    for package in ("torch", "onnxruntime", "openvino"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": facts.cores,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(facts.cuda_devices)],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
 
 
 def _validation_auc(executor: Executor, dataset: Dataset) -> float:

@@ -27,10 +27,15 @@ reason to give up precision: once, such a tie selected torch-compile bf16, which
 throughput figure is a model built from single-executor measurements: it assumes
 workers on separate cores do not slow each other, which shared caches and memory bandwidth
 make optimistic. The serving benchmark measures the real figure; this picks the candidate.
+
+`serving_choice(profile, needs)` is the selected row, or a ConfigError saying why each
+configuration was judged out: what `recaccel serve --select`, the Ray deployment and the
+bench's plan serve from a profile, so all three choose alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -42,6 +47,10 @@ from recaccel.runtime.profile import Profile, ProfileEntry
 FULL_PRECISION = "fp32"
 # A lower precision is selected only if its estimate beats the best FP32 one's by this factor.
 LOWER_PRECISION_MARGIN = 1.25
+NO_CHOICE_HINT = (
+    "loosen --slo-ms or --accuracy-budget, or profile faster configurations "
+    "(`recaccel profile --from PROFILE --select` shows the whole table)"
+)
 
 
 @dataclass(frozen=True)
@@ -257,4 +266,50 @@ def select(profile: Profile, needs: Requirements) -> Selection:
         speedup_median,
         speedup_p99,
         compared_with,
+    )
+
+
+def serving_choice(
+    profile: Profile, needs: Requirements, artifact_id: str | None = None
+) -> Judgement:
+    """The profile's row to serve for `needs`: what `recaccel serve --select` serves, what the
+    Ray deployment runs its replicas on and what the bench's plan predicts they serve.
+
+    Args:
+        artifact_id: serve this artifact, on the best of its own configurations by the same
+            rule (what `select` picks from a profile of that artifact alone); None: any.
+
+    Raises:
+        ConfigError: nothing qualifies; the message names the SLO, the request's candidates,
+            the accuracy budget and why each configuration considered was judged out.
+    """
+    selection = select(profile, needs)
+    if artifact_id is None:
+        considered, chosen = list(selection.table), selection.selected
+    else:
+        considered = sorted(
+            (r for r in selection.table if profile.entry(r.key).artifact_id == artifact_id),
+            key=_rank,
+            reverse=True,
+        )
+        chosen = _prefer_full_precision(considered)
+    if chosen is None:
+        raise no_choice_error(considered, needs, artifact_id)
+    return replace(chosen, verdict="selected")
+
+
+def no_choice_error(
+    considered: Sequence[Judgement], needs: Requirements, artifact_id: str | None = None
+) -> ConfigError:
+    """The refusal when none of `considered` (rows of one `Selection`) can serve `needs`:
+    every configuration with its verdict, so the user sees what to loosen without another
+    command."""
+    scope = "in the profile" if artifact_id is None else f"of artifact {artifact_id[:8]}"
+    reasons = "".join(f"\n  {row.key}: {row.verdict}" for row in considered)
+    return ConfigError(
+        f"no configuration {scope} meets p99 <= {needs.slo_p99_ms:g} ms for "
+        f"{needs.candidates} candidates within the accuracy budget "
+        f"({needs.relative_budget:.2%} of the baseline's AUC); "
+        + (f"each was judged out:{reasons}" if considered else "the profile measured none"),
+        NO_CHOICE_HINT,
     )

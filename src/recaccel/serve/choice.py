@@ -22,7 +22,7 @@ from typing import Any
 from recaccel.errors import ConfigError
 from recaccel.runtime.executor import BACKENDS, ExecutorConfig
 from recaccel.runtime.profile import Profile, ProfileEntry
-from recaccel.runtime.select import Judgement, Requirements, select
+from recaccel.runtime.select import Judgement, Requirements, no_choice_error, select
 from recaccel.serve.config import (
     IN_PROCESS,
     WORKER_PROCESSES,
@@ -147,11 +147,7 @@ def candidates(
     selection = select(profile, needs)
     runtimes = _runtimes(selection.table, profile, max_runtimes)
     if not runtimes:
-        raise ConfigError(
-            f"nothing in the profile meets p99 <= {needs.slo_p99_ms:g} ms for "
-            f"{needs.candidates} candidates within the accuracy budget",
-            "see `recaccel profile --from PROFILE --select` for why, or loosen --slo-ms",
-        )
+        raise no_choice_error(selection.table, needs)
     found = []
     for row in runtimes:
         entry = profile.entry(row.key)

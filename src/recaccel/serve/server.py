@@ -29,14 +29,13 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from recaccel.artifact import read_manifest
+from recaccel.artifact import read_manifest, trained_dataset
 from recaccel.data.dataset import Dataset, FeatureBatch
-from recaccel.data.registry import DatasetOptions, load_dataset
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
 from recaccel.runtime.profile import Profile, load_profile
 from recaccel.runtime.profiler import calibration_batch
-from recaccel.runtime.select import Judgement, Requirements, select
+from recaccel.runtime.select import Judgement, Requirements, serving_choice
 from recaccel.serve.app import create_app, fast_rank, lean_app
 from recaccel.serve.config import IN_PROCESS, ExecutorSection, RankSection, ServeConfig
 from recaccel.serve.features import FeatureSource, FeatureStore
@@ -68,16 +67,6 @@ def parse_models(specs: Sequence[str]) -> dict[str, Path]:
     return models
 
 
-def dataset_of(artifact: Path) -> Dataset | None:
-    """The dataset `artifact` was trained on, as its manifest records it; None if it does not."""
-    manifest = read_manifest(artifact)
-    name = manifest.dataset.get("name")
-    if name is None:
-        return None
-    rows = manifest.dataset.get("config", {}).get("rows")
-    return load_dataset(name, DatasetOptions(progress=False, synthetic_rows=rows))
-
-
 def feature_source_for(
     artifact: Path, rank: RankSection, dataset: Dataset | None = None
 ) -> FeatureSource | None:
@@ -90,7 +79,7 @@ def feature_source_for(
     if rank.users:
         users, items = Path(rank.users), Path(rank.items)
         return TableSource.from_files(schema, users, items, max_candidates=rank.max_candidates)
-    dataset = dataset if dataset is not None else dataset_of(artifact)
+    dataset = dataset if dataset is not None else trained_dataset(artifact)
     if dataset is None:
         return None
     try:
@@ -104,7 +93,7 @@ def feature_store_for(artifact: Path, max_candidates: int) -> FeatureStore | Tab
     """The in-memory features of the dataset `artifact` was trained on, as a server without
     a `[rank]` section serves them (what the comparison scripts score peers on); None for a
     dataset without users and items."""
-    dataset = dataset_of(Path(artifact))
+    dataset = trained_dataset(Path(artifact))
     if dataset is None or (dataset.encoding is None and dataset.feature_tables is None):
         return None
     schema = FeatureSchema.from_dict(read_manifest(Path(artifact)).schema)
@@ -158,14 +147,7 @@ def apply_selection(
     Raises ConfigError when nothing in the profile meets the SLO and the accuracy budget.
     """
     needs = Requirements(config.slo.p99_ms, profile.serving_batch, relative_budget, cores)
-    choice = select(profile, needs)
-    if choice.selected is None:
-        raise ConfigError(
-            f"no configuration in the profile meets p99 <= {config.slo.p99_ms:g} ms for "
-            f"{profile.serving_batch} candidates within the accuracy budget",
-            "see `recaccel profile --from PROFILE --select` for why, or loosen --slo-ms",
-        )
-    row = choice.selected
+    row = serving_choice(profile, needs)
     entry = profile.entry(row.key)
     executor = ExecutorSection(row.backend, row.device, row.precision, row.threads)
     workers = dataclasses.replace(
@@ -205,7 +187,7 @@ def serve(
     models = parse_models(specs)
     profile = load_profile(profile_path) if profile_path is not None else None
     first = next(iter(models.values()))
-    dataset = dataset if dataset is not None else dataset_of(first)
+    dataset = dataset if dataset is not None else trained_dataset(first)
     features = (
         None
         if dataset is None and not (config.rank.users or config.rank.redis)
