@@ -212,3 +212,12 @@ def test_the_optimize_help_names_every_builtin_recipe(capsys: pytest.CaptureFixt
     help_text = capsys.readouterr().out
     for name in builtin_recipes():
         assert name in help_text
+
+
+def test_the_cli_parses_without_importing_torch() -> None:
+    """`recaccel --help` and a mistyped flag answer at once: the verbs import their stages
+    (and torch, about a second) only when they run."""
+    code = "import sys, recaccel.cli as cli; cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -61,11 +61,11 @@ from recaccel.bench.workload import RankWorkload
 from recaccel.data.dataset import Dataset
 from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
+from recaccel.machine import describe_machine
 from recaccel.optimize.guard import BUDGET_HINT
 from recaccel.runtime.profile import PROFILE_FILE, Profile, save_profile
 from recaccel.runtime.profiler import (
     ProfileOptions,
-    describe_machine,
     machine_facts,
     run_profile,
 )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from recaccel.cli.common import console, dataset_of, errors
+from recaccel.cli.common import console, errors
 from recaccel.defaults import DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def _bench_table(result: BenchResult) -> Table:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from recaccel.artifact import require_trained_dataset
     from recaccel.bench.fleet import choose_ports
     from recaccel.bench.plan import MAX_SERVERS, check_coverage
     from recaccel.bench.report import write_report
@@ -81,7 +82,7 @@ def handle(args: argparse.Namespace) -> int:
     profile = None if args.profile is None else load_profile(Path(args.profile))
     if profile is not None:
         check_coverage(profile, heavy_ref, refs)
-    dataset = dataset_of(heavy, progress=False)
+    dataset = require_trained_dataset(heavy, progress=False)
     out = Path(args.out)
 
     def say(text: str) -> None:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
-from recaccel.errors import ConfigError, RecaccelError, UnknownNameError
+from recaccel.errors import RecaccelError, UnknownNameError
 
 if TYPE_CHECKING:
-    from recaccel.data.dataset import Dataset
+    pass
 
 EXIT_USER_ERROR = 2  # a RecaccelError: the message and its hint, no traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process SIGINT ended (128 + 2)
@@ -51,22 +50,3 @@ def names(value: str, known: Sequence[str], kind: str) -> list[str]:
         if name not in known:
             raise UnknownNameError(kind, name, list(known))
     return chosen
-
-
-def dataset_of(artifact: Path, progress: bool) -> Dataset:
-    """The dataset `artifact` was trained on, as its manifest names it."""
-    from recaccel.artifact import read_manifest
-    from recaccel.data.registry import DatasetOptions, load_dataset
-
-    manifest = read_manifest(artifact)
-    if "name" not in manifest.dataset:
-        raise ConfigError(
-            f"{artifact}'s manifest does not name the dataset it was trained on",
-            "import it with --dataset NAME (the dataset whose rows it scores)"
-            if manifest.model == "imported"
-            else "re-create it with `recaccel train`",
-        )
-    synthetic_rows = manifest.dataset.get("config", {}).get("rows")
-    return load_dataset(
-        manifest.dataset["name"], DatasetOptions(progress=progress, synthetic_rows=synthetic_rows)
-    )

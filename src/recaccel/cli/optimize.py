@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from recaccel.cli.common import console, dataset_of
+from recaccel.cli.common import console
 
 if TYPE_CHECKING:
     from recaccel.optimize.report import OptimizeReport
@@ -50,6 +50,7 @@ def _optimize_table(report: OptimizeReport) -> Table:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from recaccel.artifact import require_trained_dataset
     from recaccel.optimize.pipeline import run_recipe
     from recaccel.optimize.recipe import load_recipe
     from recaccel.optimize.report import build_report
@@ -62,7 +63,7 @@ def handle(args: argparse.Namespace) -> int:
             recipe, measure=dataclasses.replace(recipe.measure, threads=args.threads)
         )
     progress = not args.json
-    dataset = dataset_of(Path(args.artifact), progress)
+    dataset = require_trained_dataset(Path(args.artifact), progress)
     config = TrainConfig(max_epochs=args.epochs, seed=args.seed)
     out = Path(args.out)
     run = run_recipe(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from recaccel.cli.common import console, dataset_of, errors
+from recaccel.cli.common import console, errors
 from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 
@@ -72,6 +72,7 @@ def _selection_table(selection: Selection) -> Table:
 def handle(args: argparse.Namespace) -> int:
     import os
 
+    from recaccel.artifact import require_trained_dataset
     from recaccel.runtime.profile import load_profile
     from recaccel.runtime.profile_report import (
         not_runnable,
@@ -107,7 +108,7 @@ def handle(args: argparse.Namespace) -> int:
                 "no artifacts to profile", "name artifact directories, or --from a profile.json"
             )
         progress = not args.json
-        dataset = dataset_of(Path(args.artifacts[0]), progress)
+        dataset = require_trained_dataset(Path(args.artifacts[0]), progress)
         profile = run_profile(
             [Path(a) for a in args.artifacts], dataset, options, progress=progress
         )
@@ -151,7 +152,8 @@ def _served_selection(
     from recaccel.bench.served import ServedOptions, select_served
     from recaccel.bench.workload import RankWorkload
     from recaccel.data.registry import DatasetOptions, load_dataset
-    from recaccel.runtime.profiler import describe_machine, machine_facts
+    from recaccel.machine import describe_machine
+    from recaccel.runtime.profiler import machine_facts
     from recaccel.serve.choice import save_served, served_table
 
     if not profile.dataset:

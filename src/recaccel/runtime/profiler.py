@@ -48,7 +48,7 @@ from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError, RecaccelError
 
 # Re-exported: the bench, the soak and the CLI state their machine through this module.
-from recaccel.machine import describe_machine as describe_machine
+from recaccel.machine import describe_machine
 from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
 from recaccel.optimize.latency import percentile, sample_rows, time_rounds
 from recaccel.runtime.executor import (
