@@ -160,3 +160,16 @@ def test_a_lower_precision_is_selected_when_no_fp32_configuration_is_eligible() 
     bf16 = entry(SMALL, "torch-compile", per_row_ms=0.009, precision="bf16")
     choice = select(profile(bf16), Requirements(slo_p99_ms=20, candidates=100))  # baseline misses
     assert choice.selected is not None and choice.selected.key == bf16.key
+
+
+def test_a_backend_not_installed_here_is_judged_so_and_never_selected() -> None:
+    """A profile measured where OpenVINO (an extra) was installed, read where it is not."""
+    openvino = entry(SMALL, "openvino", per_row_ms=0.005)  # the fastest
+    ort = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    needs = Requirements(slo_p99_ms=50, candidates=100)
+    assert select(profile(openvino, ort), needs).selected.key == openvino.key  # type: ignore[union-attr]
+    choice = select(profile(openvino, ort), needs, installed=("torch-eager", "onnxruntime"))
+    assert choice.selected is not None and choice.selected.key == ort.key
+    [judged] = [j for j in choice.table if j.backend == "openvino"]
+    assert not judged.eligible
+    assert judged.verdict == "openvino is not installed here (pip install 'recaccel[openvino]')"

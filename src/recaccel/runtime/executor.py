@@ -57,6 +57,7 @@ from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
 from recaccel.data.schema import FeatureSchema
 from recaccel.errors import ConfigError, RecaccelError
+from recaccel.extras import OPENVINO
 from recaccel.imported.model import ImportedConfig
 from recaccel.runtime.part_cache import (
     NO_COUNTS,
@@ -218,7 +219,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("openvino", "onnx", "onnxscript", "onnxruntime"),
             ("cpu",),
             ("fp32", "int8-static", "fp16"),
-            "pip install openvino onnx onnxscript onnxruntime",
+            OPENVINO.install,  # the ONNX packages are core
             caches_form=True,
             runs_onnx=True,
         ),

@@ -13,8 +13,9 @@ to `repeats` timed calls per configuration, fewer — never below `min_repeats` 
 would exceed `seconds_per_batch`; the samples actually taken are recorded with each figure,
 since a p99 from 30 samples is nearly the max.
 
-What runs where (`plan_configs`, a pure function): every installed backend on every device it
-supports that is visible; every precision the backend takes, except fp16/bf16 on PyTorch and
+What runs where (`plan_configs`, a pure function): every installed backend (openvino only
+with its extra; the others skipped are named once) on every device it supports that is
+visible; every precision the backend takes, except fp16/bf16 on PyTorch and
 OpenVINO where the device would only emulate them (slower than fp32, and refused at load; see
 models/quant/half.py); thread
 counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
 import os
 import platform
@@ -60,6 +62,8 @@ from recaccel.runtime.executor import (
 from recaccel.runtime.latency_model import LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.train.metrics import evaluate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCHES = (1, 16, 64, 256, 1024)
 EVAL_CHUNK = 1024  # rows per call when scoring the validation split
@@ -122,7 +126,24 @@ def _native_half(device: str) -> tuple[str, ...]:
 
 
 def _installed(spec: BackendSpec) -> bool:
-    return all(importlib.util.find_spec(package) is not None for package in spec.packages)
+    try:
+        return all(importlib.util.find_spec(package) is not None for package in spec.packages)
+    except (ImportError, ValueError):  # a parent package that cannot be imported
+        return False
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends whose packages are installed here (openvino's is an extra)."""
+    return tuple(name for name, spec in BACKENDS.items() if _installed(spec))
+
+
+def skipped_backends(facts: MachineFacts) -> list[str]:
+    """One line for each backend not installed here, saying how to install it."""
+    return [
+        f"skipping {name}: not installed" + (f" ({spec.install})" if spec.install else "")
+        for name, spec in BACKENDS.items()
+        if name not in facts.installed_backends
+    ]
 
 
 def machine_facts() -> MachineFacts:
@@ -130,7 +151,7 @@ def machine_facts() -> MachineFacts:
     return MachineFacts(
         cores=os.cpu_count() or 1,
         cuda_devices=cuda,
-        installed_backends=tuple(n for n, s in BACKENDS.items() if _installed(s)),
+        installed_backends=installed_backends(),
         native_half={device: _native_half(device) for device in ("cpu", "cuda")[: 1 + bool(cuda)]},
     )
 
@@ -326,6 +347,9 @@ def run_profile(
                 "profile artifacts of one dataset together",
             )
     configs = plan_configs(options, facts)
+    if options.backends is None:  # asked for by name, a missing one is an "unsupported" entry
+        for line in skipped_backends(facts):
+            log.warning(line)
     baseline_config = baseline_config_for(artifacts[0])
     if baseline_config not in configs:
         configs.insert(0, baseline_config)  # the reference is always measured
