@@ -69,9 +69,10 @@ def test_the_cli_prints_the_missing_extra_and_exits_2(
 ) -> None:
     without(monkeypatch, "ray")
     assert cli.main(["deploy", "ray", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "deploy ray" in err and "pip install 'recaccel[ray]'" in err
-    assert "Traceback" not in err
+    printed = capsys.readouterr()
+    assert "deploy ray" in printed.err and "pip install 'recaccel[ray]'" in printed.err
+    assert "Traceback" not in printed.err
+    assert printed.out == ""  # refused before announcing a cluster
 
 
 def test_deploy_triton_without_tritonclient_names_the_extra_before_exporting(
