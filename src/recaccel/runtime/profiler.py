@@ -13,13 +13,13 @@ to `repeats` timed calls per configuration, fewer — never below `min_repeats` 
 would exceed `seconds_per_batch`; the samples actually taken are recorded with each figure,
 since a p99 from 30 samples is nearly the max.
 
-What runs where (`plan_configs`, a pure function): every installed backend (openvino only
-with its extra; the others skipped are named once) on every device it supports that is
-visible; every precision the backend takes, except fp16/bf16 on PyTorch and
+What runs where (`plan_configs`, a pure function): every installed backend on every device it
+supports that is visible (openvino is an extra: a run without it says so once, with the
+command that installs it); every precision the backend takes, except fp16/bf16 on PyTorch and
 OpenVINO where the device would only emulate them (slower than fp32, and refused at load; see
-models/quant/half.py); thread
-counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
-ONNX backend, a missing GPU provider) becomes an "unsupported" entry with the reason.
+models/quant/half.py); thread counts 1 and all cores. A configuration that cannot run (a
+quantized PyTorch artifact on an ONNX backend, a missing GPU provider) becomes an
+"unsupported" entry with the reason.
 
 All executors stay loaded for the whole run, so dynamo's limit of 8 compiled graphs per model
 class (torch_exec.py) bounds the torch-compile configurations of one model class per run.
