@@ -1,27 +1,36 @@
 # Two entry points (see README): `make demo` runs the main job end to end, `make check` runs
-# every check. Both create .venv and install the project into it on first use.
+# every check. Both create .venv on first use; demo installs the core, check the dev extra
+# (every extra and the test tools). Each has its own stamp, so running one after the other
+# installs only what is missing.
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 OUT ?= artifacts/dlrm-heavy
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: demo check setup clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	# torch==2.13.0 is pinned in pyproject.toml: this machine's CPU wheel, not GBs of CUDA ones.
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# torch==2.13.0 is pinned in pyproject.toml: this machine's CPU wheel, not GBs of CUDA ones.
+$(BIN)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
 	touch $@
 
-setup: $(BIN)/.installed
+$(BIN)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@
 
-demo: setup
+setup: $(BIN)/.dev
+
+demo: $(BIN)/.core
 	$(BIN)/recaccel train --dataset movielens-100k --model dlrm --preset heavy --out $(OUT)
 	$(BIN)/recaccel optimize $(OUT) --recipe default --out $(OUT)-optimized
 # Baseline, ablations and recaccel under MLPerf LoadGen, interleaved: results/bench/report.md
 	$(BIN)/recaccel bench --baseline $(OUT)
 
-check: setup
+check: $(BIN)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src

@@ -20,6 +20,15 @@ from recaccel.train.trainer import TrainConfig
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
 
 
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """Collect only test modules here. pyproject's --doctest-modules is for src's docstrings;
+    under tests/ it would import the conftest files (all named `conftest`, so they clash) and
+    helper scripts such as e2e/tiny_server.py as modules of their own."""
+    if collection_path.suffix == ".py" and not collection_path.name.startswith("test_"):
+        return True
+    return None
+
+
 def make_tables(
     n_users: int = 40, n_items: int = 60, per_user: int = 30, seed: int = 0
 ) -> MovieLensTables:

@@ -24,7 +24,7 @@ STAGES = [
     "cli",
 ]
 # Modules outside the stages, shared by every stage.
-SHARED = {"defaults", "errors", "machine", "paths", "slot_cache"}
+SHARED = {"defaults", "errors", "extras", "machine", "paths", "slot_cache"}
 
 
 def _stage(module: str) -> int | None:

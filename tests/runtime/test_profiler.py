@@ -79,6 +79,19 @@ def test_an_unknown_backend_is_refused_before_anything_runs() -> None:
         plan_configs(ProfileOptions(backends=("tensorflow",)), CPU_ONLY)
 
 
+def test_a_profile_of_every_installed_backend_names_the_missing_ones_once(
+    trained: dict[str, Artifact], tiny_dataset: Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    eager_only = replace(CPU_ONLY, installed_backends=("torch-eager",))
+    every = replace(QUICK, backends=None)
+    with caplog.at_level("WARNING", logger="recaccel.runtime.profiler"):
+        profile = run_profile([trained["dlrm"].path], tiny_dataset, every, eager_only, False)
+    assert {e.config.backend for e in profile.entries} == {"torch-eager"}
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert "skipping openvino: not installed (pip install 'recaccel[openvino]')" in skipped
+    assert len(skipped) == len(set(skipped)) == 4  # compile, aot, onnxruntime, openvino
+
+
 @pytest.fixture(scope="module")
 def int4_artifact(
     trained: dict[str, Artifact], tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory

@@ -209,3 +209,17 @@ def test_an_artifact_with_nothing_eligible_is_refused_though_another_one_qualifi
     assert fast.key not in e.value.message
     with pytest.raises(ConfigError, match="the profile measured none"):
         serving_choice(profile(fast), Requirements(slo_p99_ms=20), "c" * 64)
+
+
+def test_a_backend_not_installed_here_is_judged_so_and_never_selected() -> None:
+    """A profile measured where OpenVINO (an extra) was installed, read where it is not."""
+    openvino = entry(SMALL, "openvino", per_row_ms=0.005)  # the fastest
+    ort = entry(SMALL, "onnxruntime", per_row_ms=0.01)
+    needs = Requirements(slo_p99_ms=50, candidates=100)
+    where_measured = select(profile(openvino, ort), needs, installed=("openvino", "onnxruntime"))
+    assert where_measured.selected is not None and where_measured.selected.key == openvino.key
+    choice = select(profile(openvino, ort), needs, installed=("torch-eager", "onnxruntime"))
+    assert choice.selected is not None and choice.selected.key == ort.key
+    [judged] = [j for j in choice.table if j.backend == "openvino"]
+    assert not judged.eligible
+    assert judged.verdict == "openvino is not installed here (pip install 'recaccel[openvino]')"

@@ -121,10 +121,11 @@ def _add_triton(verbs: Any) -> None:
 def _cmd_ray(args: argparse.Namespace) -> int:
     import sys
 
-    from recaccel.deploy.ray_serve import RayOptions, deploy_ray, serve_locally
+    from recaccel.deploy.ray_serve import RayOptions, deploy_ray, import_serve, serve_locally
     from recaccel.runtime.profile import load_profile
     from recaccel.serve.config import load_serve_config
 
+    import_serve()  # without Ray, say which extra to install before printing anything
     overrides: dict[str, dict[str, Any]] = {
         "server": {"host": args.host, "port": args.port},
         "slo": {"p99_ms": args.slo_ms},

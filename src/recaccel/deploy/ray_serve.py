@@ -43,7 +43,7 @@ from recaccel.data.dataset import Dataset
 from recaccel.defaults import DEFAULT_RELATIVE_BUDGET
 from recaccel.deploy.ray_cluster import HAPROXY_ENV, local_ray_cluster
 from recaccel.deploy.ray_settings import Capacity, ray_serve_settings
-from recaccel.errors import ConfigError
+from recaccel.extras import RAY, require
 from recaccel.runtime.profile import Profile
 from recaccel.runtime.select import Requirements, serving_choice
 from recaccel.serve.config import ExecutorSection, ServeConfig
@@ -57,14 +57,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def import_serve() -> Any:
-    """Ray Serve, imported on first use: the rest of recaccel never needs Ray."""
-    try:
-        from ray import serve
-    except ImportError:
-        raise ConfigError(
-            "`recaccel deploy ray` needs Ray Serve", "pip install 'ray[serve]'"
-        ) from None
-    return serve
+    """Ray Serve, imported on first use: the rest of recaccel never needs Ray (the `ray`
+    extra)."""
+    return require(RAY, "ray.serve")
 
 
 def replica_config(config: ServeConfig) -> ServeConfig:
@@ -167,9 +162,8 @@ def deploy_ray(
     running on the cluster keeps its own). `features`: the /v1/rank feature store; None
     builds it from `dataset`, or from the artifact's own dataset.
     """
-    import ray
-
     serve = import_serve()
+    ray = require(RAY, "ray")
     capacity = None
     if profile is not None:
         artifact_id = read_manifest(artifact).artifact_id
@@ -207,8 +201,8 @@ def serve_locally(
     """`deploy ray` without a cluster: a one-node Ray on loopback with `cores` CPUs and the
     HAProxy ingress (ray_cluster.py says why), the application deployed on it, served until
     SIGINT or SIGTERM, then everything stopped."""
-    import ray
-
+    import_serve()  # before a cluster starts: without Ray, say which extra to install
+    ray = require(RAY, "ray")
     stop = threading.Event()
 
     def trap() -> dict[int, Any]:

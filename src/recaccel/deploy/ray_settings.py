@@ -40,6 +40,7 @@ from typing import Any
 
 from recaccel.defaults import DEFAULT_CANDIDATES
 from recaccel.errors import ConfigError
+from recaccel.extras import RAY, require
 from recaccel.runtime.latency_model import LatencyModel
 from recaccel.serve.config import ServeConfig
 
@@ -84,13 +85,12 @@ class RaySettings:
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for `serve.deployment(...)` / `Deployment.options(...)`."""
-        from ray.serve.config import BackpressureConfig
-
+        ray_config = require(RAY, "ray.serve.config")
         return {
             "autoscaling_config": self.autoscaling_config(),
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
-            "backpressure_config": BackpressureConfig(
+            "backpressure_config": ray_config.BackpressureConfig(
                 status_code=429, retry_after_s=self.retry_after_s
             ),
             "ray_actor_options": {"num_cpus": self.num_cpus},

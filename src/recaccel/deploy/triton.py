@@ -42,6 +42,7 @@ from recaccel.deploy.triton_plan import (
     plan_triton,
 )
 from recaccel.errors import ConfigError
+from recaccel.extras import TRITON, MissingExtraError, require
 from recaccel.runtime.export import UnsupportedOnBackendError, unsupported_ops
 from recaccel.runtime.onnx_exec import cached_onnx
 from recaccel.runtime.profile import Profile
@@ -71,15 +72,11 @@ _DATA_TYPES: dict[int, str] = {
 
 
 def model_config_pb2() -> Any:
-    """Triton's model-config schema, as tritonclient ships it."""
+    """Triton's model-config schema, as tritonclient ships it (the `triton` extra)."""
     try:
-        from tritonclient.grpc import model_config_pb2 as schema  # type: ignore[import-untyped]
-    except (ImportError, RuntimeError):  # tritonclient raises RuntimeError without grpcio
-        raise ConfigError(
-            "writing a Triton config needs Triton's model-config schema from tritonclient",
-            "pip install 'tritonclient[grpc]'",
-        ) from None
-    return schema
+        return require(TRITON, "tritonclient.grpc.model_config_pb2")
+    except RuntimeError:  # tritonclient raises RuntimeError when grpcio is missing
+        raise MissingExtraError(TRITON) from None
 
 
 @dataclass(frozen=True)
@@ -214,7 +211,9 @@ def write_triton_model(
         ConfigError: the artifact has ops ONNX cannot express (INT4/INT8 PyTorch kernels), the
             profile does not hold it, the SLO cannot be met, or `out/<name>` exists and
             `overwrite` is false.
+        MissingExtraError: tritonclient is not installed (checked before the export).
     """
+    model_config_pb2()
     artifact = load_artifact(artifact_path)
     _exportable(artifact)
     name = options.name or TritonOptions(name=artifact.path.resolve().name).name

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from recaccel.errors import ConfigError, RecaccelError
+from recaccel.extras import OPENVINO
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "fp16", "bf16")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -170,7 +171,7 @@ BACKENDS: dict[str, BackendSpec] = {
             ("openvino", "onnx", "onnxscript", "onnxruntime"),
             ("cpu",),
             ("fp32", "int8-static", "fp16"),
-            "pip install openvino onnx onnxscript onnxruntime",
+            OPENVINO.install,  # the ONNX packages are core
             caches_form=True,
             runs_onnx=True,
         ),

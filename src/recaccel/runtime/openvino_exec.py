@@ -80,7 +80,7 @@ import numpy as np
 from recaccel.artifact import Artifact
 from recaccel.data.dataset import FeatureBatch
 from recaccel.data.rows import Rows
-from recaccel.errors import RecaccelError
+from recaccel.extras import OPENVINO, require
 from recaccel.models.quant.half import HALF_DTYPES, DeviceCaps, natively_supports, probe_device
 from recaccel.runtime.executor import (
     Executor,
@@ -102,22 +102,19 @@ _TELEMETRY = "openvino_telemetry"
 
 
 def import_openvino() -> Any:
-    """OpenVINO, imported on first use without its import-time telemetry (module docstring)."""
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
+    """OpenVINO (the `openvino` extra), imported on first use without its import-time
+    telemetry (module docstring)."""
+    loaded = sys.modules.get("openvino")
+    if loaded is not None:
+        return loaded
     hide = _TELEMETRY not in sys.modules
     if hide:
         sys.modules[_TELEMETRY] = None  # type: ignore[assignment]  # import raises ImportError
     try:
-        import openvino
-    except ImportError:
-        raise RecaccelError(
-            "OpenVINO is not installed", "pip install openvino (a recaccel dependency)"
-        ) from None
+        return require(OPENVINO, "openvino")
     finally:
         if hide:
             del sys.modules[_TELEMETRY]
-    return openvino
 
 
 def inference_precision(config: ExecutorConfig, caps: DeviceCaps) -> str:

@@ -14,11 +14,12 @@ would exceed `seconds_per_batch`; the samples actually taken are recorded with e
 since a p99 from 30 samples is nearly the max.
 
 What runs where (`plan_configs`, a pure function): every installed backend on every device it
-supports that is visible; every precision the backend takes, except fp16/bf16 on PyTorch and
+supports that is visible (openvino is an extra: a run without it says so once, with the
+command that installs it); every precision the backend takes, except fp16/bf16 on PyTorch and
 OpenVINO where the device would only emulate them (slower than fp32, and refused at load; see
-models/quant/half.py); thread
-counts 1 and all cores. A configuration that cannot run (a quantized PyTorch artifact on an
-ONNX backend, a missing GPU provider) becomes an "unsupported" entry with the reason.
+models/quant/half.py); thread counts 1 and all cores. A configuration that cannot run (a
+quantized PyTorch artifact on an ONNX backend, a missing GPU provider) becomes an
+"unsupported" entry with the reason.
 
 All executors stay loaded for the whole run, so dynamo's limit of 8 compiled graphs per model
 class (torch_exec.py) bounds the torch-compile configurations of one model class per run.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import math
 import os
 import statistics
@@ -62,6 +64,8 @@ from recaccel.runtime.executor import (
 from recaccel.runtime.latency_model import LatencyPoint
 from recaccel.runtime.profile import Profile, ProfileEntry
 from recaccel.train.metrics import evaluate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCHES = (1, 16, 64, 256, 1024)
 EVAL_CHUNK = 1024  # rows per call when scoring the validation split
@@ -124,7 +128,24 @@ def _native_half(device: str) -> tuple[str, ...]:
 
 
 def _installed(spec: BackendSpec) -> bool:
-    return all(importlib.util.find_spec(package) is not None for package in spec.packages)
+    try:
+        return all(importlib.util.find_spec(package) is not None for package in spec.packages)
+    except (ImportError, ValueError):  # a parent package that cannot be imported
+        return False
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends whose packages are installed here (openvino's is an extra)."""
+    return tuple(name for name, spec in BACKENDS.items() if _installed(spec))
+
+
+def skipped_backends(facts: MachineFacts) -> list[str]:
+    """One line for each backend not installed here, saying how to install it."""
+    return [
+        f"skipping {name}: not installed" + (f" ({spec.install})" if spec.install else "")
+        for name, spec in BACKENDS.items()
+        if name not in facts.installed_backends
+    ]
 
 
 def machine_facts() -> MachineFacts:
@@ -132,7 +153,7 @@ def machine_facts() -> MachineFacts:
     return MachineFacts(
         cores=os.cpu_count() or 1,
         cuda_devices=cuda,
-        installed_backends=tuple(n for n, s in BACKENDS.items() if _installed(s)),
+        installed_backends=installed_backends(),
         native_half={device: _native_half(device) for device in ("cpu", "cuda")[: 1 + bool(cuda)]},
     )
 
@@ -301,6 +322,9 @@ def run_profile(
                 "profile artifacts of one dataset together",
             )
     configs = plan_configs(options, facts)
+    if options.backends is None:  # asked for by name, a missing one is an "unsupported" entry
+        for line in skipped_backends(facts):
+            log.warning(line)
     baseline_config = baseline_config_for(artifacts[0])
     if baseline_config not in configs:
         configs.insert(0, baseline_config)  # the reference is always measured

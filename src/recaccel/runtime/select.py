@@ -35,14 +35,16 @@ bench's plan serve from a profile, so all three choose alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from recaccel.defaults import DEFAULT_CANDIDATES, DEFAULT_RELATIVE_BUDGET, DEFAULT_SLO_P99_MS
 from recaccel.errors import ConfigError
 from recaccel.optimize.guard import judge
+from recaccel.runtime.executor import BACKENDS
 from recaccel.runtime.profile import Profile, ProfileEntry
+from recaccel.runtime.profiler import installed_backends
 
 FULL_PRECISION = "fp32"
 # A lower precision is selected only if its estimate beats the best FP32 one's by this factor.
@@ -222,8 +224,22 @@ def _eager_fp32_of_baseline(profile: Profile, threads: int) -> ProfileEntry | No
     return found[0] if found else None
 
 
-def select(profile: Profile, needs: Requirements) -> Selection:
-    """Judge every configuration in `profile` and pick the best eligible one."""
+def _not_installed(entry: ProfileEntry) -> Judgement:
+    spec = BACKENDS.get(entry.config.backend)
+    hint = f" ({spec.install})" if spec is not None else ""
+    return _judgement(entry, f"{entry.config.backend} is not installed here{hint}")
+
+
+def select(
+    profile: Profile, needs: Requirements, installed: Collection[str] | None = None
+) -> Selection:
+    """Judge every configuration in `profile` and pick the best eligible one.
+
+    `installed`: the backends this machine can load (default: `installed_backends()`). A
+    profile measured elsewhere may hold others (openvino, an extra); they are judged "not
+    installed here" rather than selected and then refused at load.
+    """
+    installed = installed_backends() if installed is None else installed
     baseline = profile.baseline_entry
     if not baseline.ok or baseline.validation_auc is None:
         raise ConfigError(
@@ -231,7 +247,12 @@ def select(profile: Profile, needs: Requirements) -> Selection:
             "profile with the torch-eager backend on the first artifact",
         )
     table = sorted(
-        (judge_entry(e, baseline.validation_auc, needs) for e in profile.entries),
+        (
+            judge_entry(e, baseline.validation_auc, needs)
+            if e.config.backend in installed
+            else _not_installed(e)
+            for e in profile.entries
+        ),
         key=_rank,
         reverse=True,
     )
