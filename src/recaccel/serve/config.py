@@ -21,6 +21,11 @@ becomes a silently ignored setting.
 Defaults: bind 127.0.0.1 (not reachable from other machines unless asked), management
 endpoints off, 1 MiB bodies, p99 50 ms per rank request, one front process per usable core,
 each running onnxruntime/cpu/fp32 on one thread inside itself (docs/serving-plane.md).
+
+Over 400 lines because it is one thing: a typed section per table above, each key with its
+comment, and the loading and checking that go with them. docs/serving.md's config reference is
+generated from these dataclasses (serve/config_reference.py); split across modules, the
+reference would have to gather them again.
 """
 
 from __future__ import annotations
