@@ -224,3 +224,34 @@ def test_the_report_files(tmp_path: Path) -> None:
     assert data["headline"]["bars"][1]["meets_aim"] is False
     assert [c["name"] for c in data["configs"]] == [c.name for c in canned.configs]
     assert data["configs"][0]["search"][2]["p99_ms"] == 300
+
+
+def test_paths_under_the_directory_the_bench_ran_in_are_written_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report committed from one machine names the checkout's files, not that machine's."""
+    checkout = tmp_path / "clone"
+    artifact = checkout / "artifacts" / "dlrm-heavy"
+    elsewhere = "/data/models/other"
+    ran = dataclasses.replace(
+        result(),
+        configs=tuple(
+            dataclasses.replace(
+                c,
+                artifact=str(artifact if c.name == "baseline" else elsewhere),
+                command=f"recaccel serve m={artifact} --port 8000",
+            )
+            for c in result().configs
+        ),
+    )
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    write_report(ran, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["configs"][0]["artifact"] == "artifacts/dlrm-heavy"
+    assert data["configs"][1]["artifact"] == elsewhere  # outside it: as it was
+    assert all(
+        c["command"] == "recaccel serve m=artifacts/dlrm-heavy --port 8000" for c in data["configs"]
+    )
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert str(checkout) not in text and "`artifacts/dlrm-heavy`" in text

@@ -9,6 +9,7 @@ settings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -215,8 +216,26 @@ def render_markdown(result: BenchResult, method_link: str = DEFAULT_METHOD_LINK)
     return "\n".join(lines) + "\n"
 
 
+def relative_to(result: BenchResult, root: Path) -> BenchResult:
+    """`result` with every artifact path under `root` (where the bench ran) written relative to
+    it, in the artifacts and in the servers' commands: a committed report then names files of
+    the checkout, not where one machine held it."""
+    prefix = f"{root.resolve()}{os.sep}"
+
+    def shown(text: str) -> str:
+        return text.replace(prefix, "")
+
+    configs = tuple(
+        dataclasses.replace(c, artifact=shown(c.artifact), command=shown(c.command))
+        for c in result.configs
+    )
+    return dataclasses.replace(result, configs=configs)
+
+
 def write_report(result: BenchResult, out: Path) -> list[Path]:
-    """report.md, report.json and the plots into `out`; returns the paths written."""
+    """report.md, report.json and the plots into `out`, paths relative to the working
+    directory where they are under it (`relative_to`); returns the paths written."""
+    result = relative_to(result, Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
     markdown = out / MARKDOWN_FILE
     write_text(markdown, render_markdown(result, method_link(out)))
