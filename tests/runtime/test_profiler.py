@@ -7,6 +7,7 @@ and repeats were recorded, never how fast anything was.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def test_a_profile_of_every_installed_backend_names_the_missing_ones_once(
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert "skipping openvino: not installed (pip install 'recaccel[openvino]')" in skipped
     assert len(skipped) == len(set(skipped)) == 4  # compile, aot, onnxruntime, openvino
+
+
+def test_a_backend_asked_for_by_name_and_not_installed_is_an_entry_saying_how_to_install_it(
+    trained: dict[str, Artifact], tiny_dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    asked = replace(QUICK, backends=("openvino",))
+    profile = run_profile([trained["dlrm"].path], tiny_dataset, asked, CPU_ONLY, False)
+    refused = [e for e in profile.entries if e.config.backend == "openvino"]
+    assert refused and all(e.status == "unsupported" for e in refused)
+    reason = refused[0].reason
+    assert "openvino" in reason and "pip install 'recaccel[openvino]'" in reason
 
 
 @pytest.fixture(scope="module")

@@ -235,8 +235,9 @@ def _load(
         start = time.perf_counter()
         executor = load_executor(artifact, config, calibration=calibration)
         load_s = time.perf_counter() - start
-    except RecaccelError as error:
-        return _entry(artifact, config, "unsupported", reason=error.message), None
+    except RecaccelError as error:  # the reason with what to do about it, if anything
+        reason = f"{error.message} ({error.hint})" if error.hint else error.message
+        return _entry(artifact, config, "unsupported", reason=reason), None
     except Exception as error:  # a backend's own failure: record it, profile the rest
         return _entry(artifact, config, "failed", reason=f"{type(error).__name__}: {error}"), None
     # Threads do not change what is computed: score once per (artifact, backend, device,
