@@ -1,5 +1,5 @@
-"""What every verb shares: the consoles it prints on, exit codes and error printing, name lists,
-and the dataset an artifact was trained on.
+"""What every verb shares: the consoles it prints on, exit codes and error printing, and name
+lists.
 
 A verb's handler raises `RecaccelError` for anything the user can fix; `run_verb` prints it with
 its hint and returns `EXIT_USER_ERROR`, so no traceback reaches the terminal for it.
@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from recaccel.errors import RecaccelError, UnknownNameError
-
-if TYPE_CHECKING:
-    pass
 
 EXIT_USER_ERROR = 2  # a RecaccelError: the message and its hint, no traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process SIGINT ended (128 + 2)
