@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,24 +73,39 @@ class StuckExecutor:
         pass
 
 
-def test_a_lane_stuck_on_one_batch_is_named_hung_once_it_has_held_it_the_timeout(
-    train_tiny: Any, tmp_path: Path
-) -> None:
-    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
-    config = load_serve_config(None, {"admission": {"overload_target_ms": 0}})
+def three_rows() -> Rows:
+    return Rows(
+        np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64), np.zeros((3, 1, 1), np.int64)
+    )
 
+
+NO_IN_FLIGHT_LIMIT = {"admission": {"overload_target_ms": 0}}
+
+
+async def started(artifact: Path, overrides: dict[str, Any]) -> Deployment:
+    config = load_serve_config(None, {**NO_IN_FLIGHT_LIMIT, **overrides})
+    deployment = Deployment(ModelVersion("m", "1", artifact), config, ServerMetrics())
+    await deployment.start()
+    return deployment
+
+
+def stuck_lane(deployment: Deployment) -> tuple[InProcessLane, StuckExecutor]:
+    """The deployment's one lane, its executor swapped for one that does not return."""
+    [lane] = deployment.kinds[0].workers
+    assert isinstance(lane, InProcessLane)
+    stuck = StuckExecutor()
+    lane.executor, lane.latency = stuck, None  # None: on the lane's thread
+    return lane, stuck
+
+
+def test_a_lane_stuck_on_one_batch_is_named_hung_once_it_has_held_it_the_timeout(
+    trained: Callable[[str, str, int], Path],
+) -> None:
     async def main() -> None:
-        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
-        await deployment.start()
-        [lane] = deployment.kinds[0].workers
-        assert isinstance(lane, InProcessLane)
-        stuck = StuckExecutor()
-        lane.executor, lane.latency = stuck, None  # None: on the lane's thread
+        deployment = await started(trained("dlrm", "small", 2), {})
+        lane, stuck = stuck_lane(deployment)
         assert deployment.hung_lane(time.monotonic(), 2.0) is None
-        rows = Rows(
-            np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64), np.zeros((3, 1, 1), np.int64)
-        )
-        scoring = asyncio.ensure_future(deployment.score(rows, time.monotonic() + 60))
+        scoring = asyncio.ensure_future(deployment.score(three_rows(), time.monotonic() + 60))
         await asyncio.sleep(0.1)
         now = time.monotonic()
         assert lane.held_since is not None and lane.held_since <= now
@@ -105,30 +121,21 @@ def test_a_lane_stuck_on_one_batch_is_named_hung_once_it_has_held_it_the_timeout
 
 
 def test_a_drain_past_its_time_limit_answers_503_and_returns_with_a_lane_stuck(
-    train_tiny: Any, tmp_path: Path
+    trained: Callable[[str, str, int], Path],
 ) -> None:
     """The lane is stuck on one batch at shutdown, a second request waits behind it: past the
     drain's limit both are answered 503 (the stuck one fails as a dead worker's batch, and its
     retry has nothing to run it), and the drain returns instead of waiting on the stuck call.
     When the call ends after all, its outcome goes nowhere: the request was answered."""
-    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
-    config = load_serve_config(None, {"admission": {"overload_target_ms": 0}})
 
     async def main() -> None:
-        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
-        await deployment.start()
-        [lane] = deployment.kinds[0].workers
-        assert isinstance(lane, InProcessLane)
-        stuck = StuckExecutor()
-        lane.executor, lane.latency = stuck, None
-        rows = Rows(
-            np.zeros((3, 1), np.float32), np.zeros((3, 1), np.int64), np.zeros((3, 1, 1), np.int64)
-        )
+        deployment = await started(trained("dlrm", "small", 2), {})
+        lane, stuck = stuck_lane(deployment)
         deadline = time.monotonic() + 60
-        held = asyncio.ensure_future(deployment.score(rows, deadline))
+        held = asyncio.ensure_future(deployment.score(three_rows(), deadline))
         await asyncio.sleep(0.1)
         assert lane.held_since is not None  # the lane has the first batch
-        waiting = asyncio.ensure_future(deployment.score(rows, deadline))
+        waiting = asyncio.ensure_future(deployment.score(three_rows(), deadline))
         await asyncio.sleep(0.05)
         assert not waiting.done()  # queued: the only lane is busy
         await asyncio.wait_for(deployment.drain(timeout_s=0.3), 10)
@@ -144,33 +151,19 @@ def test_a_drain_past_its_time_limit_answers_503_and_returns_with_a_lane_stuck(
 
 
 def test_a_drain_past_its_time_limit_kills_a_worker_process_still_holding_a_batch(
-    train_tiny: Any, tmp_path: Path
+    trained: Callable[[str, str, int], Path],
 ) -> None:
     """The same with a worker process paused holding the batch: past the limit it is killed
     (not left to the 10 s hang watchdog) and the batch answered 503."""
-    artifact = train_tiny("dlrm", "small", tmp_path / "dlrm")
-    config = load_serve_config(
-        None,
-        {
-            "admission": {"overload_target_ms": 0},
-            "plane": {"execution": "workers"},
-            "workers": {"min": 1, "max": 1},
-        },
-    )
+    workers = {"plane": {"execution": "workers"}, "workers": {"min": 1, "max": 1}}
 
     async def main() -> None:
-        deployment = Deployment(ModelVersion("m", "1", artifact.path), config, ServerMetrics())
-        await deployment.start()
+        deployment = await started(trained("dlrm", "small", 2), workers)
         [worker] = deployment.kinds[0].workers
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGSTOP)
         try:
-            rows = Rows(
-                np.zeros((3, 1), np.float32),
-                np.zeros((3, 1), np.int64),
-                np.zeros((3, 1, 1), np.int64),
-            )
-            held = asyncio.ensure_future(deployment.score(rows, time.monotonic() + 60))
+            held = asyncio.ensure_future(deployment.score(three_rows(), time.monotonic() + 60))
             await asyncio.sleep(0.1)
             assert worker.in_flight == 1  # sent, and the paused process holds it
             await asyncio.wait_for(deployment.drain(timeout_s=0.3), 5)
