@@ -235,7 +235,14 @@ def check_config(
 
 def packages_missing(spec: BackendSpec) -> tuple[str, ...]:
     """The import names `spec` needs that are not installed."""
-    return tuple(name for name in spec.packages if importlib.util.find_spec(name) is None)
+    return tuple(name for name in spec.packages if not _installed(name))
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a parent package that cannot be imported
+        return False
 
 
 def cuda_device_count() -> int:

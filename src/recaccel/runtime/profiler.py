@@ -28,7 +28,6 @@ class (torch_exec.py) bounds the torch-compile configurations of one model class
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import math
 import os
@@ -53,6 +52,7 @@ from recaccel.errors import ConfigError, RecaccelError
 from recaccel.machine import describe_machine
 from recaccel.models.quant.half import HALF_DTYPES, natively_supports, probe_device
 from recaccel.optimize.latency import percentile, sample_rows, time_rounds
+from recaccel.runtime.backends import cuda_device_count, packages_missing
 from recaccel.runtime.executor import (
     BACKENDS,
     BackendSpec,
@@ -127,16 +127,9 @@ def _native_half(device: str) -> tuple[str, ...]:
     return tuple(name for name, dtype in HALF_DTYPES.items() if natively_supports(caps, dtype))
 
 
-def _installed(spec: BackendSpec) -> bool:
-    try:
-        return all(importlib.util.find_spec(package) is not None for package in spec.packages)
-    except (ImportError, ValueError):  # a parent package that cannot be imported
-        return False
-
-
 def installed_backends() -> tuple[str, ...]:
     """The backends whose packages are installed here (openvino's is an extra)."""
-    return tuple(name for name, spec in BACKENDS.items() if _installed(spec))
+    return tuple(name for name, spec in BACKENDS.items() if not packages_missing(spec))
 
 
 def skipped_backends(facts: MachineFacts) -> list[str]:
@@ -149,7 +142,7 @@ def skipped_backends(facts: MachineFacts) -> list[str]:
 
 
 def machine_facts() -> MachineFacts:
-    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = cuda_device_count()
     return MachineFacts(
         cores=os.cpu_count() or 1,
         cuda_devices=cuda,
