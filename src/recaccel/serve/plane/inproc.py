@@ -172,17 +172,14 @@ class InProcessLane:
         running = self._running
         if running is not None:
             await asyncio.wait([running.future], timeout=wait_s)
-            if not running.future.done():
-                log.warning(
-                    "lane %s stopped with a batch still running after %g s", self.name, wait_s
-                )
-                running.future.set_exception(
-                    WorkerDiedError(f"lane {self.name} stopped with this batch still running")
-                )
-                self._thread.shutdown(wait=False)
-                return
         self._thread.shutdown(wait=False)
-        self._shared.release()
+        if running is None or running.future.done():
+            self._shared.release()
+            return
+        log.warning("lane %s stopped with a batch still running after %g s", self.name, wait_s)
+        running.future.set_exception(
+            WorkerDiedError(f"lane {self.name} stopped with this batch still running")
+        )
 
 
 # (scores, what the request-part cache did, busy seconds), or the error
