@@ -209,11 +209,7 @@ class Deployment:
             await asyncio.sleep(0.005)
         if self._timer is not None:
             self._timer.cancel()
-        while self._queue:
-            self._fail(
-                self._queue.popleft().request,
-                UnavailableError(f"model {self.name} stopped before this request could run"),
-            )
+        self._fail_queued("run")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -222,10 +218,16 @@ class Deployment:
         # The batches still running get what is left of the limit, then fail as a dead
         # worker's do, and their retries come back to the queue with nothing to run them.
         await self._stop_workers(wait_s=max(0.0, deadline - time.monotonic()))
+        self._fail_queued("finish")
+
+    def _fail_queued(self, could_not: str) -> None:
+        """Answer every queued request 503: the model stopped before it could `could_not`."""
         while self._queue:
             self._fail(
                 self._queue.popleft().request,
-                UnavailableError(f"model {self.name} stopped before this request could finish"),
+                UnavailableError(
+                    f"model {self.name} stopped before this request could {could_not}"
+                ),
             )
 
     async def _stop_workers(self, wait_s: float | None = None) -> None:
